@@ -1,0 +1,153 @@
+//! Host-side network backends for vhost-user-netd.
+//!
+//! Nothing in this crate knows about virtio, vhost-user or guest memory: the compiler keeps the
+//! boundary because none of those crates is a dependency. A backend moves Ethernet frames given
+//! as iovec lists and declares what it can do ([`Capabilities`]); the device in the daemon adapts
+//! the virtio side to that.
+//!
+//! Module map:
+//! - [`options`]: QEMU-style option text/JSON into typed accessors, with QEMU's error wording.
+//! - [`netdev`]: the `Netdev` union (one typed config per `-netdev` type) and the backend factory.
+//! - [`tap`]: the Linux tap backend (`-netdev tap`).
+//! - [`socketpair`]: a test-only backend over a `SOCK_SEQPACKET` pair, for unprivileged tests.
+//! - [`sys`]: thin checked wrappers over the few raw system calls the backends need.
+
+pub mod netdev;
+pub mod options;
+pub mod socketpair;
+pub mod sys;
+pub mod tap;
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::RawFd;
+
+pub use netdev::{NetdevConfig, NetdevKind};
+pub use options::{OptionError, OptionSource, Opts};
+
+/// Size of the virtio-net header that crosses a backend with `vnet_hdr` (virtio_net_hdr_v1,
+/// i.e. with `num_buffers`, as `TUNSETVNETHDRSZ` is set to).
+pub const VNET_HDR_LEN: usize = 12;
+
+/// Largest Ethernet frame a backend passes, GSO included (without the vnet header).
+pub const MAX_FRAME_LEN: usize = 65_550;
+
+/// Segmentation/checksum offloads, the same set on both directions of a tap
+/// (`TUNSETOFFLOAD` flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// Partial checksums may cross (`TUN_F_CSUM`); the other offloads need this.
+    pub csum: bool,
+    /// TCPv4 segmentation offload.
+    pub tso4: bool,
+    /// TCPv6 segmentation offload.
+    pub tso6: bool,
+    /// TSO with the ECN bit.
+    pub ecn: bool,
+    /// UDP fragmentation offload.
+    pub ufo: bool,
+}
+
+impl Offloads {
+    /// Every offload.
+    pub const ALL: Offloads = Offloads {
+        csum: true,
+        tso4: true,
+        tso6: true,
+        ecn: true,
+        ufo: true,
+    };
+
+    /// Whether any segmentation offload is on (frames may be up to 64 KiB).
+    pub fn any_gso(&self) -> bool {
+        self.tso4 || self.tso6 || self.ufo
+    }
+
+    /// The offloads present in both sets.
+    pub fn intersect(self, other: Offloads) -> Offloads {
+        Offloads {
+            csum: self.csum && other.csum,
+            tso4: self.tso4 && other.tso4,
+            tso6: self.tso6 && other.tso6,
+            ecn: self.ecn && other.ecn,
+            ufo: self.ufo && other.ufo,
+        }
+    }
+}
+
+/// What a backend declares it can do; the device offers virtio features from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Frames cross with a [`VNET_HDR_LEN`]-byte virtio-net header in front of them.
+    pub vnet_hdr: bool,
+    /// Offloads the backend can accept and produce (only meaningful with `vnet_hdr`).
+    pub offloads: Offloads,
+    /// How many queue pairs the backend can serve in parallel.
+    pub queue_pairs: u16,
+}
+
+/// Errors of the backends.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("netdev type '{0}' is not supported by vhost-user-netd yet")]
+    Unsupported(String),
+    #[error("queue pair {0} is out of range for this netdev")]
+    NoSuchQueue(u16),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// A netdev: a host-side endpoint that hands out one [`BackendQueue`] per queue pair.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// What the backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// An independent handle on queue pair `index` (`0..capabilities().queue_pairs`). May be
+    /// called again after a frontend reconnects.
+    fn queue(&self, index: u16) -> Result<Box<dyn BackendQueue>, Error>;
+
+    /// A short human description for logs and `info network`-like output.
+    fn describe(&self) -> String;
+
+    /// Releases host-side state that outlives the process otherwise (e.g. runs a tap's
+    /// downscript). Called once at shutdown; also done on drop.
+    fn shutdown(&self) {}
+}
+
+/// One queue pair's path to the host. Non-blocking: calls return `ErrorKind::WouldBlock` when the
+/// host side has nothing to read or no room to write; the device then waits on [`Self::fd`].
+pub trait BackendQueue: Send + std::fmt::Debug {
+    /// The descriptor to poll for readability (`recv`) and writability (`send`).
+    fn fd(&self) -> RawFd;
+
+    /// Receives one frame (with the vnet header first if `vnet_hdr`) into `bufs`; returns its
+    /// length. The buffers must be large enough for the largest frame the backend may produce.
+    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize>;
+
+    /// Sends one frame (with the vnet header first if `vnet_hdr`) gathered from `bufs`.
+    fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Switches the offloads the guest accepted. Backends without offloads ignore this.
+    fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
+
+    /// Sets the vnet header length the guest negotiated (10 for legacy guests, else 12).
+    /// Only called on backends that declared `vnet_hdr`.
+    fn set_vnet_hdr_len(&mut self, _len: usize) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether `recv` returning `Ok(0)` or a hang-up means the host side is gone for good.
+    fn is_closed(&self) -> bool {
+        false
+    }
+}

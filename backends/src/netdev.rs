@@ -1,0 +1,186 @@
+//! The `Netdev` union: one typed configuration per `-netdev` type, and the backend factory.
+//!
+//! Netdevs from the command line and (later) from QMP's `netdev_add` both become a
+//! [`NetdevConfig`] here; nothing else parses netdev options.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::options::{OptionError, Opts};
+use crate::sys;
+use crate::tap::{TapBackend, TapOptions};
+use crate::{Backend, Error};
+
+/// Netdev types QEMU knows; the ones not listed in [`NetdevKind`] are refused by name.
+const QEMU_NETDEV_TYPES: &[&str] = &[
+    "none",
+    "nic",
+    "user",
+    "tap",
+    "l2tpv3",
+    "socket",
+    "stream",
+    "dgram",
+    "vde",
+    "bridge",
+    "hubport",
+    "netmap",
+    "af-xdp",
+    "vhost-user",
+    "vhost-vdpa",
+    "vmnet-host",
+    "vmnet-shared",
+    "vmnet-bridged",
+    "passt",
+];
+
+/// A netdev's configuration: its id and its type's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetdevConfig {
+    pub id: String,
+    pub kind: NetdevKind,
+}
+
+/// Per-type options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetdevKind {
+    Tap(TapOptions),
+}
+
+impl NetdevKind {
+    /// QEMU's name for the type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            NetdevKind::Tap(_) => "tap",
+        }
+    }
+}
+
+impl NetdevConfig {
+    /// Builds a config from options, consuming all of them (unknown members are errors).
+    pub fn from_opts(mut opts: Opts) -> Result<Self, OptionError> {
+        let type_name = opts.require_str("type")?;
+        let id = opts.take_id("id")?;
+        let kind = match type_name.as_str() {
+            "tap" => NetdevKind::Tap(TapOptions::from_opts(&mut opts)?),
+            other if QEMU_NETDEV_TYPES.contains(&other) => {
+                return Err(OptionError::Invalid(format!(
+                    "netdev type '{other}' is not supported by vhost-user-netd yet"
+                )))
+            }
+            other => {
+                return Err(OptionError::BadEnum {
+                    name: "type".into(),
+                    value: other.to_string(),
+                })
+            }
+        };
+        opts.finish()?;
+        Ok(NetdevConfig { id, kind })
+    }
+
+    /// Parses a command-line `--netdev` value (QEMU's `type,key=value` text or JSON).
+    pub fn parse_cli(text: &str) -> Result<Self, OptionError> {
+        NetdevConfig::from_opts(Opts::parse_cli(text)?)
+    }
+
+    /// The configuration as QEMU's `Netdev` JSON object (what `netdev_add` takes).
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut m = match &self.kind {
+            NetdevKind::Tap(t) => t.to_json(),
+        };
+        m.insert("id".into(), Value::String(self.id.clone()));
+        m.insert("type".into(), Value::String(self.kind.type_name().into()));
+        m
+    }
+
+    /// Opens the backend this configuration describes.
+    pub fn open(&self, fds: &mut dyn FdSource) -> Result<Arc<dyn Backend>, Error> {
+        match &self.kind {
+            NetdevKind::Tap(t) => Ok(Arc::new(TapBackend::open(t, fds)?)),
+        }
+    }
+}
+
+/// Where `fd=NAME` options find their descriptors: inherited numbers on the command line,
+/// names passed with `getfd` over QMP.
+pub trait FdSource {
+    /// Takes ownership of the descriptor `name` refers to.
+    fn take_fd(&mut self, name: &str) -> Result<OwnedFd, Error>;
+}
+
+/// Descriptors inherited from the parent process, named by number.
+#[derive(Debug, Default)]
+pub struct InheritedFds {
+    taken: Vec<i32>,
+}
+
+impl FdSource for InheritedFds {
+    fn take_fd(&mut self, name: &str) -> Result<OwnedFd, Error> {
+        let bad =
+            |why: &str| Error::Option(OptionError::Invalid(format!("descriptor '{name}' {why}")));
+        let number: i32 = name
+            .parse()
+            .map_err(|_| bad("is not a descriptor number"))?;
+        if number <= 2 {
+            return Err(bad("is one of stdin/stdout/stderr"));
+        }
+        if self.taken.contains(&number) {
+            return Err(bad("is used twice"));
+        }
+        let fd = sys::adopt_inherited_fd(number).map_err(|_| bad("is not open"))?;
+        self.taken.push(number);
+        Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_qemu_text_and_json() {
+        let a = NetdevConfig::parse_cli("tap,id=n0,ifname=tap0,queues=2").unwrap();
+        let b = NetdevConfig::parse_cli(r#"{"type":"tap","id":"n0","ifname":"tap0","queues":2}"#)
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            NetdevConfig::from_opts(Opts::new(a.to_json(), crate::OptionSource::Json)).unwrap(),
+            a
+        );
+    }
+
+    #[test]
+    fn unknown_and_unsupported_types() {
+        assert_eq!(
+            NetdevConfig::parse_cli("foo,id=x").unwrap_err().to_string(),
+            "Parameter 'type' does not accept value 'foo'"
+        );
+        assert!(NetdevConfig::parse_cli("vde,id=x")
+            .unwrap_err()
+            .to_string()
+            .contains("'vde'"));
+        assert_eq!(
+            NetdevConfig::parse_cli("tap,queues=2")
+                .unwrap_err()
+                .to_string(),
+            "Parameter 'id' is missing"
+        );
+        assert_eq!(
+            NetdevConfig::parse_cli("tap,id=n0,bogus=1")
+                .unwrap_err()
+                .to_string(),
+            "Invalid parameter 'bogus'"
+        );
+    }
+
+    #[test]
+    fn inherited_fds_are_checked() {
+        let mut fds = InheritedFds::default();
+        assert!(fds.take_fd("abc").is_err());
+        assert!(fds.take_fd("1").is_err());
+        assert!(fds.take_fd("987654").is_err());
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite needs, only when missing.
+# Idempotent; safe to run on a fresh Debian bookworm machine as root.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+backports=/etc/apt/sources.list.d/bookworm-backports.sources
+if [ ! -f "$backports" ]; then
+  $SUDO tee "$backports" >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  updated=0
+fi
+
+qemu_ok() {
+  have qemu-system-x86_64 && qemu-system-x86_64 --version | grep -qE 'version (9|1[0-9])\.'
+}
+
+for p in busybox-static linux-image-amd64 iproute2 dpdk-dev librte-net-virtio23 librte-net-vhost23 \
+         iperf3 python3-venv ethtool; do
+  pkg_installed "$p" || need+=("$p")
+done
+
+if [ ${#need[@]} -gt 0 ] || ! qemu_ok; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  if [ ${#need[@]} -gt 0 ]; then
+    $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+  fi
+  if ! qemu_ok; then
+    $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+  fi
+fi

@@ -1,0 +1,195 @@
+//! Command-line arguments, turned into a [`Config`] without side effects.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use vhost_user_netd_backends::NetdevConfig;
+
+use crate::config::{build_port, parse_port, Config, ConfigError, Listen};
+
+const EXAMPLES: &str = "\
+Examples:
+  # One port, one tap (created if missing), two queue pairs:
+  vhost-user-netd --socket-path /run/vm0.sock --netdev tap,id=n0,ifname=tap0,queues=2
+
+  # Two ports, each with its own tap:
+  vhost-user-netd --netdev tap,id=n0,ifname=tap0 --netdev tap,id=n1,ifname=tap1 \\
+    --port socket-path=/run/a.sock,netdev=n0,mac=52:54:00:12:34:56,queues=2 \\
+    --port socket-path=/run/b.sock,netdev=n1
+
+  # QEMU on the other side:
+  qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on \\
+    -machine memory-backend=mem -chardev socket,id=c0,path=/run/vm0.sock,reconnect-ms=1000 \\
+    -netdev vhost-user,id=v0,chardev=c0,queues=2 -device virtio-net-pci,netdev=v0,mq=on
+
+--netdev takes QEMU's -netdev syntax (type,key=value,... or JSON).";
+
+/// A vhost-user virtio-net backend with QEMU's netdevs.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-netd", version, about, after_help = EXAMPLES)]
+pub struct Args {
+    /// Listen on this vhost-user socket path (implies one port for the single netdev).
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    pub socket_path: Option<PathBuf>,
+
+    /// Serve an already-listening socket inherited as this descriptor (e.g. from systemd).
+    #[arg(long, value_name = "N")]
+    pub fd: Option<i32>,
+
+    /// Connect to a listening frontend at --socket-path instead of listening (reconnects).
+    #[arg(long, requires = "socket_path")]
+    pub client: bool,
+
+    /// MAC address reported to the guest for the implied port (default: the frontend's own).
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+
+    /// MTU reported to the guest for the implied port.
+    #[arg(long, value_name = "N")]
+    pub mtu: Option<u32>,
+
+    /// Host-side network backend, in QEMU's -netdev syntax. Repeatable.
+    #[arg(long = "netdev", value_name = "TYPE,id=ID,...")]
+    pub netdevs: Vec<String>,
+
+    /// A vhost-user port: socket-path=P|fd=N,netdev=ID[,mac=M][,mtu=N][,queues=N][,client=on].
+    #[arg(long = "port", value_name = "OPTIONS")]
+    pub ports: Vec<String>,
+
+    /// Print the vhost-user backend capabilities as JSON and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: Args) -> Result<Self, ConfigError> {
+        let mut netdevs = Vec::new();
+        for text in &args.netdevs {
+            let n = NetdevConfig::parse_cli(text)
+                .map_err(|e| ConfigError::new("--netdev", format!("'{text}': {e}")))?;
+            netdevs.push(n);
+        }
+        let mut ports = Vec::new();
+        for text in &args.ports {
+            ports.push(parse_port(text, &netdevs)?);
+        }
+        let implied = match (&args.socket_path, args.fd) {
+            (Some(p), None) => Some(Listen::Path(p.clone())),
+            (None, Some(fd)) => Some(Listen::Fd(fd)),
+            _ => None,
+        };
+        if let Some(listen) = implied {
+            if !ports.is_empty() {
+                return Err(ConfigError::new(
+                    "--socket-path",
+                    "cannot be combined with --port",
+                ));
+            }
+            let netdev = match netdevs.as_slice() {
+                [n] => n.id.clone(),
+                [] => {
+                    return Err(ConfigError::new(
+                        "--netdev",
+                        "no netdev given (e.g. --netdev tap,id=n0,ifname=tap0)",
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        "--socket-path",
+                        "several netdevs: use --port ...,netdev=ID for each",
+                    ))
+                }
+            };
+            let option = |e: ConfigError| ConfigError::new(format!("--{}", e.option), e.message);
+            ports.push(
+                build_port(
+                    listen,
+                    args.client,
+                    netdev,
+                    args.mac.as_deref(),
+                    args.mtu,
+                    None,
+                    &netdevs,
+                )
+                .map_err(option)?,
+            );
+        } else if args.mac.is_some() || args.mtu.is_some() || args.client {
+            return Err(ConfigError::new(
+                "--mac",
+                "--mac, --mtu and --client go with --socket-path; use --port keys",
+            ));
+        }
+        Config { netdevs, ports }.validate()
+    }
+}
+
+/// What `--print-capabilities` prints (QEMU's vhost-user backend conventions).
+pub fn capabilities_json() -> String {
+    serde_json::json!({ "type": "net" }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["vhost-user-netd"];
+        v.extend_from_slice(args);
+        Config::try_from(Args::try_parse_from(v).expect("clap parse"))
+    }
+
+    #[test]
+    fn single_port_is_implied() {
+        let c = config(&[
+            "--socket-path",
+            "/run/vm0.sock",
+            "--netdev",
+            "tap,id=n0,ifname=tap0,queues=2",
+        ])
+        .unwrap();
+        assert_eq!(c.ports.len(), 1);
+        assert_eq!(c.ports[0].queues, 2);
+        assert_eq!(c.ports[0].listen, Listen::Path("/run/vm0.sock".into()));
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let e = config(&["--socket-path", "/a", "--netdev", "tap,id=n0,queues=x"]).unwrap_err();
+        assert_eq!(e.option, "--netdev");
+        assert!(e.message.contains("queues"), "{e}");
+        let e = config(&[
+            "--socket-path",
+            "/a",
+            "--netdev",
+            "tap,id=n0",
+            "--mac",
+            "zz",
+        ])
+        .unwrap_err();
+        assert_eq!(e.option, "--mac");
+        let e = config(&["--socket-path", "/a"]).unwrap_err();
+        assert_eq!(e.option, "--netdev");
+        let e = config(&["--netdev", "tap,id=n0"]).unwrap_err();
+        assert_eq!(e.option, "--socket-path");
+        let e = config(&["--netdev", "tap,id=n0", "--mac", "52:54:00:00:00:01"]).unwrap_err();
+        assert_eq!(e.option, "--mac");
+    }
+
+    #[test]
+    fn json_netdev_and_ports() {
+        let c = config(&[
+            "--netdev",
+            r#"{"type":"tap","id":"n0","ifname":"a"}"#,
+            "--netdev",
+            "tap,id=n1,ifname=b",
+            "--port",
+            "socket-path=/a,netdev=n0",
+            "--port",
+            "socket-path=/b,netdev=n1,mac=52:54:00:12:34:56",
+        ])
+        .unwrap();
+        assert_eq!(c.ports.len(), 2);
+    }
+}

@@ -1,0 +1,323 @@
+//! The daemon's validated, immutable configuration.
+//!
+//! The command line is parsed without side effects into [`Config`]; every check that can be made
+//! without opening anything happens here, so a bad option fails before any tap is created.
+
+use std::collections::HashSet;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use vhost_user_netd_backends::netdev::NetdevKind;
+use vhost_user_netd_backends::{NetdevConfig, Opts};
+
+/// Most queue pairs a port serves.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+
+/// A configuration error: the option it concerns and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{option}: {message}")]
+pub struct ConfigError {
+    pub option: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(option: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            option: option.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a port's vhost-user socket comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// Listen on (or with `client`, connect to) this path.
+    Path(PathBuf),
+    /// An already-listening socket inherited from the parent (systemd).
+    Fd(RawFd),
+}
+
+/// One vhost-user port: a socket, and the netdev that serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConfig {
+    pub listen: Listen,
+    /// Connect to a listening frontend instead of listening.
+    pub client: bool,
+    /// Id of the netdev that backs this port.
+    pub netdev: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u16>,
+    /// Queue pairs; defaults to the netdev's queue count.
+    pub queues: u16,
+}
+
+/// Everything the daemon was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub netdevs: Vec<NetdevConfig>,
+    pub ports: Vec<PortConfig>,
+}
+
+/// Parses `52:54:00:12:34:56`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// Formats a MAC as QEMU prints it.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Queue pairs a netdev can serve, known from its options alone.
+fn netdev_queues(n: &NetdevConfig) -> u16 {
+    match &n.kind {
+        NetdevKind::Tap(t) => t.queue_count() as u16,
+    }
+}
+
+/// Parses a `--port` value: `socket-path=P|fd=N,netdev=ID[,mac=M][,mtu=N][,queues=N][,client=on]`.
+pub fn parse_port(text: &str, netdevs: &[NetdevConfig]) -> Result<PortConfig, ConfigError> {
+    let err = |m: String| ConfigError::new("--port", format!("'{text}': {m}"));
+    // key=value with QEMU's escaping; no implied key.
+    let mut opts = Opts::parse_keyval(&format!("port,{text}")).map_err(|e| err(e.to_string()))?;
+    let _ = opts.take_str("type");
+    let path = opts
+        .take_str("socket-path")
+        .map_err(|e| err(e.to_string()))?;
+    let fd = opts.take_u32("fd").map_err(|e| err(e.to_string()))?;
+    let client = opts
+        .take_bool("client")
+        .map_err(|e| err(e.to_string()))?
+        .unwrap_or(false);
+    let netdev = opts.take_str("netdev").map_err(|e| err(e.to_string()))?;
+    let mac = opts.take_str("mac").map_err(|e| err(e.to_string()))?;
+    let mtu = opts.take_u32("mtu").map_err(|e| err(e.to_string()))?;
+    let queues = opts.take_u32("queues").map_err(|e| err(e.to_string()))?;
+    opts.finish().map_err(|e| err(e.to_string()))?;
+    let listen = match (path, fd) {
+        (Some(p), None) => Listen::Path(PathBuf::from(p)),
+        (None, Some(fd)) => Listen::Fd(fd as RawFd),
+        _ => return Err(err("exactly one of socket-path= and fd= is needed".into())),
+    };
+    let netdev = match netdev {
+        Some(n) => n,
+        None if netdevs.len() == 1 => netdevs[0].id.clone(),
+        None => {
+            return Err(err(
+                "netdev= is needed when there are several netdevs".into()
+            ))
+        }
+    };
+    build_port(listen, client, netdev, mac.as_deref(), mtu, queues, netdevs)
+        .map_err(|e| err(e.message))
+}
+
+/// Checks and assembles a port.
+pub fn build_port(
+    listen: Listen,
+    client: bool,
+    netdev: String,
+    mac: Option<&str>,
+    mtu: Option<u32>,
+    queues: Option<u32>,
+    netdevs: &[NetdevConfig],
+) -> Result<PortConfig, ConfigError> {
+    let Some(n) = netdevs.iter().find(|n| n.id == netdev) else {
+        return Err(ConfigError::new(
+            "netdev",
+            format!("no netdev with id '{netdev}'"),
+        ));
+    };
+    if client && matches!(listen, Listen::Fd(_)) {
+        return Err(ConfigError::new(
+            "client",
+            "a client port needs a socket path, not fd=",
+        ));
+    }
+    let mac = match mac {
+        Some(m) => Some(
+            parse_mac(m)
+                .ok_or_else(|| ConfigError::new("mac", format!("'{m}' is not a MAC address")))?,
+        ),
+        None => None,
+    };
+    let mtu = match mtu {
+        Some(m) if (68..=65535).contains(&m) => Some(m as u16),
+        Some(m) => {
+            return Err(ConfigError::new(
+                "mtu",
+                format!("{m} is out of range (68-65535)"),
+            ))
+        }
+        None => None,
+    };
+    let available = netdev_queues(n);
+    let queues = match queues {
+        None => available,
+        Some(q) if q >= 1 && q <= u32::from(MAX_QUEUE_PAIRS) && q <= u32::from(available) => q as u16,
+        Some(q) => {
+            return Err(ConfigError::new(
+                "queues",
+                format!("{q} queue pairs requested; netdev '{netdev}' has {available} (at most {MAX_QUEUE_PAIRS})"),
+            ))
+        }
+    };
+    Ok(PortConfig {
+        listen,
+        client,
+        netdev,
+        mac,
+        mtu,
+        queues,
+    })
+}
+
+impl Config {
+    /// Cross-checks: unique ids, one port per netdev, unique socket paths.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        let mut ids = HashSet::new();
+        for n in &self.netdevs {
+            if !ids.insert(n.id.as_str()) {
+                return Err(ConfigError::new(
+                    "--netdev",
+                    format!("duplicate netdev id '{}'", n.id),
+                ));
+            }
+        }
+        let mut used = HashSet::new();
+        let mut paths = HashSet::new();
+        for p in &self.ports {
+            if !used.insert(p.netdev.as_str()) {
+                return Err(ConfigError::new(
+                    "--port",
+                    format!("netdev '{}' serves two ports", p.netdev),
+                ));
+            }
+            let key = format!("{:?}", p.listen);
+            if !paths.insert(key) {
+                return Err(ConfigError::new(
+                    "--port",
+                    format!("socket {:?} is used twice", p.listen),
+                ));
+            }
+        }
+        if self.ports.is_empty() {
+            return Err(ConfigError::new(
+                "--socket-path",
+                "no port: give --socket-path, --fd or --port",
+            ));
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn netdevs() -> Vec<NetdevConfig> {
+        vec![
+            NetdevConfig::parse_cli("tap,id=n0,ifname=t0,queues=2").unwrap(),
+            NetdevConfig::parse_cli("tap,id=n1,ifname=t1").unwrap(),
+        ]
+    }
+
+    #[test]
+    fn mac_round_trip() {
+        let m = parse_mac("52:54:00:12:34:5f").unwrap();
+        assert_eq!(format_mac(&m), "52:54:00:12:34:5f");
+        for bad in [
+            "52:54:00:12:34",
+            "52:54:00:12:34:5g",
+            "5254:00:12:34:56:7",
+            "",
+        ] {
+            assert!(parse_mac(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_parse_and_check() {
+        let n = netdevs();
+        let p = parse_port(
+            "socket-path=/run/a.sock,netdev=n0,mac=52:54:00:12:34:56,queues=2",
+            &n,
+        )
+        .unwrap();
+        assert_eq!((p.queues, p.mac.is_some(), p.client), (2, true, false));
+        assert_eq!(
+            parse_port("socket-path=/a,netdev=n1", &n).unwrap().queues,
+            1
+        );
+        for bad in [
+            "socket-path=/a,netdev=n1,queues=2",
+            "socket-path=/a,netdev=nx",
+            "socket-path=/a",
+            "netdev=n0",
+            "socket-path=/a,fd=3,netdev=n0",
+            "fd=3,client=on,netdev=n0",
+            "socket-path=/a,netdev=n0,mtu=20",
+            "socket-path=/a,netdev=n0,mac=zz",
+            "socket-path=/a,netdev=n0,what=1",
+        ] {
+            let e = parse_port(bad, &n).unwrap_err();
+            assert_eq!(e.option, "--port", "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_cross_checks() {
+        let n = netdevs();
+        let a = parse_port("socket-path=/a,netdev=n0", &n).unwrap();
+        let b = parse_port("socket-path=/a,netdev=n1", &n).unwrap();
+        let c = parse_port("socket-path=/b,netdev=n0", &n).unwrap();
+        assert!(Config {
+            netdevs: n.clone(),
+            ports: vec![a.clone(), b]
+        }
+        .validate()
+        .is_err());
+        assert!(Config {
+            netdevs: n.clone(),
+            ports: vec![a.clone(), c]
+        }
+        .validate()
+        .is_err());
+        assert!(Config {
+            netdevs: n.clone(),
+            ports: vec![]
+        }
+        .validate()
+        .is_err());
+        let mut dup = n.clone();
+        dup.push(n[0].clone());
+        assert!(Config {
+            netdevs: dup,
+            ports: vec![a.clone()]
+        }
+        .validate()
+        .is_err());
+        assert!(Config {
+            netdevs: n,
+            ports: vec![a]
+        }
+        .validate()
+        .is_ok());
+    }
+}

@@ -1,0 +1,583 @@
+//! The one place where a descriptor chain becomes host iovecs.
+//!
+//! Every descriptor the guest hands us is hostile until proven otherwise: the walk is bounded by
+//! the queue size (loops), indirect tables are checked for size and nesting, every buffer must lie
+//! inside guest memory and point the right way, and the total length is capped. All unsafe
+//! guest-memory access of the datapath lives in this file.
+
+use std::io::{IoSlice, IoSliceMut};
+
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
+const DESC_SIZE: u64 = 16;
+
+/// At most this many host segments per batch handed to one `readv`/`writev` (the kernel's
+/// `IOV_MAX`).
+pub const MAX_SEGMENTS: usize = 1024;
+
+/// Which way the buffers of a chain must point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Device reads (tx): every descriptor must be device-readable.
+    DeviceReads,
+    /// Device writes (rx): every descriptor must be device-writable.
+    DeviceWrites,
+}
+
+/// Why a descriptor chain was refused. Each kind has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("head index out of range")]
+    HeadOutOfRange,
+    #[error("next index out of range")]
+    NextOutOfRange,
+    #[error("chain longer than the queue (loop?)")]
+    TooManyDescriptors,
+    #[error("descriptor table or buffer outside guest memory")]
+    BadAddress,
+    #[error("buffer points the wrong way")]
+    WrongDirection,
+    #[error("indirect descriptor not negotiated, nested, or of bad size")]
+    BadIndirect,
+    #[error("chain carries more bytes than a frame may have")]
+    TooLong,
+    #[error("chain needs more than {MAX_SEGMENTS} host segments")]
+    TooManySegments,
+    #[error("chain is shorter than the virtio-net header")]
+    TooShort,
+}
+
+/// One descriptor as the guest wrote it.
+#[derive(Debug, Clone, Copy)]
+struct RawDesc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+fn read_desc(
+    mem: &GuestMemoryMmap,
+    table: GuestAddress,
+    index: u16,
+) -> Result<RawDesc, ChainError> {
+    let at = table
+        .checked_add(u64::from(index) * DESC_SIZE)
+        .ok_or(ChainError::BadAddress)?;
+    let raw: [u8; 16] = mem.read_obj(at).map_err(|_| ChainError::BadAddress)?;
+    Ok(RawDesc {
+        addr: u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default()),
+        len: u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default()),
+        flags: u16::from_le_bytes([raw[12], raw[13]]),
+        next: u16::from_le_bytes([raw[14], raw[15]]),
+    })
+}
+
+/// Host iovecs over guest buffers, reused from batch to batch (no allocation per frame).
+#[derive(Debug)]
+pub struct GuestIov {
+    iovecs: Vec<libc::iovec>,
+    bytes: usize,
+}
+
+// SAFETY: the iovecs are plain addresses into guest memory mappings; they are only dereferenced
+// by the kernel in readv/writev or by the accessors below while the caller holds the memory guard.
+unsafe impl Send for GuestIov {}
+
+impl Default for GuestIov {
+    fn default() -> Self {
+        GuestIov {
+            iovecs: Vec::with_capacity(64),
+            bytes: 0,
+        }
+    }
+}
+
+impl GuestIov {
+    /// Forgets all segments, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.iovecs.clear();
+        self.bytes = 0;
+    }
+
+    /// Total bytes covered.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether no bytes are covered.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Number of host segments.
+    pub fn segments(&self) -> usize {
+        self.iovecs.len()
+    }
+
+    /// The segments for `writev`.
+    pub fn as_io_slices(&self) -> &[IoSlice<'_>] {
+        // SAFETY: IoSlice is guaranteed ABI-compatible with iovec on Unix; the pointed-to guest
+        // memory stays mapped while the caller holds the memory guard the chain was walked with.
+        unsafe { std::slice::from_raw_parts(self.iovecs.as_ptr().cast(), self.iovecs.len()) }
+    }
+
+    /// The segments for `readv`.
+    pub fn as_io_slices_mut(&mut self) -> &mut [IoSliceMut<'_>] {
+        // SAFETY: as in `as_io_slices`; the chain was checked to be device-writable.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.iovecs.as_mut_ptr().cast(), self.iovecs.len())
+        }
+    }
+
+    /// Appends the buffers of the chain starting at `head`; returns the chain's byte length.
+    /// On error nothing is appended.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_chain(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        desc_table: GuestAddress,
+        queue_size: u16,
+        head: u16,
+        direction: Direction,
+        indirect_allowed: bool,
+        max_bytes: usize,
+    ) -> Result<usize, ChainError> {
+        let (segments, bytes) = (self.iovecs.len(), self.bytes);
+        let result = self.walk(
+            mem,
+            desc_table,
+            queue_size,
+            head,
+            direction,
+            indirect_allowed,
+            max_bytes,
+        );
+        if result.is_err() {
+            self.iovecs.truncate(segments);
+            self.bytes = bytes;
+        }
+        result.map(|()| self.bytes - bytes)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        desc_table: GuestAddress,
+        queue_size: u16,
+        head: u16,
+        direction: Direction,
+        indirect_allowed: bool,
+        max_bytes: usize,
+    ) -> Result<(), ChainError> {
+        if head >= queue_size {
+            return Err(ChainError::HeadOutOfRange);
+        }
+        let mut table = desc_table;
+        let mut table_size = queue_size;
+        let mut index = head;
+        let mut indirect = false;
+        let mut budget = u32::from(queue_size);
+        let start_bytes = self.bytes;
+        loop {
+            if budget == 0 {
+                return Err(ChainError::TooManyDescriptors);
+            }
+            budget -= 1;
+            let desc = read_desc(mem, table, index)?;
+            if desc.flags & VRING_DESC_F_INDIRECT != 0 {
+                // An indirect descriptor must be the only one in its chain and may not nest.
+                if !indirect_allowed || indirect || desc.flags & VRING_DESC_F_NEXT != 0 {
+                    return Err(ChainError::BadIndirect);
+                }
+                let len = u64::from(desc.len);
+                if len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > u64::from(u16::MAX) {
+                    return Err(ChainError::BadIndirect);
+                }
+                table = GuestAddress(desc.addr);
+                // The whole table must be in guest memory.
+                GuestMemoryBackend::get_slices(mem, table, len as usize)
+                    .try_for_each(|s| s.map(|_| ()))
+                    .map_err(|_| ChainError::BadAddress)?;
+                table_size = (len / DESC_SIZE) as u16;
+                budget = u32::from(table_size);
+                index = 0;
+                indirect = true;
+                continue;
+            }
+            let writable = desc.flags & VRING_DESC_F_WRITE != 0;
+            if writable != (direction == Direction::DeviceWrites) {
+                return Err(ChainError::WrongDirection);
+            }
+            let total = (self.bytes - start_bytes)
+                .checked_add(desc.len as usize)
+                .ok_or(ChainError::TooLong)?;
+            if total > max_bytes {
+                return Err(ChainError::TooLong);
+            }
+            self.push_buffer(mem, desc.addr, desc.len as usize)?;
+            if desc.flags & VRING_DESC_F_NEXT == 0 {
+                return Ok(());
+            }
+            if desc.next >= table_size {
+                return Err(ChainError::NextOutOfRange);
+            }
+            index = desc.next;
+        }
+    }
+
+    fn push_buffer(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        addr: u64,
+        len: usize,
+    ) -> Result<(), ChainError> {
+        if len == 0 {
+            return Ok(());
+        }
+        for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(addr), len) {
+            let slice = slice.map_err(|_| ChainError::BadAddress)?;
+            if self.iovecs.len() >= MAX_SEGMENTS {
+                return Err(ChainError::TooManySegments);
+            }
+            let guard = slice.ptr_guard_mut();
+            self.iovecs.push(libc::iovec {
+                iov_base: guard.as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+            self.bytes += slice.len();
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into the covered bytes starting at `offset` (which must fit).
+    pub fn write_at(&self, mut offset: usize, mut data: &[u8]) -> bool {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > self.bytes)
+        {
+            return false;
+        }
+        for iov in &self.iovecs {
+            if data.is_empty() {
+                break;
+            }
+            if offset >= iov.iov_len {
+                offset -= iov.iov_len;
+                continue;
+            }
+            let n = (iov.iov_len - offset).min(data.len());
+            // SAFETY: offset + n <= iov_len, so the destination lies inside a guest buffer that
+            // was validated as device-writable and stays mapped while the memory guard is held.
+            // Guest memory is shared, so copy without creating a Rust reference to it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    iov.iov_base.cast::<u8>().add(offset),
+                    n,
+                );
+            }
+            data = &data[n..];
+            offset = 0;
+        }
+        true
+    }
+
+    /// Copies covered bytes starting at `offset` into `out` (which must fit).
+    pub fn read_at(&self, mut offset: usize, out: &mut [u8]) -> bool {
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > self.bytes)
+        {
+            return false;
+        }
+        let mut done = 0;
+        for iov in &self.iovecs {
+            if done == out.len() {
+                break;
+            }
+            if offset >= iov.iov_len {
+                offset -= iov.iov_len;
+                continue;
+            }
+            let n = (iov.iov_len - offset).min(out.len() - done);
+            // SAFETY: offset + n <= iov_len, inside a validated guest buffer that stays mapped
+            // while the memory guard is held; the destination is our own buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    iov.iov_base.cast::<u8>().add(offset),
+                    out[done..].as_mut_ptr(),
+                    n,
+                );
+            }
+            done += n;
+            offset = 0;
+        }
+        true
+    }
+
+    /// A position to go back to with [`Self::truncate_to`].
+    pub fn mark(&self) -> (usize, usize) {
+        (self.iovecs.len(), self.bytes)
+    }
+
+    /// Forgets everything appended after `mark`.
+    pub fn truncate_to(&mut self, mark: (usize, usize)) {
+        self.iovecs.truncate(mark.0);
+        self.bytes = mark.1;
+    }
+
+    /// Moves the first `n` bytes into `front` (cleared first), e.g. a virtio-net header that the
+    /// backend does not take, leaving the rest here.
+    pub fn split_front(&mut self, mut n: usize, front: &mut GuestIov) {
+        front.clear();
+        n = n.min(self.bytes);
+        self.bytes -= n;
+        front.bytes = n;
+        let mut whole = 0;
+        for iov in &mut self.iovecs {
+            if n == 0 {
+                break;
+            }
+            if n >= iov.iov_len {
+                n -= iov.iov_len;
+                front.iovecs.push(*iov);
+                whole += 1;
+            } else {
+                front.iovecs.push(libc::iovec {
+                    iov_base: iov.iov_base,
+                    iov_len: n,
+                });
+                // SAFETY: n < iov_len, so the advanced pointer stays inside the same buffer.
+                iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+                iov.iov_len -= n;
+                n = 0;
+            }
+        }
+        self.iovecs.drain(..whole);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::test_ring::{GuestRam, RawDescriptor};
+
+    const TABLE: u64 = 0x1000;
+
+    fn walk(
+        ram: &GuestRam,
+        head: u16,
+        dir: Direction,
+        indirect: bool,
+    ) -> Result<usize, ChainError> {
+        let mut iov = GuestIov::default();
+        iov.push_chain(
+            &ram.mem,
+            GuestAddress(TABLE),
+            8,
+            head,
+            dir,
+            indirect,
+            65_562,
+        )
+    }
+
+    #[test]
+    fn accepts_a_plain_writable_chain_and_copies_through_it() {
+        let ram = GuestRam::new();
+        ram.write_descs(
+            TABLE,
+            &[
+                RawDescriptor::new(0x10000, 6, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 1),
+                RawDescriptor::new(0x20000, 100, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        let mut iov = GuestIov::default();
+        let n = iov
+            .push_chain(
+                &ram.mem,
+                GuestAddress(TABLE),
+                8,
+                0,
+                Direction::DeviceWrites,
+                false,
+                1000,
+            )
+            .unwrap();
+        assert_eq!(n, 106);
+        assert!(iov.write_at(4, b"abcd"));
+        let mut out = [0u8; 4];
+        assert!(iov.read_at(4, &mut out));
+        assert_eq!(&out, b"abcd");
+        assert!(!iov.write_at(104, b"abc"));
+        let mut front = GuestIov::default();
+        iov.split_front(7, &mut front);
+        assert_eq!((iov.len(), iov.segments()), (99, 1));
+        assert_eq!((front.len(), front.segments()), (7, 2));
+        let mut out = [0u8; 3];
+        assert!(front.read_at(4, &mut out));
+        assert_eq!(&out, b"abc");
+        assert!(iov.read_at(0, &mut out[..1]));
+        assert_eq!(out[0], b'd');
+    }
+
+    #[test]
+    fn refuses_hostile_chains() {
+        let ram = GuestRam::new();
+        // 0: loops onto itself.
+        ram.write_descs(
+            TABLE,
+            &[RawDescriptor::new(0x10000, 10, VRING_DESC_F_NEXT, 0)],
+        );
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, false),
+            Err(ChainError::TooManyDescriptors)
+        );
+        // head out of range
+        assert_eq!(
+            walk(&ram, 8, Direction::DeviceReads, false),
+            Err(ChainError::HeadOutOfRange)
+        );
+        // next out of range
+        ram.write_descs(
+            TABLE,
+            &[RawDescriptor::new(0x10000, 10, VRING_DESC_F_NEXT, 9)],
+        );
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, false),
+            Err(ChainError::NextOutOfRange)
+        );
+        // outside guest memory
+        ram.write_descs(TABLE, &[RawDescriptor::new(GuestRam::SIZE - 4, 10, 0, 0)]);
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, false),
+            Err(ChainError::BadAddress)
+        );
+        ram.write_descs(TABLE, &[RawDescriptor::new(u64::MAX - 2, 10, 0, 0)]);
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, false),
+            Err(ChainError::BadAddress)
+        );
+        // wrong direction both ways
+        ram.write_descs(
+            TABLE,
+            &[RawDescriptor::new(0x10000, 10, VRING_DESC_F_WRITE, 0)],
+        );
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, false),
+            Err(ChainError::WrongDirection)
+        );
+        ram.write_descs(TABLE, &[RawDescriptor::new(0x10000, 10, 0, 0)]);
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceWrites, false),
+            Err(ChainError::WrongDirection)
+        );
+        // too long in total
+        ram.write_descs(
+            TABLE,
+            &[
+                RawDescriptor::new(0x10000, 65_000, VRING_DESC_F_NEXT, 1),
+                RawDescriptor::new(0x30000, 65_000, 0, 0),
+            ],
+        );
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, false),
+            Err(ChainError::TooLong)
+        );
+        // length overflow
+        ram.write_descs(TABLE, &[RawDescriptor::new(0x10000, u32::MAX, 0, 0)]);
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, false),
+            Err(ChainError::TooLong)
+        );
+    }
+
+    #[test]
+    fn indirect_tables_are_bounded() {
+        let ram = GuestRam::new();
+        let ind = 0x8000;
+        ram.write_descs(
+            ind,
+            &[
+                RawDescriptor::new(0x10000, 10, VRING_DESC_F_NEXT, 1),
+                RawDescriptor::new(0x11000, 20, 0, 0),
+            ],
+        );
+        ram.write_descs(
+            TABLE,
+            &[RawDescriptor::new(ind, 32, VRING_DESC_F_INDIRECT, 0)],
+        );
+        assert_eq!(walk(&ram, 0, Direction::DeviceReads, true), Ok(30));
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, false),
+            Err(ChainError::BadIndirect)
+        );
+        // bad size
+        ram.write_descs(
+            TABLE,
+            &[RawDescriptor::new(ind, 33, VRING_DESC_F_INDIRECT, 0)],
+        );
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, true),
+            Err(ChainError::BadIndirect)
+        );
+        // nested
+        ram.write_descs(
+            ind,
+            &[RawDescriptor::new(ind, 16, VRING_DESC_F_INDIRECT, 0)],
+        );
+        ram.write_descs(
+            TABLE,
+            &[RawDescriptor::new(ind, 16, VRING_DESC_F_INDIRECT, 0)],
+        );
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, true),
+            Err(ChainError::BadIndirect)
+        );
+        // looping inside the indirect table
+        ram.write_descs(ind, &[RawDescriptor::new(0x10000, 1, VRING_DESC_F_NEXT, 0)]);
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, true),
+            Err(ChainError::TooManyDescriptors)
+        );
+        // table outside memory
+        ram.write_descs(
+            TABLE,
+            &[RawDescriptor::new(
+                GuestRam::SIZE - 16,
+                32,
+                VRING_DESC_F_INDIRECT,
+                0,
+            )],
+        );
+        assert_eq!(
+            walk(&ram, 0, Direction::DeviceReads, true),
+            Err(ChainError::BadAddress)
+        );
+    }
+
+    #[test]
+    fn failed_chain_leaves_earlier_segments_intact() {
+        let ram = GuestRam::new();
+        ram.write_descs(
+            TABLE,
+            &[
+                RawDescriptor::new(0x10000, 10, VRING_DESC_F_WRITE, 0),
+                RawDescriptor::new(0x10000, 10, 0, 0),
+            ],
+        );
+        let mut iov = GuestIov::default();
+        let t = GuestAddress(TABLE);
+        iov.push_chain(&ram.mem, t, 8, 0, Direction::DeviceWrites, false, 100)
+            .unwrap();
+        assert!(iov
+            .push_chain(&ram.mem, t, 8, 1, Direction::DeviceWrites, false, 100)
+            .is_err());
+        assert_eq!((iov.len(), iov.segments()), (10, 1));
+    }
+}

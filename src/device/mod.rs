@@ -1,0 +1,241 @@
+//! The virtio-net device: the only code that knows virtio (rings, feature bits, the virtio-net
+//! header, guest memory).
+//!
+//! - [`guest_iov`]: descriptor chains → host iovecs (all guest-memory `unsafe` is there).
+//! - [`vring`]: one split ring: avail reads, batched used writes, notifications.
+//! - [`queue_pair`]: a pair's state, lock and worker thread; [`rx`] and [`tx`]: its two paths.
+//! - [`features`], [`config_space`]: what is offered and reported.
+//! - [`counters`]: per-pair statistics; [`announce`]: RARP frames.
+
+pub mod announce;
+pub mod config_space;
+pub mod counters;
+pub mod features;
+pub mod guest_iov;
+pub mod queue_pair;
+mod rx;
+#[cfg(test)]
+pub mod test_ring;
+mod tx;
+pub mod vring;
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use log::{info, warn};
+use vhost_user_netd_backends::{Backend, Capabilities, Offloads};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use self::config_space::NetConfigSpace;
+use self::counters::Counts;
+use self::queue_pair::{DatapathParams, PairHandle};
+
+/// Default MTU when neither the port nor the frontend set one.
+pub const DEFAULT_MTU: u16 = 1500;
+
+/// Errors the device reports to the vhost-user layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("features {0:#x} were not offered")]
+    UnofferedFeatures(u64),
+    #[error("vring {0} does not exist")]
+    NoSuchVring(u32),
+    #[error("MTU {0} is out of range (68-65535)")]
+    BadMtu(u64),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A port's fixed device parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// MAC reported in config space (`VIRTIO_NET_F_MAC`); without it the frontend uses its own.
+    pub mac: Option<[u8; 6]>,
+    /// MTU reported in config space (`VIRTIO_NET_F_MTU`).
+    pub mtu: Option<u16>,
+    /// Queue pairs served (1–16).
+    pub queue_pairs: u16,
+}
+
+/// One frontend's virtio-net device, bound to a backend.
+#[derive(Debug)]
+pub struct NetDevice {
+    config: DeviceConfig,
+    backend: Arc<dyn Backend>,
+    caps: Capabilities,
+    offered: u64,
+    acked: u64,
+    mtu: Option<u16>,
+    link_up: bool,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    pairs: Vec<PairHandle>,
+}
+
+impl NetDevice {
+    /// Creates the device and its queue pair workers, each bound to one backend queue.
+    pub fn new(config: DeviceConfig, backend: Arc<dyn Backend>) -> io::Result<Self> {
+        let caps = backend.capabilities();
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut pairs = Vec::new();
+        for index in 0..config.queue_pairs {
+            let pair = PairHandle::spawn(index, mem.clone())?;
+            let queue = backend.queue(index).map_err(io::Error::other)?;
+            pair.lock().set_backend(Some(queue));
+            pairs.push(pair);
+        }
+        let offered = features::offered(
+            &caps,
+            config.queue_pairs,
+            config.mac.is_some(),
+            config.mtu.is_some(),
+        );
+        let mut device = NetDevice {
+            config,
+            backend,
+            caps,
+            offered,
+            acked: 0,
+            mtu: config.mtu,
+            link_up: true,
+            mem,
+            pairs,
+        };
+        device.apply_params();
+        Ok(device)
+    }
+
+    /// virtio feature bits offered (with `VHOST_USER_F_PROTOCOL_FEATURES`).
+    pub fn offered_features(&self) -> u64 {
+        self.offered
+    }
+
+    /// virtio feature bits acknowledged.
+    pub fn acked_features(&self) -> u64 {
+        self.acked
+    }
+
+    /// Accepts the driver's features and reconfigures the datapath for them.
+    pub fn set_features(&mut self, acked: u64) -> Result<(), DeviceError> {
+        let extra = acked & !self.offered;
+        if extra != 0 {
+            return Err(DeviceError::UnofferedFeatures(extra));
+        }
+        self.acked = acked;
+        self.apply_params();
+        Ok(())
+    }
+
+    fn apply_params(&mut self) {
+        let acked = self.acked;
+        let hdr_len = features::header_len(acked);
+        let guest_offloads = features::guest_offloads(acked);
+        let mtu = usize::from(self.mtu.unwrap_or(DEFAULT_MTU));
+        let max_frame = if guest_offloads.any_gso() {
+            vhost_user_netd_backends::MAX_FRAME_LEN
+        } else {
+            14 + 4 + mtu
+        };
+        let params = DatapathParams {
+            hdr_len,
+            mrg_rxbuf: acked & features::VIRTIO_NET_F_MRG_RXBUF != 0,
+            indirect: acked & features::VIRTIO_RING_F_INDIRECT_DESC != 0,
+            backend_vnet_hdr: self.caps.vnet_hdr,
+            max_rx_frame: hdr_len + max_frame,
+            link_up: self.link_up,
+        };
+        let offloads = if self.caps.vnet_hdr {
+            guest_offloads.intersect(self.caps.offloads)
+        } else {
+            Offloads::default()
+        };
+        let event_idx = acked & features::VIRTIO_RING_F_EVENT_IDX != 0;
+        for pair in &self.pairs {
+            let mut p = pair.lock();
+            p.params = params;
+            p.rx.set_event_idx(event_idx);
+            p.tx.set_event_idx(event_idx);
+            if let Some(b) = p.backend.as_mut() {
+                if self.caps.vnet_hdr {
+                    if let Err(e) = b.set_vnet_hdr_len(hdr_len) {
+                        warn!("backend: setting vnet header length {hdr_len}: {e}");
+                    }
+                }
+                if let Err(e) = b.set_offloads(offloads) {
+                    warn!("backend: setting offloads {offloads:?}: {e}");
+                }
+            }
+            p.update_interest();
+        }
+    }
+
+    /// Number of queue pairs.
+    pub fn queue_pairs(&self) -> u16 {
+        self.config.queue_pairs
+    }
+
+    /// The pair serving vring `index`, and whether the vring is its rx ring.
+    pub fn vring(&self, index: u32) -> Result<(&PairHandle, bool), DeviceError> {
+        let pair = self
+            .pairs
+            .get((index / 2) as usize)
+            .ok_or(DeviceError::NoSuchVring(index))?;
+        Ok((pair, index % 2 == 0))
+    }
+
+    /// Guest memory as the workers see it.
+    pub fn memory(&self) -> &GuestMemoryAtomic<GuestMemoryMmap> {
+        &self.mem
+    }
+
+    /// The config space as the driver reads it.
+    pub fn config_space(&self) -> NetConfigSpace {
+        NetConfigSpace {
+            mac: self.config.mac.unwrap_or_default(),
+            link_up: self.link_up,
+            max_queue_pairs: self.config.queue_pairs,
+            mtu: self.mtu.unwrap_or(DEFAULT_MTU),
+        }
+    }
+
+    /// `NET_SET_MTU`: the frontend's `host_mtu`.
+    pub fn set_mtu(&mut self, mtu: u64) -> Result<(), DeviceError> {
+        if !(68..=65535).contains(&mtu) {
+            return Err(DeviceError::BadMtu(mtu));
+        }
+        self.mtu = Some(mtu as u16);
+        self.apply_params();
+        Ok(())
+    }
+
+    /// Sends a RARP for `mac` out of the backend (`SEND_RARP`, `announce-self`).
+    pub fn send_rarp(&self, mac: [u8; 6]) -> io::Result<()> {
+        let frame = announce::rarp_frame(mac);
+        let Some(pair) = self.pairs.first() else {
+            return Ok(());
+        };
+        let mut p = pair.lock();
+        let hdr_len = p.params.hdr_len;
+        let Some(backend) = p.backend.as_mut() else {
+            return Ok(());
+        };
+        let zero = [0u8; 12];
+        let hdr: &[u8] = if self.caps.vnet_hdr {
+            &zero[..hdr_len]
+        } else {
+            &[]
+        };
+        backend.send(&[IoSlice::new(hdr), IoSlice::new(&frame)])?;
+        info!("sent RARP for {}", crate::config::format_mac(&mac));
+        Ok(())
+    }
+
+    /// Counters summed over all pairs.
+    pub fn counters(&self) -> Vec<Counts> {
+        self.pairs.iter().map(|p| p.counters.snapshot()).collect()
+    }
+
+    /// The backend this device is bound to.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+}

@@ -1,0 +1,387 @@
+//! One rx/tx queue pair: its state behind its own lock, and the worker thread that waits on the
+//! pair's kick eventfds and its backend descriptor with one epoll.
+//!
+//! The vhost-user handler changes a pair's rings under the same lock the worker processes them
+//! with, so a ring is never reconfigured mid-batch; pairs never share a lock.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use log::{debug, error, warn};
+use vhost_user_netd_backends::BackendQueue;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::counters::{Counts, RateLimitedLog, SharedCounters};
+use super::guest_iov::GuestIov;
+use super::vring::Vring;
+
+/// What woke the worker. Stored in the epoll event's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum PairEvent {
+    /// The guest added rx buffers.
+    RxKick = 1,
+    /// The guest added tx frames.
+    TxKick = 2,
+    /// The backend is readable/writable (or hung up).
+    Backend = 3,
+    /// The device is going away.
+    Stop = 4,
+}
+
+impl PairEvent {
+    fn from_data(data: u64) -> Option<Self> {
+        [
+            PairEvent::RxKick,
+            PairEvent::TxKick,
+            PairEvent::Backend,
+            PairEvent::Stop,
+        ]
+        .into_iter()
+        .find(|e| *e as u64 == data)
+    }
+}
+
+/// Negotiated parameters the datapath needs, fixed between SET_FEATURES calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatapathParams {
+    /// virtio-net header length (10 or 12).
+    pub hdr_len: usize,
+    /// `VIRTIO_NET_F_MRG_RXBUF` negotiated.
+    pub mrg_rxbuf: bool,
+    /// `VIRTIO_RING_F_INDIRECT_DESC` negotiated.
+    pub indirect: bool,
+    /// The backend takes and produces the virtio-net header itself.
+    pub backend_vnet_hdr: bool,
+    /// Largest rx frame, header included, the guest may have to take.
+    pub max_rx_frame: usize,
+    /// Link state (`set_link`); down drops frames both ways.
+    pub link_up: bool,
+}
+
+impl Default for DatapathParams {
+    fn default() -> Self {
+        DatapathParams {
+            hdr_len: 12,
+            mrg_rxbuf: false,
+            indirect: false,
+            backend_vnet_hdr: false,
+            max_rx_frame: 12 + 1518,
+            link_up: true,
+        }
+    }
+}
+
+/// Backend interest currently registered with epoll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Interest {
+    read: bool,
+    write: bool,
+}
+
+/// A queue pair's state.
+#[derive(Debug)]
+pub struct QueuePair {
+    pub index: u16,
+    pub rx: Vring,
+    pub tx: Vring,
+    pub params: DatapathParams,
+    pub(super) backend: Option<Box<dyn BackendQueue>>,
+    pub(super) backend_closed: bool,
+    epoll: Arc<Epoll>,
+    registered: Option<Interest>,
+    /// rx found no guest buffer; the backend is not polled until the guest kicks.
+    pub(super) rx_starved: bool,
+    /// The backend was full; tx waits for it to become writable.
+    pub(super) tx_blocked: bool,
+    pub(super) counts: Counts,
+    pub(super) log: RateLimitedLog,
+    pub(super) iov: GuestIov,
+    pub(super) hdr_iov: GuestIov,
+    pub(super) heads: Vec<(u16, usize)>,
+    /// A frame read from the backend that did not fit the guest's buffers yet.
+    pub(super) bounce: Vec<u8>,
+    pub(super) bounce_len: usize,
+    shared: Arc<SharedCounters>,
+}
+
+impl QueuePair {
+    fn new(index: u16, epoll: Arc<Epoll>, shared: Arc<SharedCounters>) -> Self {
+        QueuePair {
+            index,
+            rx: Vring::default(),
+            tx: Vring::default(),
+            params: DatapathParams::default(),
+            backend: None,
+            backend_closed: false,
+            epoll,
+            registered: None,
+            rx_starved: false,
+            tx_blocked: false,
+            counts: Counts::default(),
+            log: RateLimitedLog::default(),
+            iov: GuestIov::default(),
+            hdr_iov: GuestIov::default(),
+            heads: Vec::with_capacity(64),
+            bounce: Vec::new(),
+            bounce_len: 0,
+            shared,
+        }
+    }
+
+    /// Binds (or with `None` unbinds) the backend queue.
+    pub fn set_backend(&mut self, backend: Option<Box<dyn BackendQueue>>) {
+        if let Some(old) = &self.backend {
+            if self.registered.is_some() {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, old.fd(), EpollEvent::default());
+            }
+        }
+        self.registered = None;
+        self.backend = backend;
+        self.backend_closed = false;
+        self.tx_blocked = false;
+        self.bounce_len = 0;
+        self.update_interest();
+    }
+
+    /// Installs a ring's kick eventfd and registers it with the worker's epoll.
+    pub fn set_kick(&mut self, rx: bool, kick: EventFd) -> io::Result<()> {
+        let event = if rx {
+            PairEvent::RxKick
+        } else {
+            PairEvent::TxKick
+        };
+        let ring = if rx { &mut self.rx } else { &mut self.tx };
+        if let Some(old) = ring.kick.take() {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                old.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+        vhost_user_netd_backends::sys::set_nonblocking(kick.as_raw_fd(), true)?;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            kick.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, event as u64),
+        )?;
+        // Process whatever the driver queued before we were listening.
+        let _ = kick.write(1);
+        ring.kick = Some(kick);
+        ring.started = true;
+        Ok(())
+    }
+
+    /// Stops a ring (`GET_VRING_BASE`): no more processing until it is started again.
+    pub fn stop_ring(&mut self, rx: bool) -> u16 {
+        let ring = if rx { &mut self.rx } else { &mut self.tx };
+        if let Some(kick) = ring.kick.take() {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                kick.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+        ring.started = false;
+        let base = ring.next_avail();
+        if rx {
+            self.bounce_len = 0;
+        }
+        self.update_interest();
+        base
+    }
+
+    /// Whether rx may deliver frames now (ring running and enabled, backend there).
+    pub(super) fn rx_deliverable(&self) -> bool {
+        self.rx.is_running() && self.rx.enabled && self.backend.is_some() && !self.backend_closed
+    }
+
+    /// Registers exactly the backend events the pair can act on now.
+    pub fn update_interest(&mut self) {
+        let Some(backend) = &self.backend else { return };
+        let want = if self.backend_closed {
+            None
+        } else {
+            Some(Interest {
+                // With the link down frames are read and dropped, so the host side never stalls.
+                read: (self.rx_deliverable() && !self.rx_starved)
+                    || (!self.params.link_up && self.backend.is_some()),
+                write: self.tx_blocked,
+            })
+        };
+        if want == self.registered {
+            return;
+        }
+        let fd = backend.fd();
+        let result = match (self.registered, want) {
+            (Some(_), None) => self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default()),
+            (old, Some(w)) => {
+                let mut set = EventSet::empty();
+                if w.read {
+                    set |= EventSet::IN;
+                }
+                if w.write {
+                    set |= EventSet::OUT;
+                }
+                let op = if old.is_some() {
+                    ControlOperation::Modify
+                } else {
+                    ControlOperation::Add
+                };
+                self.epoll
+                    .ctl(op, fd, EpollEvent::new(set, PairEvent::Backend as u64))
+            }
+            (None, None) => Ok(()),
+        };
+        match result {
+            Ok(()) => self.registered = want,
+            Err(e) => error!("pair {}: epoll on backend fd {fd}: {e}", self.index),
+        }
+    }
+
+    /// Adds the batch's counters to the shared ones.
+    pub(super) fn flush_counts(&mut self) {
+        if self.counts != Counts::default() {
+            self.shared.add(&self.counts);
+            self.counts = Counts::default();
+        }
+    }
+
+    fn on_event(&mut self, mem: &GuestMemoryMmap, event: PairEvent, set: EventSet) {
+        match event {
+            PairEvent::RxKick => {
+                if let Some(k) = &self.rx.kick {
+                    let _ = k.read();
+                }
+                self.counts.kicks += 1;
+                self.rx_starved = false;
+                self.process_rx(mem);
+            }
+            PairEvent::TxKick => {
+                if let Some(k) = &self.tx.kick {
+                    let _ = k.read();
+                }
+                self.counts.kicks += 1;
+                self.process_tx(mem);
+            }
+            PairEvent::Backend => {
+                if set.contains(EventSet::OUT) {
+                    self.tx_blocked = false;
+                    self.process_tx(mem);
+                }
+                if set.contains(EventSet::IN) {
+                    self.process_rx(mem);
+                }
+                if set.intersects(EventSet::HANG_UP | EventSet::ERROR)
+                    && !set.contains(EventSet::IN)
+                {
+                    warn!("pair {}: backend hung up", self.index);
+                    self.backend_closed = true;
+                }
+            }
+            PairEvent::Stop => {}
+        }
+        self.update_interest();
+        self.flush_counts();
+    }
+}
+
+/// A queue pair with its worker thread.
+#[derive(Debug)]
+pub struct PairHandle {
+    state: Arc<Mutex<QueuePair>>,
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+    pub counters: Arc<SharedCounters>,
+}
+
+impl PairHandle {
+    /// Creates the pair and starts its worker.
+    pub fn spawn(index: u16, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<Self> {
+        let epoll = Arc::new(Epoll::new()?);
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, PairEvent::Stop as u64),
+        )?;
+        let counters = Arc::new(SharedCounters::default());
+        let state = Arc::new(Mutex::new(QueuePair::new(
+            index,
+            epoll.clone(),
+            counters.clone(),
+        )));
+        let worker_state = state.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vq-pair-{index}"))
+            .spawn(move || run_worker(worker_state, epoll, mem))?;
+        Ok(PairHandle {
+            state,
+            stop,
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    /// Locks the pair's state.
+    pub fn lock(&self) -> MutexGuard<'_, QueuePair> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for PairHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                error!("queue pair worker panicked");
+            }
+        }
+    }
+}
+
+fn run_worker(
+    state: Arc<Mutex<QueuePair>>,
+    epoll: Arc<Epoll>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+) {
+    let mut events = vec![EpollEvent::default(); 8];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                error!("epoll_wait: {e}");
+                return;
+            }
+        };
+        let guard = mem.memory();
+        let mut pair = state.lock().unwrap_or_else(|p| p.into_inner());
+        for ev in &events[..n] {
+            match PairEvent::from_data(ev.data()) {
+                Some(PairEvent::Stop) => {
+                    debug!("pair {}: worker stopping", pair.index);
+                    pair.flush_counts();
+                    return;
+                }
+                Some(event) => pair.on_event(&guard, event, ev.event_set()),
+                None => error!("unknown epoll event data {}", ev.data()),
+            }
+        }
+    }
+}
+
+/// Raw fd of an optional eventfd (for logs).
+pub fn fd_of(e: &Option<EventFd>) -> RawFd {
+    e.as_ref().map_or(-1, |e| e.as_raw_fd())
+}

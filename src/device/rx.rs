@@ -1,0 +1,311 @@
+//! The rx path (host → guest): frames read from the backend straight into guest buffers.
+//!
+//! Buffers for a worst-case frame are gathered first (one chain, or several with MRG_RXBUF), the
+//! backend reads directly into them, and the chains the frame did not need go back to the avail
+//! ring. Only when the guest has too little buffer space posted does a frame go through a bounce
+//! buffer, where it waits for more buffers instead of being lost.
+
+use std::io::{self, IoSliceMut};
+
+use vhost_user_netd_backends::MAX_FRAME_LEN;
+use vm_memory::GuestMemoryMmap;
+
+use super::guest_iov::{ChainError, Direction};
+use super::queue_pair::QueuePair;
+
+/// Frames handled per wake-up before the worker looks at its other events.
+const RX_BATCH: usize = 256;
+/// Used elements written before they are published mid-batch.
+const PUBLISH_EVERY: u16 = 64;
+/// Offset of `num_buffers` in `virtio_net_hdr_v1`.
+const NUM_BUFFERS_OFFSET: usize = 10;
+
+enum RxStep {
+    Delivered,
+    /// The backend has nothing more to read (or failed; logged).
+    BackendEmpty,
+    /// The guest has no (or not enough) buffers posted.
+    NoBuffers,
+    /// The ring is unusable.
+    RingError,
+}
+
+impl QueuePair {
+    /// Moves frames from the backend to the guest until one side runs dry or the batch ends.
+    pub(super) fn process_rx(&mut self, mem: &GuestMemoryMmap) {
+        if self.backend.is_none() || self.backend_closed {
+            return;
+        }
+        if !self.params.link_up {
+            self.drain_backend_link_down();
+            return;
+        }
+        if !self.rx_deliverable() {
+            return;
+        }
+        let mut frames = 0;
+        while frames < RX_BATCH {
+            match self.rx_one(mem) {
+                RxStep::Delivered => frames += 1,
+                RxStep::BackendEmpty | RxStep::RingError => break,
+                RxStep::NoBuffers => {
+                    self.publish_rx(mem);
+                    match self.rx.enable_notification(mem) {
+                        Ok(true) => continue,
+                        Ok(false) => {
+                            self.rx_starved = true;
+                            self.counts.rx_no_buffer += 1;
+                        }
+                        Err(e) => self.ring_failed(true, e),
+                    }
+                    break;
+                }
+            }
+            if self.rx.unpublished() >= PUBLISH_EVERY {
+                self.publish_rx(mem);
+            }
+        }
+        self.publish_rx(mem);
+    }
+
+    fn publish_rx(&mut self, mem: &GuestMemoryMmap) {
+        if self.rx.unpublished() > 0 && self.rx.publish_and_notify(mem) {
+            self.counts.interrupts += 1;
+        }
+    }
+
+    pub(super) fn ring_failed(&mut self, rx: bool, e: impl std::fmt::Display) {
+        self.counts.ring_errors += 1;
+        let (index, which) = (self.index, if rx { "rx" } else { "tx" });
+        self.log
+            .warn(|| format!("pair {index} {which}: ring unusable: {e}"));
+    }
+
+    fn chain_refused(&mut self, head: u16, e: ChainError, rx: bool) {
+        self.counts.chain_error(e);
+        let (index, which) = (self.index, if rx { "rx" } else { "tx" });
+        self.log
+            .warn(|| format!("pair {index} {which}: refused descriptor chain {head}: {e}"));
+    }
+
+    /// Gathers guest buffers for one frame into `self.iov`/`self.heads`; returns the capacity.
+    fn gather_rx_buffers(&mut self, mem: &GuestMemoryMmap, need: usize) -> Result<usize, RxStep> {
+        let hdr = self.params.hdr_len;
+        let mrg = self.params.mrg_rxbuf;
+        // Without MRG_RXBUF each chain must hold a whole frame (virtio 5.1.6.3.1).
+        let min_chain = if mrg { 1 } else { self.params.max_rx_frame };
+        self.iov.clear();
+        self.heads.clear();
+        let mut capacity = 0;
+        loop {
+            let head = match self.rx.pop_head(mem) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    self.ring_failed(true, e);
+                    self.rx.rewind(self.heads.len() as u16);
+                    return Err(RxStep::RingError);
+                }
+            };
+            let mark = self.iov.mark();
+            let result = self
+                .iov
+                .push_chain(
+                    mem,
+                    self.rx.desc_table(),
+                    self.rx.size(),
+                    head,
+                    Direction::DeviceWrites,
+                    self.params.indirect,
+                    u32::MAX as usize,
+                )
+                .and_then(|len| {
+                    let first = self.heads.is_empty();
+                    if len < min_chain || (first && len < hdr) {
+                        Err(ChainError::TooShort)
+                    } else {
+                        Ok(len)
+                    }
+                });
+            match result {
+                Ok(len) => {
+                    self.heads.push((head, len));
+                    capacity += len;
+                }
+                Err(e) if self.heads.is_empty() => {
+                    // Nothing gathered yet: give the bad chain back empty and go on.
+                    self.iov.truncate_to(mark);
+                    self.rx.push_used(mem, head, 0);
+                    self.chain_refused(head, e, true);
+                    continue;
+                }
+                Err(_) => {
+                    // Deliver into what we have; the bad chain is refused on the next pass.
+                    self.iov.truncate_to(mark);
+                    self.rx.rewind(1);
+                    break;
+                }
+            }
+            if !mrg || capacity >= need {
+                break;
+            }
+        }
+        if self.heads.is_empty() {
+            Err(RxStep::NoBuffers)
+        } else {
+            Ok(capacity)
+        }
+    }
+
+    fn rx_one(&mut self, mem: &GuestMemoryMmap) -> RxStep {
+        let need = if self.bounce_len > 0 {
+            self.bounce_len
+        } else {
+            self.params.max_rx_frame
+        };
+        let capacity = match self.gather_rx_buffers(mem, need) {
+            Ok(c) => c,
+            Err(step) => return step,
+        };
+        if capacity < need {
+            return self.rx_through_bounce(mem, capacity);
+        }
+        let hdr = self.params.hdr_len;
+        let vnet = self.params.backend_vnet_hdr;
+        if !vnet {
+            self.iov.split_front(hdr, &mut self.hdr_iov);
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return RxStep::BackendEmpty;
+        };
+        let result = backend.recv(self.iov.as_io_slices_mut());
+        let len = match result {
+            Ok(0) if backend.is_closed() => {
+                self.rx.rewind(self.heads.len() as u16);
+                self.backend_closed = true;
+                return RxStep::BackendEmpty;
+            }
+            Ok(n) => {
+                if vnet {
+                    n
+                } else {
+                    self.hdr_iov.write_at(0, &[0u8; 12][..hdr]);
+                    n + hdr
+                }
+            }
+            Err(e) => {
+                self.rx.rewind(self.heads.len() as u16);
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    let index = self.index;
+                    self.log.warn(|| format!("pair {index}: backend recv: {e}"));
+                }
+                return RxStep::BackendEmpty;
+            }
+        };
+        if len < hdr {
+            // A backend frame shorter than its own header: nothing to deliver.
+            self.rx.rewind(self.heads.len() as u16);
+            return RxStep::Delivered;
+        }
+        self.complete_rx(mem, len, !vnet);
+        RxStep::Delivered
+    }
+
+    /// Not enough guest buffer space for a worst-case frame: read the frame aside and deliver it
+    /// once it fits.
+    fn rx_through_bounce(&mut self, mem: &GuestMemoryMmap, capacity: usize) -> RxStep {
+        let hdr = self.params.hdr_len;
+        if self.bounce_len == 0 {
+            match self.recv_into_bounce() {
+                Ok(n) => self.bounce_len = n,
+                Err(_) => {
+                    self.rx.rewind(self.heads.len() as u16);
+                    return RxStep::BackendEmpty;
+                }
+            }
+            if self.bounce_len < hdr {
+                self.bounce_len = 0;
+                self.rx.rewind(self.heads.len() as u16);
+                return RxStep::Delivered;
+            }
+        }
+        let len = self.bounce_len;
+        if capacity >= len {
+            self.iov.write_at(0, &self.bounce[..len]);
+            self.bounce_len = 0;
+            self.complete_rx(mem, len, false);
+            return RxStep::Delivered;
+        }
+        let all_posted = self.heads.len() >= usize::from(self.rx.size());
+        self.rx.rewind(self.heads.len() as u16);
+        if all_posted {
+            // Even the whole ring cannot hold this frame: it can never be delivered.
+            self.counts.rx_dropped_too_big += 1;
+            self.bounce_len = 0;
+            let index = self.index;
+            self.log.warn(|| {
+                format!("pair {index}: rx frame of {len} bytes exceeds all guest buffers")
+            });
+            return RxStep::Delivered;
+        }
+        RxStep::NoBuffers
+    }
+
+    /// Reads one frame (with a virtio-net header in front) into the bounce buffer.
+    fn recv_into_bounce(&mut self) -> io::Result<usize> {
+        let hdr = self.params.hdr_len;
+        let vnet = self.params.backend_vnet_hdr;
+        if self.bounce.is_empty() {
+            self.bounce = vec![0u8; hdr.max(12) + MAX_FRAME_LEN];
+        }
+        let backend = self
+            .backend
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        if vnet {
+            backend.recv(&mut [IoSliceMut::new(&mut self.bounce[..])])
+        } else {
+            self.bounce[..hdr].fill(0);
+            let n = backend.recv(&mut [IoSliceMut::new(&mut self.bounce[hdr..])])?;
+            Ok(n + hdr)
+        }
+    }
+
+    /// Drops frames from the backend while the link is down (counted).
+    fn drain_backend_link_down(&mut self) {
+        for _ in 0..RX_BATCH {
+            match self.recv_into_bounce() {
+                Ok(_) => self.counts.rx_dropped_link_down += 1,
+                Err(_) => break,
+            }
+        }
+        self.bounce_len = 0;
+    }
+
+    /// Marks the chains a frame of `len` bytes (header included) filled as used, gives the rest
+    /// back, and writes `num_buffers`.
+    fn complete_rx(&mut self, mem: &GuestMemoryMmap, len: usize, header_split: bool) {
+        let mut remaining = len;
+        let mut used = 0u16;
+        for &(head, cap) in &self.heads {
+            if remaining == 0 {
+                break;
+            }
+            let take = cap.min(remaining);
+            self.rx.push_used(mem, head, take as u32);
+            remaining -= take;
+            used += 1;
+        }
+        self.rx.rewind(self.heads.len() as u16 - used);
+        if self.params.mrg_rxbuf {
+            let target = if header_split {
+                &self.hdr_iov
+            } else {
+                &self.iov
+            };
+            target.write_at(NUM_BUFFERS_OFFSET, &used.to_le_bytes());
+        }
+        self.counts.rx_frames += 1;
+        self.counts.rx_bytes += (len - self.params.hdr_len) as u64;
+    }
+}

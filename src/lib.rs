@@ -1,0 +1,18 @@
+//! vhost-user-netd: a vhost-user virtio-net backend whose host side is one of QEMU's netdevs.
+//!
+//! Module map:
+//! - [`cli`] → [`config`]: the command line, validated once into an immutable [`config::Config`].
+//! - [`port`]: a vhost-user socket and the device each frontend connection gets.
+//! - [`vhost_user`]: the vhost-user protocol (framing, memory table, request dispatcher).
+//! - [`device`]: the virtio-net device: rings, rx/tx paths, features, config space. The only
+//!   code that knows virtio.
+//! - The host-side backends live in the `vhost-user-netd-backends` crate (`backends/`), which
+//!   knows nothing about virtio.
+//! - [`signals`]: clean shutdown on SIGTERM.
+
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod port;
+pub mod signals;
+pub mod vhost_user;

@@ -1,0 +1,118 @@
+//! The vhost-user-netd daemon (see the library's module map).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use log::{error, info};
+use vhost_user_netd::cli::{capabilities_json, Args};
+use vhost_user_netd::config::{Config, Listen};
+use vhost_user_netd::port::{bind_listener, inherited_listener, socket_path, Port};
+use vhost_user_netd::signals;
+use vhost_user_netd_backends::netdev::InheritedFds;
+
+/// Exit code for bad command-line input (as clap uses).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    if args.print_capabilities {
+        println!("{}", capabilities_json());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::try_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vhost-user-netd: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Err(e) = signals::block_shutdown_signals() {
+        eprintln!("vhost-user-netd: blocking signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vhost-user-netd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    let mut fds = InheritedFds::default();
+    let mut backends = Vec::new();
+    for n in &config.netdevs {
+        let backend = n
+            .open(&mut fds)
+            .map_err(|e| format!("netdev '{}': {e}", n.id))?;
+        info!("netdev {}: {}", n.id, backend.describe());
+        backends.push((n.id.clone(), backend));
+    }
+    let mut created = Vec::new();
+    let mut threads = Vec::new();
+    for pc in &config.ports {
+        let backend = backends
+            .iter()
+            .find(|(id, _)| *id == pc.netdev)
+            .map(|(_, b)| Arc::clone(b))
+            .ok_or_else(|| format!("port: netdev '{}' missing", pc.netdev))?;
+        let available = backend.capabilities().queue_pairs;
+        if pc.queues > available {
+            return Err(format!(
+                "port on '{}': {} queue pairs, backend has {available}",
+                pc.netdev, pc.queues
+            ));
+        }
+        let port = Port {
+            config: pc.clone(),
+            backend,
+        };
+        let thread = match (&pc.listen, pc.client) {
+            (Listen::Path(path), true) => {
+                let path = path.clone();
+                std::thread::Builder::new()
+                    .name(format!("port-{}", pc.netdev))
+                    .spawn(move || port.serve_client(&path))
+            }
+            (listen, _) => {
+                let listener = match listen {
+                    Listen::Path(p) => {
+                        let l = bind_listener(p)
+                            .map_err(|e| format!("--socket-path {}: {e}", p.display()))?;
+                        created.push(p.clone());
+                        l
+                    }
+                    Listen::Fd(fd) => {
+                        inherited_listener(*fd).map_err(|e| format!("--fd {fd}: {e}"))?
+                    }
+                };
+                info!("port {}: listening on {:?}", pc.netdev, pc.listen);
+                std::thread::Builder::new()
+                    .name(format!("port-{}", pc.netdev))
+                    .spawn(move || port.serve_listener(listener))
+            }
+        };
+        threads.push(thread.map_err(|e| format!("spawning port thread: {e}"))?);
+    }
+    let signal = signals::wait_for_shutdown();
+    info!("signal {signal}: shutting down");
+    for path in &created {
+        if let Err(e) = std::fs::remove_file(path) {
+            error!("removing {}: {e}", path.display());
+        }
+    }
+    for pc in &config.ports {
+        debug_assert!(
+            socket_path(pc).is_none()
+                || created.iter().any(|p| Some(p.as_path()) == socket_path(pc))
+        );
+    }
+    // Backends (tap downscripts) are shut down by the process exit; run their scripts first.
+    for (_, backend) in &backends {
+        backend.shutdown();
+    }
+    Ok(())
+}

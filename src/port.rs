@@ -1,0 +1,152 @@
+//! A vhost-user port: its socket (listening or connecting), and one [`NetDevice`] per frontend
+//! connection, bound to the port's backend. When a frontend goes away the device is torn down
+//! and the next frontend gets a fresh one.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use vhost_user_netd_backends::Backend;
+
+use crate::config::{Listen, PortConfig};
+use crate::device::{DeviceConfig, NetDevice};
+use crate::vhost_user::handler::Handler;
+use crate::vhost_user::socket::Connection;
+
+/// Longest wait between client-mode reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A port and the backend it serves.
+#[derive(Debug, Clone)]
+pub struct Port {
+    pub config: PortConfig,
+    pub backend: Arc<dyn Backend>,
+}
+
+impl Port {
+    /// The device parameters for this port.
+    pub fn device_config(&self) -> DeviceConfig {
+        DeviceConfig {
+            mac: self.config.mac,
+            mtu: self.config.mtu,
+            queue_pairs: self.config.queues,
+        }
+    }
+
+    /// Serves one frontend connection until it ends.
+    pub fn serve_connection(&self, stream: UnixStream) {
+        let device = match NetDevice::new(self.device_config(), self.backend.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                error!("port {}: cannot create device: {e}", self.config.netdev);
+                return;
+            }
+        };
+        let mut handler = Handler::new(Connection::new(stream), device);
+        match handler.run() {
+            Ok(()) => info!("port {}: frontend disconnected", self.config.netdev),
+            Err(e) => warn!("port {}: connection ended: {e}", self.config.netdev),
+        }
+    }
+
+    /// Accepts frontends one after the other, forever.
+    pub fn serve_listener(&self, listener: UnixListener) {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    info!("port {}: frontend connected", self.config.netdev);
+                    self.serve_connection(stream);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error!("port {}: accept: {e}", self.config.netdev);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Connects to a listening frontend, and again (with backoff) whenever it goes away.
+    pub fn serve_client(&self, path: &Path) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match UnixStream::connect(path) {
+                Ok(stream) => {
+                    info!(
+                        "port {}: connected to {}",
+                        self.config.netdev,
+                        path.display()
+                    );
+                    backoff = Duration::from_millis(100);
+                    self.serve_connection(stream);
+                }
+                Err(e) => {
+                    log::debug!(
+                        "port {}: connect {}: {e}",
+                        self.config.netdev,
+                        path.display()
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Binds a listening socket at `path`, replacing a stale socket file nobody listens on.
+pub fn bind_listener(path: &Path) -> io::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process is listening on it",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
+}
+
+/// Takes over an inherited listening socket.
+pub fn inherited_listener(fd: RawFd) -> io::Result<UnixListener> {
+    let owned = vhost_user_netd_backends::sys::adopt_inherited_fd(fd)?;
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `kind`, which is a c_int.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 || kind == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptor is not a listening socket",
+        ));
+    }
+    Ok(UnixListener::from(owned))
+}
+
+/// Where a port listens, for clean-up.
+pub fn socket_path(config: &PortConfig) -> Option<&Path> {
+    match &config.listen {
+        Listen::Path(p) if !config.client => Some(p),
+        _ => None,
+    }
+}

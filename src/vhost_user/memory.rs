@@ -1,0 +1,172 @@
+//! The frontend's memory table: regions mapped from the descriptors it sent, and the
+//! translation of its virtual addresses (ring addresses) into guest physical addresses.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+/// Most regions a frontend may add (QEMU's libvhost-user uses the same figure).
+pub const MAX_MEM_SLOTS: u64 = 509;
+
+/// Why a memory table change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("region has zero size or its addresses overflow")]
+    BadRegion,
+    #[error("region came without a file descriptor")]
+    MissingFd,
+    #[error("more than {MAX_MEM_SLOTS} regions")]
+    TooManyRegions,
+    #[error("mapping the region failed: {0}")]
+    Map(String),
+    #[error("regions overlap or cannot form guest memory: {0}")]
+    Layout(String),
+    #[error("no such region to remove")]
+    NotFound,
+}
+
+/// What the frontend says about one region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionDesc {
+    pub guest_phys_addr: u64,
+    pub memory_size: u64,
+    pub user_addr: u64,
+    pub mmap_offset: u64,
+}
+
+impl RegionDesc {
+    fn check(&self) -> Result<(), MemoryError> {
+        let ok = self.memory_size != 0
+            && self.guest_phys_addr.checked_add(self.memory_size).is_some()
+            && self.user_addr.checked_add(self.memory_size).is_some()
+            && self.mmap_offset.checked_add(self.memory_size).is_some()
+            && usize::try_from(self.memory_size).is_ok();
+        if ok {
+            Ok(())
+        } else {
+            Err(MemoryError::BadRegion)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MappedRegion {
+    desc: RegionDesc,
+    region: Arc<GuestRegionMmap>,
+}
+
+/// The current set of mapped regions.
+#[derive(Debug, Default)]
+pub struct MemoryTable {
+    regions: Vec<MappedRegion>,
+}
+
+fn map(desc: RegionDesc, fd: OwnedFd) -> Result<MappedRegion, MemoryError> {
+    desc.check()?;
+    let file = File::from(fd);
+    let mmap = MmapRegion::from_file(
+        FileOffset::new(file, desc.mmap_offset),
+        desc.memory_size as usize,
+    )
+    .map_err(|e| MemoryError::Map(e.to_string()))?;
+    let region = GuestRegionMmap::new(mmap, GuestAddress(desc.guest_phys_addr))
+        .ok_or(MemoryError::BadRegion)?;
+    Ok(MappedRegion {
+        desc,
+        region: Arc::new(region),
+    })
+}
+
+impl MemoryTable {
+    /// Replaces the whole table (`SET_MEM_TABLE`); returns the new guest memory.
+    pub fn replace(
+        &mut self,
+        regions: Vec<(RegionDesc, Option<OwnedFd>)>,
+    ) -> Result<GuestMemoryMmap, MemoryError> {
+        if regions.len() as u64 > MAX_MEM_SLOTS {
+            return Err(MemoryError::TooManyRegions);
+        }
+        let mut mapped = Vec::new();
+        for (desc, fd) in regions {
+            mapped.push(map(desc, fd.ok_or(MemoryError::MissingFd)?)?);
+        }
+        let mem = build(&mapped)?;
+        self.regions = mapped;
+        Ok(mem)
+    }
+
+    /// Adds one region (`ADD_MEM_REG`). Re-adding an identical region is a no-op (QEMU 7.2 sends
+    /// it once per queue pair). Returns the new guest memory, or `None` if nothing changed.
+    pub fn add(
+        &mut self,
+        desc: RegionDesc,
+        fd: Option<OwnedFd>,
+    ) -> Result<Option<GuestMemoryMmap>, MemoryError> {
+        if self.regions.iter().any(|r| r.desc == desc) {
+            return Ok(None);
+        }
+        if self.regions.len() as u64 >= MAX_MEM_SLOTS {
+            return Err(MemoryError::TooManyRegions);
+        }
+        let region = map(desc, fd.ok_or(MemoryError::MissingFd)?)?;
+        self.regions.push(region);
+        match build(&self.regions) {
+            Ok(mem) => Ok(Some(mem)),
+            Err(e) => {
+                self.regions.pop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the region matching `desc` (`REM_MEM_REG`; the frontend's mmap offset is not
+    /// compared, as QEMU may send 0).
+    pub fn remove(&mut self, desc: RegionDesc) -> Result<GuestMemoryMmap, MemoryError> {
+        let pos = self
+            .regions
+            .iter()
+            .position(|r| {
+                r.desc.guest_phys_addr == desc.guest_phys_addr
+                    && r.desc.memory_size == desc.memory_size
+                    && r.desc.user_addr == desc.user_addr
+            })
+            .ok_or(MemoryError::NotFound)?;
+        let removed = self.regions.remove(pos);
+        match build(&self.regions) {
+            Ok(mem) => Ok(mem),
+            Err(e) => {
+                self.regions.insert(pos, removed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Translates a frontend virtual address into a guest physical address.
+    pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let d = r.desc;
+            (va >= d.user_addr && va - d.user_addr < d.memory_size)
+                .then(|| d.guest_phys_addr + (va - d.user_addr))
+        })
+    }
+
+    /// Number of regions.
+    pub fn len(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// Whether there are no regions.
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+}
+
+fn build(regions: &[MappedRegion]) -> Result<GuestMemoryMmap, MemoryError> {
+    if regions.is_empty() {
+        return Ok(GuestMemoryMmap::new());
+    }
+    GuestMemoryMmap::from_arc_regions(regions.iter().map(|r| r.region.clone()).collect())
+        .map_err(|e| MemoryError::Layout(e.to_string()))
+}

@@ -1,0 +1,6 @@
+//! The vhost-user side: framing ([`socket`]), the frontend's memory ([`memory`]) and the request
+//! dispatcher ([`handler`]).
+
+pub mod handler;
+pub mod memory;
+pub mod socket;
