@@ -26,8 +26,8 @@ qemu_ok() {
   have qemu-system-x86_64 && qemu-system-x86_64 --version | grep -qE 'version (9|1[0-9])\.'
 }
 
-for p in busybox-static linux-image-amd64 iproute2 dpdk-dev librte-net-virtio23 librte-net-vhost23 \
-         iperf3 python3-venv ethtool; do
+for p in busybox-static linux-image-amd64 iproute2 iputils-ping dpdk-dev librte-net-virtio23 \
+         librte-net-vhost23; do
   pkg_installed "$p" || need+=("$p")
 done
 

@@ -112,7 +112,9 @@ pub fn parse_port(text: &str, netdevs: &[NetdevConfig]) -> Result<PortConfig, Co
     opts.finish().map_err(|e| err(e.to_string()))?;
     let listen = match (path, fd) {
         (Some(p), None) => Listen::Path(PathBuf::from(p)),
-        (None, Some(fd)) => Listen::Fd(fd as RawFd),
+        (None, Some(fd)) => {
+            Listen::Fd(RawFd::try_from(fd).map_err(|_| err(format!("fd={fd} is out of range")))?)
+        }
         _ => return Err(err("exactly one of socket-path= and fd= is needed".into())),
     };
     let netdev = match netdev {

@@ -20,9 +20,13 @@ fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
     }
 }
 
+fn iov_count(len: usize) -> libc::c_int {
+    libc::c_int::try_from(len).unwrap_or(libc::c_int::MAX)
+}
+
 /// `readv(2)`, retried on `EINTR`.
 pub fn readv(fd: RawFd, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-    let count = bufs.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    let count = iov_count(bufs.len());
     loop {
         // SAFETY: IoSliceMut is ABI-compatible with iovec; each entry points at memory the caller
         // lent us mutably for the duration of the call, and `count` does not exceed the slice.
@@ -36,7 +40,7 @@ pub fn readv(fd: RawFd, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
 
 /// `writev(2)`, retried on `EINTR`.
 pub fn writev(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    let count = bufs.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    let count = iov_count(bufs.len());
     loop {
         // SAFETY: IoSlice is ABI-compatible with iovec; each entry points at readable memory the
         // caller lent us for the duration of the call, and `count` does not exceed the slice.

@@ -3,7 +3,7 @@
 //!
 //! - [`guest_iov`]: descriptor chains → host iovecs (all guest-memory `unsafe` is there).
 //! - [`vring`]: one split ring: avail reads, batched used writes, notifications.
-//! - [`queue_pair`]: a pair's state, lock and worker thread; [`rx`] and [`tx`]: its two paths.
+//! - [`queue_pair`]: a pair's state, lock and worker thread; `rx` and `tx`: its two paths.
 //! - [`features`], [`config_space`]: what is offered and reported.
 //! - [`counters`]: per-pair statistics; [`announce`]: RARP frames.
 
@@ -237,5 +237,31 @@ impl NetDevice {
     /// The backend this device is bound to.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+}
+
+impl Drop for NetDevice {
+    fn drop(&mut self) {
+        // Stop the workers first so that their last batch is counted.
+        let pairs = std::mem::take(&mut self.pairs);
+        for (index, pair) in pairs.into_iter().enumerate() {
+            let counters = pair.counters.clone();
+            drop(pair);
+            let c = counters.snapshot();
+            info!(
+                "pair {index}: rx {} frames {} bytes, tx {} frames {} bytes, dropped rx {} tx {}, \
+                 malformed chains {}, ring errors {}, kicks {}, interrupts {}",
+                c.rx_frames,
+                c.rx_bytes,
+                c.tx_frames,
+                c.tx_bytes,
+                c.rx_dropped_link_down + c.rx_dropped_too_big,
+                c.tx_dropped_link_down + c.tx_dropped_backend_error,
+                c.malformed_chains(),
+                c.ring_errors,
+                c.kicks,
+                c.interrupts
+            );
+        }
     }
 }

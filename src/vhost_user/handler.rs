@@ -261,9 +261,10 @@ impl Handler {
             }
             p.update_interest();
         }
+        // The device goes back to its initial state; the session's protocol features stay
+        // negotiated (QEMU resets right after negotiating and keeps using REPLY_ACK).
         self.enable_requested.iter_mut().for_each(|e| *e = false);
         self.features_set = false;
-        self.protocol = VhostUserProtocolFeatures::empty();
         self.device.set_features(0)?;
         Ok(())
     }

@@ -161,7 +161,7 @@ fn collect_fds(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
             unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
         if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
             // SAFETY: CMSG_LEN(0) is a constant computation.
-            let data_len = len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let data_len = len - unsafe { libc::CMSG_LEN(0) } as usize;
             let count = data_len / std::mem::size_of::<RawFd>();
             // SAFETY: CMSG_DATA points at `count` ints inside the control buffer.
             let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();

@@ -75,11 +75,14 @@ impl TapBackend {
         for fd in &queues {
             sys::set_nonblocking(fd.as_raw_fd(), true).map_err(|e| Error::io("O_NONBLOCK", e))?;
             if vnet_hdr {
-                ioctl::set_vnet_hdr_size(fd.as_fd(), VNET_HDR_LEN as libc::c_int)
-                    .map_err(|e| Error::io("TUNSETVNETHDRSZ", e))?;
+                ioctl::set_vnet_hdr_size(
+                    fd.as_fd(),
+                    libc::c_int::try_from(VNET_HDR_LEN).unwrap_or(12),
+                )
+                .map_err(|e| Error::io("TUNSETVNETHDRSZ", e))?;
             }
             if let Some(sndbuf) = opts.sndbuf {
-                let bytes = sndbuf.min(i32::MAX as u64) as libc::c_int;
+                let bytes = libc::c_int::try_from(sndbuf).unwrap_or(libc::c_int::MAX);
                 ioctl::set_sndbuf(fd.as_fd(), bytes).map_err(|e| Error::io("TUNSETSNDBUF", e))?;
             }
         }
@@ -260,6 +263,8 @@ impl BackendQueue for TapQueue {
     }
 
     fn set_vnet_hdr_len(&mut self, len: usize) -> io::Result<()> {
-        ioctl::set_vnet_hdr_size(self.fd.as_fd(), len as libc::c_int)
+        let len =
+            libc::c_int::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        ioctl::set_vnet_hdr_size(self.fd.as_fd(), len)
     }
 }

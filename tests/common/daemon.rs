@@ -1,0 +1,60 @@
+//! The daemon under test, as a child process (optionally inside a namespace); killed on drop.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::lines::Lines;
+
+/// Path of the daemon binary cargo built for the integration tests.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
+
+/// A running daemon with its log.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    pub log: Lines,
+}
+
+impl Daemon {
+    /// Starts `command` (built on [`BINARY`]) and waits until every port is listening.
+    pub fn start(mut command: Command, ports: usize) -> Self {
+        command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn daemon");
+        let log = Lines::spawn(child.stderr.take().expect("stderr"), "daemon", false);
+        let daemon = Daemon { child, log };
+        for _ in 0..ports {
+            daemon.log.wait_for("listening on", Duration::from_secs(20));
+        }
+        daemon
+    }
+
+    /// A command running the daemon binary with `args`.
+    pub fn command(args: &[&str]) -> Command {
+        let mut c = Command::new(BINARY);
+        c.args(args);
+        c
+    }
+
+    /// Sends SIGKILL and reaps.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

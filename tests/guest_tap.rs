@@ -1,0 +1,335 @@
+//! A real QEMU guest (TCG) on vhost-user-netd with a tap backend in a namespace the test creates:
+//! ping both ways, 10 MB over TCP each way with checksums, a daemon restart under traffic, and
+//! two queue pairs both carrying frames.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_wrap)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::netns::Netns;
+use common::qemu::{Guest, NicSpec};
+use common::{guest_kernel, initramfs, privileged_environment, TempDir};
+
+const HOST_IP: &str = "10.0.0.1";
+const GUEST_IP: &str = "10.0.0.2";
+const TAP: &str = "vutap0";
+const TRANSFER: usize = 10 << 20;
+const BOOT: Duration = Duration::from_secs(180);
+const STEP: Duration = Duration::from_secs(120);
+
+const SETUP: &str = r#"
+ip link set eth0 up
+ip addr add 10.0.0.2/24 dev eth0
+echo "GUEST-READY queues=$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)"
+if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-host ok"; else echo "RESULT ping-host fail"; fi
+dd if=/dev/urandom of=/tmp/out bs=1M count=10 2>/dev/null
+echo "RESULT tx-md5 $(md5sum /tmp/out | cut -c1-32)"
+nc 10.0.0.1 5000 < /tmp/out
+nc 10.0.0.1 5001 < /dev/null > /tmp/in
+echo "RESULT rx-md5 $(md5sum /tmp/in | cut -c1-32) bytes=$(wc -c < /tmp/in)"
+"#;
+
+const RESTART: &str = r#"
+ping -i 0.2 10.0.0.1 > /dev/null 2>&1 &
+PING=$!
+echo "PHASE restart"
+nc -l -p 5002 < /dev/null > /tmp/go
+kill $PING
+echo "RESULT go $(cat /tmp/go)"
+if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-after-restart ok"; else echo "RESULT ping-after-restart fail"; fi
+"#;
+
+const FLOWS: &str = r#"
+i=0
+while [ $i -lt 16 ]; do nc 10.0.0.1 5003 < /dev/null > /dev/null & i=$((i+1)); done
+wait
+echo "RESULT flows-done"
+"#;
+
+/// Deterministic pseudo-random bytes (xorshift64).
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn md5(data: &[u8], dir: &TempDir, name: &str) -> String {
+    let path = dir.path(name);
+    std::fs::write(&path, data).unwrap();
+    let out = Command::new("md5sum").arg(&path).output().expect("md5sum");
+    String::from_utf8_lossy(&out.stdout)[..32].to_string()
+}
+
+fn field(line: &str, index: usize) -> String {
+    line.split_whitespace()
+        .nth(index)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The host's side of the TCP checks, running inside the namespace.
+struct HostPeer {
+    received: JoinHandle<Vec<u8>>,
+    sent: JoinHandle<Vec<u8>>,
+    flows: Option<JoinHandle<usize>>,
+}
+
+impl HostPeer {
+    fn start(ns: &Netns, flows: usize) -> Self {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let ready = ready_tx.clone();
+        let received = ns.spawn(move || {
+            let l = TcpListener::bind((HOST_IP, 5000)).expect("bind 5000");
+            ready.send(()).unwrap();
+            let (mut s, _) = l.accept().expect("accept 5000");
+            let mut data = Vec::new();
+            s.read_to_end(&mut data).expect("read guest data");
+            data
+        });
+        let ready = ready_tx.clone();
+        let sent = ns.spawn(move || {
+            let l = TcpListener::bind((HOST_IP, 5001)).expect("bind 5001");
+            ready.send(()).unwrap();
+            let (mut s, _) = l.accept().expect("accept 5001");
+            let data = pattern(TRANSFER);
+            s.write_all(&data).expect("send to guest");
+            data
+        });
+        let flow_handle = (flows > 0).then(|| {
+            let ready = ready_tx.clone();
+            ns.spawn(move || {
+                let l = TcpListener::bind((HOST_IP, 5003)).expect("bind 5003");
+                ready.send(()).unwrap();
+                let chunk = pattern(256 << 10);
+                let mut served = 0;
+                for _ in 0..flows {
+                    let (mut s, _) = l.accept().expect("accept 5003");
+                    let chunk = chunk.clone();
+                    std::thread::spawn(move || {
+                        let _ = s.write_all(&chunk);
+                    });
+                    served += 1;
+                }
+                served
+            })
+        });
+        let expected = 2 + usize::from(flows > 0);
+        for _ in 0..expected {
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("listener ready");
+        }
+        HostPeer {
+            received,
+            sent,
+            flows: flow_handle,
+        }
+    }
+}
+
+fn start_daemon(ns: &Netns, socket: &std::path::Path, queues: u16) -> Daemon {
+    let mut cmd = ns.command(common::daemon::BINARY);
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .arg("--netdev")
+        .arg(format!(
+            "tap,id=n0,ifname={TAP},queues={queues},script=no,downscript=no"
+        ));
+    let d = Daemon::start(cmd, 1);
+    ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
+    ns.ip(&["link", "set", TAP, "up"]);
+    d
+}
+
+fn host_pings_guest(ns: &Netns) {
+    let out = ns
+        .command("ping")
+        .args(["-c", "3", "-W", "5", GUEST_IP])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" 0% packet loss"),
+        "host → guest ping failed:\n{text}"
+    );
+}
+
+/// Checks ping both ways and the two 10 MB transfers.
+fn check_ping_and_transfers(
+    guest: &Guest,
+    ns: &Netns,
+    peer: HostPeer,
+    dir: &TempDir,
+    queues: u16,
+) -> Option<JoinHandle<usize>> {
+    let ready = guest.console.wait_for("GUEST-READY", BOOT);
+    assert!(
+        ready.ends_with(&format!("queues={queues}")),
+        "guest sees {ready}"
+    );
+    host_pings_guest(ns);
+    let line = guest.console.wait_for("RESULT ping-host", STEP);
+    assert!(line.ends_with(" ok"), "guest → host ping: {line}");
+
+    let line = guest.console.wait_for("RESULT tx-md5", STEP);
+    let received = peer.received.join().expect("receiver thread");
+    assert_eq!(received.len(), TRANSFER, "guest → host byte count");
+    assert_eq!(
+        field(&line, 2),
+        md5(&received, dir, "rx.bin"),
+        "guest → host checksum"
+    );
+
+    let line = guest.console.wait_for("RESULT rx-md5", STEP);
+    let sent = peer.sent.join().expect("sender thread");
+    assert_eq!(
+        field(&line, 3),
+        format!("bytes={TRANSFER}"),
+        "host → guest byte count"
+    );
+    assert_eq!(
+        field(&line, 2),
+        md5(&sent, dir, "tx.bin"),
+        "host → guest checksum"
+    );
+    peer.flows
+}
+
+/// Per-pair rx/tx frame counts from the daemon's disconnect report.
+fn pair_frames(daemon: &Daemon, pair: u16) -> (u64, u64) {
+    let line = daemon
+        .log
+        .wait_for(&format!("pair {pair}: rx "), Duration::from_secs(30));
+    let after = |key: &str| -> u64 {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
+        rest.split_whitespace()
+            .next()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0)
+    };
+    (after(": rx "), after(", tx "))
+}
+
+#[test]
+fn guest_on_tap_one_queue_pair_ping_transfer_and_daemon_restart() {
+    if !privileged_environment("guest_on_tap_one_queue_pair") {
+        return;
+    }
+    let (kernel, modules) = guest_kernel().expect("kernel");
+    let dir = TempDir::new("guest1");
+    let initrd = dir.path("initrd.cpio");
+    initramfs::build(&initrd, &modules, &format!("{SETUP}{RESTART}"));
+    let ns = Netns::new("g1");
+    let socket = dir.path("vm.sock");
+    let mut daemon = start_daemon(&ns, &socket, 1);
+    let peer = HostPeer::start(&ns, 0);
+
+    let nic = NicSpec {
+        socket: &socket,
+        queues: 1,
+        reconnect_ms: Some(300),
+    };
+    let mut guest = Guest::boot(&kernel, &initrd, &nic, 1);
+    check_ping_and_transfers(&guest, &ns, peer, &dir, 1);
+
+    // Kill the daemon while the guest pings, start a new one: QEMU reconnects, traffic resumes.
+    guest.console.wait_for("PHASE restart", STEP);
+    daemon.kill();
+    daemon = start_daemon(&ns, &socket, 1);
+    let go = ns.spawn(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // Retried until the guest's listener is reachable again through the new daemon.
+            match TcpStream::connect_timeout(&(GUEST_IP, 5002).into_addr(), Duration::from_secs(2))
+            {
+                Ok(mut s) => {
+                    s.write_all(b"restarted\n").expect("send go");
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("guest unreachable after daemon restart: {e}"),
+            }
+        }
+    });
+    go.join().expect("reconnect thread");
+    let line = guest.console.wait_for("RESULT go", STEP);
+    assert!(line.ends_with("restarted"), "{line}");
+    let line = guest.console.wait_for("RESULT ping-after-restart", STEP);
+    assert!(line.ends_with(" ok"), "{line}");
+    guest.console.wait_for("GUEST-DONE", STEP);
+    assert!(
+        guest.wait_exit(Duration::from_secs(30)),
+        "guest did not power off"
+    );
+
+    let (rx, tx) = pair_frames(&daemon, 0);
+    assert!(
+        rx > 0 && tx > 0,
+        "restarted daemon moved frames (rx {rx}, tx {tx})"
+    );
+    let status = daemon.terminate();
+    assert!(status.success(), "daemon exit on SIGTERM: {status}");
+    assert!(!socket.exists(), "socket removed on SIGTERM");
+}
+
+#[test]
+fn guest_on_tap_two_queue_pairs_both_carry_traffic() {
+    if !privileged_environment("guest_on_tap_two_queue_pairs") {
+        return;
+    }
+    let (kernel, modules) = guest_kernel().expect("kernel");
+    let dir = TempDir::new("guest2");
+    let initrd = dir.path("initrd.cpio");
+    initramfs::build(&initrd, &modules, &format!("{SETUP}{FLOWS}"));
+    let ns = Netns::new("g2");
+    let socket = dir.path("vm.sock");
+    let daemon = start_daemon(&ns, &socket, 2);
+    let peer = HostPeer::start(&ns, 16);
+
+    let nic = NicSpec {
+        socket: &socket,
+        queues: 2,
+        reconnect_ms: None,
+    };
+    let mut guest = Guest::boot(&kernel, &initrd, &nic, 2);
+    let flows = check_ping_and_transfers(&guest, &ns, peer, &dir, 2);
+    guest.console.wait_for("RESULT flows-done", STEP);
+    assert_eq!(flows.expect("flows").join().expect("flows thread"), 16);
+    guest.console.wait_for("GUEST-DONE", STEP);
+    assert!(
+        guest.wait_exit(Duration::from_secs(30)),
+        "guest did not power off"
+    );
+
+    for pair in 0..2 {
+        let (rx, tx) = pair_frames(&daemon, pair);
+        assert!(rx + tx > 0, "queue pair {pair} carried no frames");
+    }
+}
+
+trait IntoAddr {
+    fn into_addr(self) -> std::net::SocketAddr;
+}
+
+impl IntoAddr for &(&str, u16) {
+    fn into_addr(self) -> std::net::SocketAddr {
+        format!("{}:{}", self.0, self.1).parse().expect("address")
+    }
+}
