@@ -252,6 +252,8 @@ impl DriverRing {
             out.push(self.used_elem(ram, self.last_used.0));
             self.last_used += Wrapping(1);
         }
+        // Like a driver with EVENT_IDX: interrupt me for the next entry.
+        self.set_used_event(ram, self.last_used.0);
         out
     }
 }

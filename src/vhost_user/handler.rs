@@ -304,7 +304,9 @@ impl Handler {
                 self.protocol = f;
                 Ok(Outcome::Done)
             }
-            FrontendReq::GET_QUEUE_NUM => Ok(u64_reply(u64::from(self.device.queue_pairs()))),
+            // Counted in vrings, as libvhost-user and rust-vmm frontends (cloud-hypervisor) read
+            // it; QEMU compares it with its queue pairs, which the larger figure satisfies too.
+            FrontendReq::GET_QUEUE_NUM => Ok(u64_reply(u64::from(self.device.queue_pairs()) * 2)),
             FrontendReq::GET_MAX_MEM_SLOTS => Ok(u64_reply(MAX_MEM_SLOTS)),
             FrontendReq::SET_MEM_TABLE => self.set_mem_table(msg),
             FrontendReq::ADD_MEM_REG => {

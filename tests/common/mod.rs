@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod frontend;
 pub mod initramfs;
 pub mod lines;
 pub mod netns;

@@ -1,0 +1,326 @@
+//! The device driven by an in-process vhost-user frontend (the `vhost` crate's `Frontend`, memfd
+//! guest memory, driver-side rings) over a socketpair backend: no VM, no privileges.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_wrap)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::frontend::*;
+use vhost::VhostBackend;
+
+const F_WRITE: u16 = 2;
+const F_NEXT: u16 = 1;
+
+fn hdr() -> Vec<u8> {
+    vec![0u8; 12]
+}
+
+#[test]
+fn tx_frames_reach_the_backend_with_their_header() {
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF | F_EVENT_IDX);
+    for i in 0..3u8 {
+        t.send(0, u16::from(i), &frame(60 + usize::from(i), i));
+    }
+    let used = t.wait_used(1, 3);
+    assert_eq!(used.iter().map(|u| u.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert!(used.iter().all(|u| u.1 == 0), "tx used length is 0");
+    for i in 0..3u8 {
+        let got = t.peer_recv(0);
+        assert_eq!(&got[..12], &hdr()[..]);
+        assert_eq!(&got[12..], &frame(60 + usize::from(i), i)[..]);
+    }
+}
+
+#[test]
+fn rx_without_mergeable_buffers_fills_one_chain_per_frame() {
+    let mut t = TestFrontend::new(1, F_EVENT_IDX);
+    t.rings[0].post_buffers(&t.ram, 0, 8, 1600, true);
+    t.kick(0);
+    let mut sent = hdr();
+    sent.extend_from_slice(&frame(1000, 9));
+    t.peer_send(0, &sent);
+    let used = t.wait_used(0, 1);
+    assert_eq!(used, vec![(0, sent.len() as u32)]);
+    let addr = t.rings[0].buffer_addr(0, 1600);
+    assert_eq!(t.ram.read(addr, sent.len()), sent);
+}
+
+#[test]
+fn rx_with_mergeable_buffers_spans_chains_and_sets_num_buffers() {
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF | F_EVENT_IDX);
+    t.rings[0].post_buffers(&t.ram, 0, 16, 256, true);
+    t.kick(0);
+    let mut sent = hdr();
+    sent.extend_from_slice(&frame(1000, 3));
+    t.peer_send(0, &sent);
+    let used = t.wait_used(0, 4);
+    assert_eq!(used.len(), 4, "1012 bytes in 256-byte buffers");
+    assert_eq!(used.iter().map(|u| u.1).sum::<u32>(), sent.len() as u32);
+    let mut got = Vec::new();
+    for (i, (id, len)) in used.iter().enumerate() {
+        assert_eq!(*id as usize, i);
+        got.extend(
+            t.ram
+                .read(t.rings[0].buffer_addr(*id as u16, 256), *len as usize),
+        );
+    }
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 4, "num_buffers");
+    assert_eq!(&got[12..], &sent[12..]);
+    // The 12 buffers the frame did not need stay available: a second frame uses the next one.
+    let mut second = hdr();
+    second.extend_from_slice(&frame(100, 4));
+    t.peer_send(0, &second);
+    let used = t.wait_used(0, 1);
+    assert_eq!(used, vec![(4, second.len() as u32)]);
+}
+
+#[test]
+fn rx_waits_for_buffers_instead_of_dropping() {
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF | F_EVENT_IDX);
+    let mut sent = hdr();
+    sent.extend_from_slice(&frame(500, 5));
+    t.peer_send(0, &sent);
+    // Only now does the guest post buffers; the frame must still arrive.
+    t.rings[0].post_buffers(&t.ram, 0, 4, 2048, true);
+    t.kick(0);
+    let used = t.wait_used(0, 1);
+    assert_eq!(used, vec![(0, sent.len() as u32)]);
+}
+
+#[test]
+fn two_queue_pairs_are_independent() {
+    let mut t = TestFrontend::new(2, F_MRG_RXBUF | F_EVENT_IDX);
+    t.send(1, 0, &frame(80, 1));
+    t.wait_used(3, 1);
+    assert_eq!(&t.peer_recv(1)[12..], &frame(80, 1)[..]);
+    t.rings[2].post_buffers(&t.ram, 0, 4, 2048, true);
+    t.kick(2);
+    let mut sent = hdr();
+    sent.extend_from_slice(&frame(90, 2));
+    t.peer_send(1, &sent);
+    assert_eq!(t.wait_used(2, 1), vec![(0, sent.len() as u32)]);
+    assert!(
+        t.rings[0].take_used(&t.ram).is_empty(),
+        "pair 0 rx untouched"
+    );
+}
+
+#[test]
+fn disabled_tx_ring_is_drained_and_discarded() {
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF);
+    t.enable(1, false);
+    t.send(0, 0, &frame(70, 1));
+    assert_eq!(
+        t.wait_used(1, 1),
+        vec![(0, 0)],
+        "chain returned while disabled"
+    );
+    t.enable(1, true);
+    t.send(0, 1, &frame(71, 2));
+    t.wait_used(1, 1);
+    assert_eq!(
+        &t.peer_recv(0)[12..],
+        &frame(71, 2)[..],
+        "the first frame was discarded"
+    );
+}
+
+#[test]
+fn disabled_rx_ring_keeps_frames_in_the_backend() {
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF);
+    t.enable(0, false);
+    t.rings[0].post_buffers(&t.ram, 0, 4, 2048, true);
+    t.kick(0);
+    let mut sent = hdr();
+    sent.extend_from_slice(&frame(64, 8));
+    t.peer_send(0, &sent);
+    assert!(t.rings[0].take_used(&t.ram).is_empty());
+    t.enable(0, true);
+    assert_eq!(
+        t.wait_used(0, 1),
+        vec![(0, sent.len() as u32)],
+        "delivered once enabled"
+    );
+}
+
+#[test]
+fn malformed_tx_chains_are_returned_and_the_queue_goes_on() {
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF | F_EVENT_IDX);
+    let ring = 1;
+    let buf = t.rings[ring].buffer_addr(0, BUF_LEN);
+    t.ram.write(buf, &[0u8; 100]);
+    // 0: device-writable buffer on tx; 1: outside guest memory; 2: loops onto itself;
+    // 3: shorter than the header; then a good frame in slot 4.
+    t.ram.write_descs(
+        t.rings[ring].desc,
+        &[
+            RawDescriptor::new(buf, 100, F_WRITE, 0),
+            RawDescriptor::new(RAM_SIZE - 10, 100, 0, 0),
+            RawDescriptor::new(buf, 100, F_NEXT, 2),
+            RawDescriptor::new(buf, 8, 0, 0),
+        ],
+    );
+    t.rings[ring].make_available(&t.ram, &[0, 1, 2, 3]);
+    t.send(0, 4, &frame(60, 7));
+    let used = t.wait_used(ring, 5);
+    assert_eq!(used, vec![(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)]);
+    assert_eq!(
+        &t.peer_recv(0)[12..],
+        &frame(60, 7)[..],
+        "only the good frame went out"
+    );
+}
+
+fn malformed_rx(features: u64) {
+    let mut t = TestFrontend::new(1, features | F_EVENT_IDX);
+    let ring = 0;
+    let good = t.rings[ring].buffer_addr(3, 2048);
+    t.ram.write_descs(
+        t.rings[ring].desc,
+        &[
+            RawDescriptor::new(t.rings[ring].buffer_addr(0, 2048), 2048, 0, 0), // read-only on rx
+            RawDescriptor::new(u64::MAX - 100, 2048, F_WRITE, 0),               // outside memory
+            RawDescriptor::new(t.rings[ring].buffer_addr(2, 2048), 4, F_WRITE, 0), // shorter than a header
+            RawDescriptor::new(good, 2048, F_WRITE, 0),
+        ],
+    );
+    t.rings[ring].make_available(&t.ram, &[0, 1, 2, 3]);
+    t.kick(ring);
+    let mut sent = hdr();
+    sent.extend_from_slice(&frame(200, 6));
+    t.peer_send(0, &sent);
+    let used = t.wait_used(ring, 4);
+    assert_eq!(used[..3], [(0, 0), (1, 0), (2, 0)]);
+    assert_eq!(used[3], (3, sent.len() as u32));
+    let got = t.ram.read(good, sent.len());
+    assert_eq!(&got[12..], &sent[12..]);
+}
+
+#[test]
+fn malformed_rx_chains_with_mergeable_buffers() {
+    malformed_rx(F_MRG_RXBUF);
+}
+
+#[test]
+fn malformed_rx_chains_without_mergeable_buffers() {
+    malformed_rx(0);
+}
+
+#[test]
+fn a_new_frontend_gets_a_fresh_device_after_disconnect() {
+    let t = TestFrontend::new(1, F_MRG_RXBUF);
+    let port = t.port.clone();
+    drop(t); // joins the server thread: the connection really ended
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || port.serve_connection(theirs));
+    let fe = vhost::vhost_user::Frontend::from_stream(ours, 2);
+    fe.set_owner().unwrap();
+    assert_ne!(fe.get_features().unwrap(), 0);
+    drop(fe);
+    server.join().unwrap();
+}
+
+/// Raw vhost-user messages, for input the `Frontend` would never send.
+fn raw(sock: &mut UnixStream, request: u32, flags: u32, payload: &[u8]) {
+    let mut m = Vec::new();
+    m.extend_from_slice(&request.to_le_bytes());
+    m.extend_from_slice(&flags.to_le_bytes());
+    m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    m.extend_from_slice(payload);
+    sock.write_all(&m).unwrap();
+}
+
+fn read_reply(sock: &mut UnixStream) -> (u32, Vec<u8>) {
+    let mut h = [0u8; 12];
+    sock.read_exact(&mut h).unwrap();
+    let size = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    let mut p = vec![0u8; size];
+    sock.read_exact(&mut p).unwrap();
+    (u32::from_le_bytes([h[0], h[1], h[2], h[3]]), p)
+}
+
+const V1: u32 = 1;
+const NEED_REPLY: u32 = 8;
+
+#[test]
+fn hostile_vhost_user_messages_get_errors_not_crashes() {
+    let (mut sock, _peers, _port, server) = start_device(1);
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Negotiate REPLY_ACK so failures are reported.
+    raw(&mut sock, 15, V1, &[]); // GET_PROTOCOL_FEATURES
+    let (_, p) = read_reply(&mut sock);
+    let pf = u64::from_le_bytes(p[..8].try_into().unwrap());
+    assert_ne!(pf & 0x8, 0, "REPLY_ACK offered");
+    raw(&mut sock, 16, V1, &0x8u64.to_le_bytes());
+    let ack = |sock: &mut UnixStream| -> u64 {
+        let (_, p) = read_reply(sock);
+        u64::from_le_bytes(p[..8].try_into().unwrap())
+    };
+    // Unknown request, wrong payload sizes, vring out of range, bad ring size, no memory.
+    raw(&mut sock, 999, V1 | NEED_REPLY, &[]);
+    assert_eq!(ack(&mut sock), 1, "unknown request");
+    raw(&mut sock, 2, V1 | NEED_REPLY, &[1, 2, 3]); // SET_FEATURES with 3 bytes
+    assert_eq!(ack(&mut sock), 1, "short payload");
+    let state = |index: u32, num: u32| [index.to_le_bytes(), num.to_le_bytes()].concat();
+    raw(&mut sock, 8, V1 | NEED_REPLY, &state(99, 256)); // SET_VRING_NUM on vring 99
+    assert_eq!(ack(&mut sock), 1, "vring out of range");
+    raw(&mut sock, 8, V1 | NEED_REPLY, &state(0, 300)); // not a power of two
+    assert_eq!(ack(&mut sock), 1, "bad ring size");
+    raw(&mut sock, 2, V1 | NEED_REPLY, &(1u64 << 63).to_le_bytes()); // unoffered feature
+    assert_eq!(ack(&mut sock), 1, "unoffered feature");
+    let mut addr = vec![0u8; 40];
+    addr[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
+    raw(&mut sock, 9, V1 | NEED_REPLY, &addr); // SET_VRING_ADDR without a memory table
+    assert_eq!(ack(&mut sock), 1, "ring address outside any region");
+    let mut table = vec![0u8; 8 + 32];
+    table[0] = 1; // one region, but no descriptor attached
+    table[16..24].copy_from_slice(&4096u64.to_le_bytes());
+    raw(&mut sock, 5, V1 | NEED_REPLY, &table);
+    assert_eq!(ack(&mut sock), 1, "memory table without fds");
+    // GET_CONFIG asking for far too much: a zero-size config reply, not a crash.
+    let cfg = [
+        0u32.to_le_bytes(),
+        4000u32.to_le_bytes(),
+        0u32.to_le_bytes(),
+    ]
+    .concat();
+    let mut req = cfg.clone();
+    req.extend_from_slice(&vec![0u8; 4000]);
+    raw(&mut sock, 24, V1, &req);
+    let (code, p) = read_reply(&mut sock);
+    assert_eq!(
+        (code, u32::from_le_bytes(p[4..8].try_into().unwrap())),
+        (24, 0)
+    );
+    // GET_VRING_BASE of a vring that does not exist still answers.
+    raw(&mut sock, 11, V1, &state(77, 0));
+    assert_eq!(read_reply(&mut sock).0, 11);
+    // Still serving: GET_FEATURES answers.
+    raw(&mut sock, 1, V1, &[]);
+    assert_eq!(read_reply(&mut sock).1.len(), 8);
+    // A payload over the size limit ends the connection (the wire can no longer be trusted).
+    raw(&mut sock, 1, V1, &[]);
+    read_reply(&mut sock);
+    let mut m = Vec::new();
+    m.extend_from_slice(&1u32.to_le_bytes());
+    m.extend_from_slice(&V1.to_le_bytes());
+    m.extend_from_slice(&u32::MAX.to_le_bytes());
+    sock.write_all(&m).unwrap();
+    server
+        .join()
+        .expect("server thread ended without panicking");
+}
+
+#[test]
+fn bad_header_version_ends_the_connection_cleanly() {
+    let (mut sock, _peers, _port, server) = start_device(1);
+    raw(&mut sock, 1, 0x2, &[]);
+    server
+        .join()
+        .expect("server thread ended without panicking");
+}
