@@ -208,22 +208,6 @@ fn check_ping_and_transfers(
     peer.flows
 }
 
-/// Per-pair rx/tx frame counts from the daemon's disconnect report.
-fn pair_frames(daemon: &Daemon, pair: u16) -> (u64, u64) {
-    let line = daemon
-        .log
-        .wait_for(&format!("pair {pair}: rx "), Duration::from_secs(30));
-    let after = |key: &str| -> u64 {
-        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
-        rest.split_whitespace()
-            .next()
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0)
-    };
-    (after(": rx "), after(", tx "))
-}
-
 #[test]
 fn guest_on_tap_one_queue_pair_ping_transfer_and_daemon_restart() {
     if !privileged_environment("guest_on_tap_one_queue_pair") {
@@ -279,7 +263,7 @@ fn guest_on_tap_one_queue_pair_ping_transfer_and_daemon_restart() {
         "guest did not power off"
     );
 
-    let (rx, tx) = pair_frames(&daemon, 0);
+    let (rx, tx) = daemon.pair_frames(0);
     assert!(
         rx > 0 && tx > 0,
         "restarted daemon moved frames (rx {rx}, tx {tx})"
@@ -319,7 +303,7 @@ fn guest_on_tap_two_queue_pairs_both_carry_traffic() {
     );
 
     for pair in 0..2 {
-        let (rx, tx) = pair_frames(&daemon, pair);
+        let (rx, tx) = daemon.pair_frames(pair);
         assert!(rx + tx > 0, "queue pair {pair} carried no frames");
     }
 }

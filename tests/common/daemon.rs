@@ -39,6 +39,23 @@ impl Daemon {
         c
     }
 
+    /// Per-pair rx/tx frame counts from the report the daemon logs when a frontend disconnects.
+    pub fn pair_frames(&self, pair: u16) -> (u64, u64) {
+        let line = self
+            .log
+            .wait_for(&format!("pair {pair}: rx "), Duration::from_secs(30));
+        let after = |key: &str| -> u64 {
+            let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+            line[at..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0)
+        };
+        (after(": rx "), after(", tx "))
+    }
+
     /// Sends SIGKILL and reaps.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

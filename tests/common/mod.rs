@@ -9,6 +9,7 @@ pub mod frontend;
 pub mod initramfs;
 pub mod lines;
 pub mod netns;
+pub mod packet;
 pub mod qemu;
 
 use std::path::PathBuf;

@@ -18,7 +18,11 @@ fn ip(args: &[&str]) {
 impl Netns {
     pub fn new(tag: &str) -> Self {
         let name = format!("vunetd-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace left behind by a killed earlier run of this same pid is stale.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         ip(&["netns", "add", &name]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         Netns { name }
