@@ -50,27 +50,15 @@ fn test_frame(seq: u32, len: usize) -> Vec<u8> {
     f
 }
 
-#[test]
-fn testpmd_virtio_user_exchanges_frames_with_the_tap() {
-    if !privileged_environment("testpmd_virtio_user") {
-        return;
-    }
-    assert!(
-        which("dpdk-testpmd").is_some(),
-        "dpdk-testpmd missing (dpdk-dev)"
-    );
-    let dir = TempDir::new("testpmd");
-    let ns = Netns::new("dpdk");
-    let socket = dir.path("dpdk.sock");
-    let mut cmd = ns.command(common::daemon::BINARY);
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .arg("--netdev")
-        .arg(format!("tap,id=n0,ifname={TAP},script=no,downscript=no"));
-    let daemon = Daemon::start(cmd, 1);
-    ns.ip(&["link", "set", TAP, "up"]);
-
-    let prefix = format!("vunetd-{}", std::process::id());
+/// Starts testpmd on `socket`, loops `FRAMES` frames through it from the tap `tap` in `ns`, and
+/// checks the daemon's counters.
+fn exchange_through_testpmd(
+    ns: &Netns,
+    tap: &'static str,
+    socket: &std::path::Path,
+    daemon: &Daemon,
+) {
+    let prefix = format!("vunetd-{}-{tap}", std::process::id());
     let mut child = Command::new("dpdk-testpmd")
         .args([
             "-l",
@@ -109,8 +97,8 @@ fn testpmd_virtio_user_exchanges_frames_with_the_tap() {
         .wait_for("start packet forwarding", Duration::from_secs(60));
 
     let result = ns
-        .spawn(|| {
-            let sock = PacketSocket::bind(TAP, Duration::from_secs(5)).expect("packet socket");
+        .spawn(move || {
+            let sock = PacketSocket::bind(tap, Duration::from_secs(5)).expect("packet socket");
             let mut next_back = 0u32;
             for seq in 0..FRAMES {
                 let len = 60 + (seq as usize * 37) % 1400;
@@ -146,4 +134,60 @@ fn testpmd_virtio_user_exchanges_frames_with_the_tap() {
         rx >= frames && tx >= frames,
         "daemon counted rx {rx}, tx {tx}; {frames} each way expected"
     );
+}
+
+#[test]
+fn testpmd_virtio_user_exchanges_frames_with_the_tap() {
+    if !privileged_environment("testpmd_virtio_user") {
+        return;
+    }
+    assert!(
+        which("dpdk-testpmd").is_some(),
+        "dpdk-testpmd missing (dpdk-dev)"
+    );
+    let dir = TempDir::new("testpmd");
+    let ns = Netns::new("dpdk");
+    let socket = dir.path("dpdk.sock");
+    let mut cmd = ns.command(common::daemon::BINARY);
+    cmd.arg("--socket-path")
+        .arg(&socket)
+        .arg("--netdev")
+        .arg(format!("tap,id=n0,ifname={TAP},script=no,downscript=no"));
+    let daemon = Daemon::start(cmd, 1);
+    ns.ip(&["link", "set", TAP, "up"]);
+    exchange_through_testpmd(&ns, TAP, &socket, &daemon);
+}
+
+#[test]
+fn unprivileged_daemon_attaches_to_a_persistent_tap_it_owns() {
+    if !privileged_environment("unprivileged_persistent_tap") {
+        return;
+    }
+    let dir = TempDir::new("usertap");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let ns = Netns::new("usertap");
+    const USER_TAP: &str = "vuowned0";
+    ns.ip(&[
+        "tuntap", "add", "dev", USER_TAP, "mode", "tap", "user", "nobody", "vnet_hdr",
+    ]);
+    ns.ip(&["link", "set", USER_TAP, "up"]);
+    let socket = dir.path("user.sock");
+    // No capabilities at all: the daemon must neither create the tap nor change its flags/MAC.
+    let mut cmd = ns.command("setpriv");
+    cmd.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ])
+    .arg(common::daemon::BINARY)
+    .arg("--socket-path")
+    .arg(&socket)
+    .arg("--netdev")
+    .arg(format!(
+        "tap,id=n0,ifname={USER_TAP},script=no,downscript=no"
+    ));
+    let daemon = Daemon::start(cmd, 1);
+    exchange_through_testpmd(&ns, USER_TAP, &socket, &daemon);
 }
