@@ -34,20 +34,40 @@ fn main() -> ExitCode {
     }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Usage(e)) => {
+            eprintln!("vhost-user-netd: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(e)) => {
             eprintln!("vhost-user-netd: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(config: Config) -> Result<(), String> {
+/// Why the daemon could not start: bad input (exit 2) or a host failure (exit 1).
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure::Runtime(s)
+    }
+}
+
+fn run(config: Config) -> Result<(), Failure> {
     let mut fds = InheritedFds::default();
     let mut backends = Vec::new();
     for n in &config.netdevs {
-        let backend = n
-            .open(&mut fds)
-            .map_err(|e| format!("netdev '{}': {e}", n.id))?;
+        let backend = n.open(&mut fds).map_err(|e| {
+            let message = format!("--netdev '{}': {e}", n.id);
+            match e {
+                vhost_user_netd_backends::Error::Option(_) => Failure::Usage(message),
+                _ => Failure::Runtime(message),
+            }
+        })?;
         info!("netdev {}: {}", n.id, backend.describe());
         backends.push((n.id.clone(), backend));
     }
@@ -61,10 +81,10 @@ fn run(config: Config) -> Result<(), String> {
             .ok_or_else(|| format!("port: netdev '{}' missing", pc.netdev))?;
         let available = backend.capabilities().queue_pairs;
         if pc.queues > available {
-            return Err(format!(
-                "port on '{}': {} queue pairs, backend has {available}",
+            return Err(Failure::Usage(format!(
+                "--port on '{}': {} queue pairs, backend has {available}",
                 pc.netdev, pc.queues
-            ));
+            )));
         }
         let port = Port {
             config: pc.clone(),
@@ -85,9 +105,8 @@ fn run(config: Config) -> Result<(), String> {
                         created.push(p.clone());
                         l
                     }
-                    Listen::Fd(fd) => {
-                        inherited_listener(*fd).map_err(|e| format!("--fd {fd}: {e}"))?
-                    }
+                    Listen::Fd(fd) => inherited_listener(*fd)
+                        .map_err(|e| Failure::Usage(format!("--fd {fd}: {e}")))?,
                 };
                 info!("port {}: listening on {:?}", pc.netdev, pc.listen);
                 std::thread::Builder::new()

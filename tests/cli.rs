@@ -1,0 +1,130 @@
+//! The command-line contract of the real binary: exit codes, messages naming the option,
+//! capabilities, help.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_input_exits_2_and_names_the_option_and_value() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--socket-path",
+                "/tmp/x.sock",
+                "--netdev",
+                "tap,id=n0,queues=abc",
+            ],
+            "--netdev",
+        ),
+        (
+            &[
+                "--socket-path",
+                "/tmp/x.sock",
+                "--netdev",
+                "tap,id=n0,fd=3,ifname=t",
+            ],
+            "are invalid with fd=",
+        ),
+        (
+            &["--socket-path", "/tmp/x.sock", "--netdev", "bogus,id=n0"],
+            "'bogus'",
+        ),
+        (
+            &[
+                "--socket-path",
+                "/tmp/x.sock",
+                "--netdev",
+                "tap,id=n0",
+                "--mac",
+                "52:54:zz:00:00:01",
+            ],
+            "--mac",
+        ),
+        (
+            &[
+                "--socket-path",
+                "/tmp/x.sock",
+                "--netdev",
+                "tap,id=n0",
+                "--mtu",
+                "10",
+            ],
+            "--mtu",
+        ),
+        (
+            &[
+                "--netdev",
+                "tap,id=n0",
+                "--port",
+                "socket-path=/a,netdev=n9",
+            ],
+            "n9",
+        ),
+        (&["--socket-path", "/tmp/x.sock"], "--netdev"),
+        (&["--no-such-option"], "--no-such-option"),
+        (
+            &["--socket-path", "/a", "--fd", "3", "--netdev", "tap,id=n0"],
+            "--fd",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr lacks {needle:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn print_capabilities_is_json_and_exits_0() {
+    let (code, out, _) = run(&["--print-capabilities"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["type"], "net");
+}
+
+#[test]
+fn help_shows_examples() {
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Examples:") && out.contains("--netdev tap,id=n0"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_inherited_fd_that_is_not_a_listening_socket_fails_early() {
+    // fd 0 is /dev/null here: not a socket.
+    let out = Command::new(BIN)
+        .args(["--fd", "0", "--netdev", "tap,id=n0,fd=0"])
+        .stdin(std::process::Stdio::null())
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("descriptor '0'"));
+}
