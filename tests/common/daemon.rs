@@ -41,19 +41,32 @@ impl Daemon {
 
     /// Per-pair rx/tx frame counts from the report the daemon logs when a frontend disconnects.
     pub fn pair_frames(&self, pair: u16) -> (u64, u64) {
+        let c = self.pair_counts(pair);
+        (c.rx_frames, c.tx_frames)
+    }
+
+    /// Per-pair counters from the disconnect report
+    /// (`pair N: rx F frames B bytes, tx F frames B bytes, ...`).
+    pub fn pair_counts(&self, pair: u16) -> PairCounts {
         let line = self
             .log
             .wait_for(&format!("pair {pair}: rx "), Duration::from_secs(30));
-        let after = |key: &str| -> u64 {
+        let numbers = |key: &str| -> (u64, u64) {
             let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-            line[at..]
-                .split_whitespace()
-                .next()
-                .unwrap_or("0")
-                .parse()
-                .unwrap_or(0)
+            let mut words = line[at..].split_whitespace();
+            let frames = words.next().unwrap_or("0").parse().unwrap_or(0);
+            let _ = words.next(); // "frames"
+            let bytes = words.next().unwrap_or("0").parse().unwrap_or(0);
+            (frames, bytes)
         };
-        (after(": rx "), after(", tx "))
+        let (rx_frames, rx_bytes) = numbers(": rx ");
+        let (tx_frames, tx_bytes) = numbers(", tx ");
+        PairCounts {
+            rx_frames,
+            rx_bytes,
+            tx_frames,
+            tx_bytes,
+        }
     }
 
     /// Sends SIGKILL and reaps.
@@ -74,4 +87,13 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// One queue pair's counters as the daemon reported them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PairCounts {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
 }
