@@ -46,6 +46,13 @@ echo "RESULT go $(cat /tmp/go)"
 if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-after-restart ok"; else echo "RESULT ping-after-restart fail"; fi
 "#;
 
+const MIGRATE: &str = r#"
+echo "PHASE migrate"
+nc -l -p 5004 < /dev/null > /tmp/go
+echo "RESULT resumed $(cat /tmp/go)"
+if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-after-migrate ok"; else echo "RESULT ping-after-migrate fail"; fi
+"#;
+
 const FLOWS: &str = r#"
 i=0
 while [ $i -lt 16 ]; do nc 10.0.0.1 5003 < /dev/null > /dev/null & i=$((i+1)); done
@@ -281,7 +288,7 @@ fn guest_on_tap_two_queue_pairs_both_carry_traffic() {
     let (kernel, modules) = guest_kernel().expect("kernel");
     let dir = TempDir::new("guest2");
     let initrd = dir.path("initrd.cpio");
-    initramfs::build(&initrd, &modules, &format!("{SETUP}{FLOWS}"));
+    initramfs::build(&initrd, &modules, &format!("{SETUP}{FLOWS}{MIGRATE}"));
     let ns = Netns::new("g2");
     let socket = dir.path("vm.sock");
     let daemon = start_daemon(&ns, &socket, 2);
@@ -292,10 +299,47 @@ fn guest_on_tap_two_queue_pairs_both_carry_traffic() {
         queues: 2,
         reconnect_ms: None,
     };
-    let mut guest = Guest::boot(&kernel, &initrd, &nic, 2);
+    let qmp_path = dir.path("qmp.sock");
+    let mut guest = Guest::boot_with_qmp(&kernel, &initrd, &nic, 2, Some(&qmp_path));
     let flows = check_ping_and_transfers(&guest, &ns, peer, &dir, 2);
+    // QEMU is long past creating its QMP socket once the guest has run its script.
+    let mut qmp = common::qmp::Qmp::connect(&qmp_path);
     guest.console.wait_for("RESULT flows-done", STEP);
     assert_eq!(flows.expect("flows").join().expect("flows thread"), 16);
+
+    // Live migration: QEMU only allows it when the backend logs dirty pages (LOG_SHMFD).
+    guest.console.wait_for("PHASE migrate", STEP);
+    let events = serde_json::json!({"capabilities": [{"capability": "events", "state": true}]});
+    qmp.execute("migrate-set-capabilities", events)
+        .expect("migration events");
+    let uri = format!("exec:cat > {}", dir.path("migration.bin").display());
+    if let Err(e) = qmp.execute("migrate", serde_json::json!({ "uri": uri })) {
+        panic!("QEMU refused to migrate: {e}");
+    }
+    let done = qmp.wait_event("MIGRATION", |d| {
+        d["status"] == "completed" || d["status"] == "failed"
+    });
+    assert_eq!(done["data"]["status"], "completed", "{done}");
+    // The source stops after migrating; resume it: the device restarts and traffic flows again.
+    qmp.execute("cont", serde_json::json!({})).expect("cont");
+    ns.spawn(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // Retried until the resumed guest's listener answers.
+            match TcpStream::connect_timeout(&(GUEST_IP, 5004).into_addr(), Duration::from_secs(2))
+            {
+                Ok(mut s) => return s.write_all(b"after-migration\n").expect("send go"),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("guest unreachable after migration: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    })
+    .join()
+    .expect("resume thread");
+    let line = guest.console.wait_for("RESULT ping-after-migrate", STEP);
+    assert!(line.ends_with(" ok"), "{line}");
     guest.console.wait_for("GUEST-DONE", STEP);
     assert!(
         guest.wait_exit(Duration::from_secs(30)),

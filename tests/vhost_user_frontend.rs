@@ -324,3 +324,43 @@ fn bad_header_version_ends_the_connection_cleanly() {
         .join()
         .expect("server thread ended without panicking");
 }
+
+#[test]
+fn guest_writes_are_logged_only_while_log_all_is_on() {
+    use std::os::fd::AsRawFd;
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF | F_EVENT_IDX);
+    // One bit per 4 KiB page: RAM_SIZE needs RAM_SIZE / 4096 / 8 bytes.
+    let bitmap = GuestRam::with_size(4096);
+    let region = vhost::VhostUserDirtyLogRegion {
+        mmap_size: RAM_SIZE / 4096 / 8,
+        mmap_offset: 0,
+        mmap_handle: bitmap.file.as_raw_fd(),
+    };
+    t.fe.set_log_base(0, Some(region))
+        .expect("SET_LOG_BASE answered");
+    let dirty = |page: u64| bitmap.read(page / 8, 1)[0] & (1 << (page % 8)) != 0;
+
+    t.rings[0].post_buffers(&t.ram, 0, 4, 2048, true);
+    t.kick(0);
+    let mut sent = hdr();
+    sent.extend_from_slice(&frame(100, 1));
+    t.peer_send(0, &sent);
+    t.wait_used(0, 1);
+    assert!(
+        bitmap.read(0, 512).iter().all(|b| *b == 0),
+        "nothing logged without LOG_ALL"
+    );
+
+    // Migration starts: the frontend turns LOG_ALL on.
+    t.fe.set_features(t.acked | F_LOG_ALL).unwrap();
+    t.sync();
+    t.peer_send(0, &sent);
+    let used = t.wait_used(0, 1);
+    let buffer_page = t.rings[0].buffer_addr(used[0].0 as u16, 2048) / 4096;
+    assert!(dirty(buffer_page), "rx buffer page {buffer_page} logged");
+    assert!(dirty(t.rings[0].used / 4096), "used ring page logged");
+    assert!(
+        !dirty(t.rings[0].buffer_addr(3, 2048) / 4096 + 64),
+        "untouched page stays clean"
+    );
+}

@@ -20,6 +20,7 @@ pub const VIRTIO_NET_F_GUEST_ANNOUNCE: u64 = 1 << 21;
 pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
@@ -37,6 +38,7 @@ pub fn offered(caps: &Capabilities, queue_pairs: u16, has_mac: bool, has_mtu: bo
         | VIRTIO_RING_F_INDIRECT_DESC
         | VIRTIO_NET_F_STATUS
         | VIRTIO_NET_F_GUEST_ANNOUNCE
+        | VHOST_F_LOG_ALL
         | VHOST_USER_F_PROTOCOL_FEATURES;
     if queue_pairs > 1 {
         f |= VIRTIO_NET_F_MQ;

@@ -81,6 +81,8 @@ fn read_desc(
 pub struct GuestIov {
     iovecs: Vec<libc::iovec>,
     bytes: usize,
+    /// The guest-physical ranges behind the iovecs, one per descriptor (for dirty logging).
+    ranges: Vec<(u64, u32)>,
 }
 
 // SAFETY: the iovecs are plain addresses into guest memory mappings; they are only dereferenced
@@ -92,6 +94,7 @@ impl Default for GuestIov {
         GuestIov {
             iovecs: Vec::with_capacity(64),
             bytes: 0,
+            ranges: Vec::with_capacity(64),
         }
     }
 }
@@ -100,7 +103,13 @@ impl GuestIov {
     /// Forgets all segments, keeping the allocation.
     pub fn clear(&mut self) {
         self.iovecs.clear();
+        self.ranges.clear();
         self.bytes = 0;
+    }
+
+    /// Guest-physical ranges of the descriptors walked so far, in order.
+    pub fn guest_ranges(&self) -> &[(u64, u32)] {
+        &self.ranges
     }
 
     /// Total bytes covered.
@@ -146,7 +155,7 @@ impl GuestIov {
         indirect_allowed: bool,
         max_bytes: usize,
     ) -> Result<usize, ChainError> {
-        let (segments, bytes) = (self.iovecs.len(), self.bytes);
+        let mark = self.mark();
         let result = self.walk(
             mem,
             desc_table,
@@ -157,10 +166,9 @@ impl GuestIov {
             max_bytes,
         );
         if result.is_err() {
-            self.iovecs.truncate(segments);
-            self.bytes = bytes;
+            self.truncate_to(mark);
         }
-        result.map(|()| self.bytes - bytes)
+        result.map(|()| self.bytes - mark.1)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -220,6 +228,9 @@ impl GuestIov {
                 return Err(ChainError::TooLong);
             }
             self.push_buffer(mem, desc.addr, desc.len as usize)?;
+            if desc.len > 0 {
+                self.ranges.push((desc.addr, desc.len));
+            }
             if desc.flags & VRING_DESC_F_NEXT == 0 {
                 return Ok(());
             }
@@ -321,14 +332,15 @@ impl GuestIov {
     }
 
     /// A position to go back to with [`Self::truncate_to`].
-    pub fn mark(&self) -> (usize, usize) {
-        (self.iovecs.len(), self.bytes)
+    pub fn mark(&self) -> (usize, usize, usize) {
+        (self.iovecs.len(), self.bytes, self.ranges.len())
     }
 
     /// Forgets everything appended after `mark`.
-    pub fn truncate_to(&mut self, mark: (usize, usize)) {
+    pub fn truncate_to(&mut self, mark: (usize, usize, usize)) {
         self.iovecs.truncate(mark.0);
         self.bytes = mark.1;
+        self.ranges.truncate(mark.2);
     }
 
     /// Moves the first `n` bytes into `front` (cleared first), e.g. a virtio-net header that the

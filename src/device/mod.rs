@@ -5,11 +5,12 @@
 //! - [`vring`]: one split ring: avail reads, batched used writes, notifications.
 //! - [`queue_pair`]: a pair's state, lock and worker thread; `rx` and `tx`: its two paths.
 //! - [`features`], [`config_space`]: what is offered and reported.
-//! - [`counters`]: per-pair statistics; [`announce`]: RARP frames.
+//! - [`counters`]: per-pair statistics; [`announce`]: RARP frames; [`dirty_log`]: migration.
 
 pub mod announce;
 pub mod config_space;
 pub mod counters;
+pub mod dirty_log;
 pub mod features;
 pub mod guest_iov;
 pub mod queue_pair;
@@ -142,6 +143,7 @@ impl NetDevice {
             backend_vnet_hdr: self.caps.vnet_hdr,
             max_rx_frame: hdr_len + max_frame,
             link_up: self.link_up,
+            log_all: acked & features::VHOST_F_LOG_ALL != 0,
         };
         let offloads = if self.caps.vnet_hdr {
             guest_offloads.intersect(self.caps.offloads)
@@ -165,6 +167,13 @@ impl NetDevice {
                 }
             }
             p.update_interest();
+        }
+    }
+
+    /// Installs the frontend's dirty bitmap (`SET_LOG_BASE`) in every pair.
+    pub fn set_dirty_log(&self, log: Option<Arc<dirty_log::DirtyLog>>) {
+        for pair in &self.pairs {
+            pair.lock().dirty_log = log.clone();
         }
     }
 

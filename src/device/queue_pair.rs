@@ -16,6 +16,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::counters::{Counts, RateLimitedLog, SharedCounters};
+use super::dirty_log::DirtyLog;
 use super::guest_iov::GuestIov;
 use super::vring::Vring;
 
@@ -61,6 +62,8 @@ pub struct DatapathParams {
     pub max_rx_frame: usize,
     /// Link state (`set_link`); down drops frames both ways.
     pub link_up: bool,
+    /// `VHOST_F_LOG_ALL`: log every guest page written (live migration in progress).
+    pub log_all: bool,
 }
 
 impl Default for DatapathParams {
@@ -72,6 +75,7 @@ impl Default for DatapathParams {
             backend_vnet_hdr: false,
             max_rx_frame: 12 + 1518,
             link_up: true,
+            log_all: false,
         }
     }
 }
@@ -102,7 +106,10 @@ pub struct QueuePair {
     pub(super) log: RateLimitedLog,
     pub(super) iov: GuestIov,
     pub(super) hdr_iov: GuestIov,
-    pub(super) heads: Vec<(u16, usize)>,
+    /// rx chains gathered for one frame: head, capacity, index of its first guest range.
+    pub(super) heads: Vec<(u16, usize, usize)>,
+    /// The frontend's dirty bitmap, once it sent one.
+    pub dirty_log: Option<Arc<DirtyLog>>,
     /// A frame read from the backend that did not fit the guest's buffers yet.
     pub(super) bounce: Vec<u8>,
     pub(super) bounce_len: usize,
@@ -129,6 +136,7 @@ impl QueuePair {
             heads: Vec::with_capacity(64),
             bounce: Vec::new(),
             bounce_len: 0,
+            dirty_log: None,
             shared,
         }
     }
@@ -289,8 +297,21 @@ impl QueuePair {
             }
             PairEvent::Stop => {}
         }
+        // Used rings (entries, idx, notification fields) may have been written: log them.
+        if let Some(log) = self.logging() {
+            for ring in [&self.rx, &self.tx] {
+                if let Some((gpa, len)) = ring.used_ring_range() {
+                    log.mark(gpa, len);
+                }
+            }
+        }
         self.update_interest();
         self.flush_counts();
+    }
+
+    /// The dirty log, while the frontend wants writes logged.
+    pub(super) fn logging(&self) -> Option<&DirtyLog> {
+        self.dirty_log.as_deref().filter(|_| self.params.log_all)
     }
 }
 

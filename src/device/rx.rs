@@ -129,7 +129,7 @@ impl QueuePair {
                 });
             match result {
                 Ok(len) => {
-                    self.heads.push((head, len));
+                    self.heads.push((head, len, mark.2));
                     capacity += len;
                 }
                 Err(e) if self.heads.is_empty() => {
@@ -287,7 +287,7 @@ impl QueuePair {
     fn complete_rx(&mut self, mem: &GuestMemoryMmap, len: usize, header_split: bool) {
         let mut remaining = len;
         let mut used = 0u16;
-        for &(head, cap) in &self.heads {
+        for &(head, cap, _) in &self.heads {
             if remaining == 0 {
                 break;
             }
@@ -295,6 +295,17 @@ impl QueuePair {
             self.rx.push_used(mem, head, take as u32);
             remaining -= take;
             used += 1;
+        }
+        if let Some(log) = self.logging() {
+            // Every buffer of the chains the frame went into (whole buffers: over-marking only
+            // makes the migration copy a page again).
+            let end = self
+                .heads
+                .get(usize::from(used))
+                .map_or(self.iov.guest_ranges().len(), |h| h.2);
+            for &(gpa, len) in &self.iov.guest_ranges()[..end] {
+                log.mark(gpa, u64::from(len));
+            }
         }
         self.rx.rewind(self.heads.len() as u16 - used);
         if self.params.mrg_rxbuf {

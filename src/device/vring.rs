@@ -102,6 +102,12 @@ impl Vring {
         Ok(())
     }
 
+    /// The used ring's guest-physical range, once configured.
+    pub fn used_ring_range(&self) -> Option<(u64, u64)> {
+        self.is_configured()
+            .then(|| (self.used.raw_value(), 6 + 8 * u64::from(self.size)))
+    }
+
     /// Whether addresses and size are set (memory may still change under it).
     pub fn is_configured(&self) -> bool {
         self.addresses_set && self.size != 0

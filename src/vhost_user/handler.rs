@@ -7,10 +7,11 @@
 //! error) and the connection goes on; only a broken wire (bad header, oversized payload) ends it.
 
 use std::os::fd::{IntoRawFd, OwnedFd};
+use std::sync::Arc;
 
 use log::{debug, info, warn};
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserConfig, VhostUserMemory, VhostUserMemoryRegion,
+    FrontendReq, VhostUserConfig, VhostUserLog, VhostUserMemory, VhostUserMemoryRegion,
     VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringState,
 };
 use vhost::vhost_user::VhostUserProtocolFeatures;
@@ -20,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::memory::{MemoryTable, RegionDesc, MAX_MEM_SLOTS};
 use super::socket::{Connection, Message, WireError};
 use crate::device::config_space::CONFIG_LEN;
+use crate::device::dirty_log::DirtyLog;
 use crate::device::features::VHOST_USER_F_PROTOCOL_FEATURES;
 use crate::device::NetDevice;
 
@@ -38,6 +40,7 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::RARP
         | VhostUserProtocolFeatures::MTU
         | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::LOG_SHMFD
 }
 
 /// Why one request failed (the connection goes on).
@@ -189,6 +192,10 @@ impl Handler {
                             parse_prefix::<VhostUserConfig>(&msg.payload).unwrap_or_default();
                         hdr.size = 0;
                         self.conn.reply(request, hdr.as_slice())?
+                    }
+                    // The frontend waits for this reply; a u64 of 1 tells it the log failed.
+                    ReplyKind::LogBase => {
+                        self.conn.reply(request, VhostUserU64::new(1).as_slice())?
                     }
                     ReplyKind::AckOnly => {
                         if need_reply
@@ -419,6 +426,21 @@ impl Handler {
                 Ok(Outcome::Reply(reply))
             }
             FrontendReq::SET_CONFIG => Err(invalid("virtio-net config space is read-only")),
+            FrontendReq::SET_LOG_BASE => {
+                let log = parse::<VhostUserLog>(p)?;
+                let echo = p.to_vec();
+                let fd = msg
+                    .take_fd()
+                    .ok_or_else(|| invalid("SET_LOG_BASE without a descriptor"))?;
+                let dirty = DirtyLog::map(fd, log.mmap_size, log.mmap_offset)?;
+                self.device.set_dirty_log(Some(Arc::new(dirty)));
+                info!("dirty log of {} bytes installed", { log.mmap_size });
+                // QEMU waits for a reply; rust-vmm frontends expect the log message echoed.
+                Ok(Outcome::Reply(echo))
+            }
+            // The log eventfd is only for frontends that want a signal per logged write; we
+            // write the bitmap directly.
+            FrontendReq::SET_LOG_FD => Ok(Outcome::Done),
             FrontendReq::SEND_RARP => {
                 let v = parse::<VhostUserU64>(p)?.value;
                 let b = v.to_le_bytes();
@@ -503,6 +525,7 @@ impl Handler {
 
 enum ReplyKind {
     U64,
+    LogBase,
     VringState,
     Config,
     AckOnly,
@@ -518,6 +541,7 @@ fn request_kind(request: u32) -> ReplyKind {
         ) => ReplyKind::U64,
         Ok(FrontendReq::GET_VRING_BASE) => ReplyKind::VringState,
         Ok(FrontendReq::GET_CONFIG) => ReplyKind::Config,
+        Ok(FrontendReq::SET_LOG_BASE) => ReplyKind::LogBase,
         _ => ReplyKind::AckOnly,
     }
 }

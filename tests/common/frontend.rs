@@ -33,6 +33,7 @@ pub const F_MRG_RXBUF: u64 = 1 << 15;
 pub const F_EVENT_IDX: u64 = 1 << 29;
 pub const F_INDIRECT: u64 = 1 << 28;
 pub const F_PROTOCOL: u64 = 1 << 30;
+pub const F_LOG_ALL: u64 = 1 << 26;
 pub const F_VERSION_1: u64 = 1 << 32;
 
 /// The daemon's device on one end, the test's driver on the other.
@@ -108,7 +109,8 @@ impl TestFrontend {
         fe.set_protocol_features(
             pf & (VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::CONFIG),
+                | VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::LOG_SHMFD),
         )
         .expect("set_protocol_features");
         assert_eq!(

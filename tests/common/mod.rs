@@ -11,6 +11,7 @@ pub mod lines;
 pub mod netns;
 pub mod packet;
 pub mod qemu;
+pub mod qmp;
 
 use std::path::PathBuf;
 

@@ -23,6 +23,17 @@ pub struct NicSpec<'a> {
 
 impl Guest {
     pub fn boot(kernel: &Path, initrd: &Path, nic: &NicSpec<'_>, smp: u16) -> Self {
+        Self::boot_with_qmp(kernel, initrd, nic, smp, None)
+    }
+
+    /// Boots with a QMP socket at `qmp` (if given).
+    pub fn boot_with_qmp(
+        kernel: &Path,
+        initrd: &Path,
+        nic: &NicSpec<'_>,
+        smp: u16,
+        qmp: Option<&Path>,
+    ) -> Self {
         let mut chardev = format!("socket,id=c0,path={}", nic.socket.display());
         if let Some(ms) = nic.reconnect_ms {
             chardev.push_str(&format!(",reconnect-ms={ms}"));
@@ -63,6 +74,10 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(path) = qmp {
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", path.display()));
+        }
         let mut child = cmd.spawn().expect("spawn qemu");
         let console = Lines::spawn(child.stdout.take().expect("stdout"), "guest", true);
         Guest { child, console }

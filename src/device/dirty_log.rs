@@ -1,0 +1,85 @@
+//! Dirty-page logging for live migration (`VHOST_USER_PROTOCOL_F_LOG_SHMFD`, `VHOST_F_LOG_ALL`).
+//!
+//! The frontend shares a bitmap with one bit per 4 KiB guest page; while it has `LOG_ALL` on,
+//! every guest page the device writes (rx buffers, used rings) gets its bit set, so that the
+//! migration re-sends it. Bits are set with atomic ORs: the frontend reads and clears them
+//! concurrently.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use vm_memory::{FileOffset, MmapRegion};
+
+/// Bytes of guest memory one bit stands for.
+pub const LOG_PAGE_SIZE: u64 = 4096;
+
+/// The frontend's dirty bitmap, mapped shared.
+#[derive(Debug)]
+pub struct DirtyLog {
+    map: MmapRegion,
+}
+
+impl DirtyLog {
+    /// Maps `size` bytes of the log at `offset` in `fd`.
+    pub fn map(fd: OwnedFd, size: u64, offset: u64) -> io::Result<Self> {
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&s| s > 0)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "dirty log size is zero or too large",
+                )
+            })?;
+        offset.checked_add(size as u64).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "dirty log offset overflows")
+        })?;
+        let map = MmapRegion::from_file(FileOffset::new(File::from(fd), offset), size)
+            .map_err(|e| io::Error::other(format!("mapping the dirty log: {e}")))?;
+        Ok(DirtyLog { map })
+    }
+
+    /// Marks every page of `[gpa, gpa + len)` dirty. Pages beyond the bitmap are ignored (the
+    /// frontend sized it for all of guest memory).
+    pub fn mark(&self, gpa: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = gpa / LOG_PAGE_SIZE;
+        let last = gpa.saturating_add(len - 1) / LOG_PAGE_SIZE;
+        let bytes = self.map.size() as u64;
+        let base = self.map.as_ptr();
+        for page in first..=last {
+            let byte = page / 8;
+            if byte >= bytes {
+                break;
+            }
+            // SAFETY: `byte` < the mapping's size, so the pointer is inside the live shared
+            // mapping owned by `self.map`; AtomicU8 has the alignment of u8, and the frontend
+            // only ever accesses these bytes atomically as well.
+            let cell = unsafe { AtomicU8::from_ptr(base.add(byte as usize)) };
+            cell.fetch_or(1 << (page % 8), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::test_ring::GuestRam;
+
+    #[test]
+    fn marks_the_pages_a_range_touches() {
+        let ram = GuestRam::with_size(4096);
+        let log = DirtyLog::map(ram.file.try_clone().unwrap().into(), 64, 0).unwrap();
+        log.mark(0x1000, 1); // page 1
+        log.mark(0x3fff, 2); // pages 3 and 4
+        log.mark(0x10_0000, 0); // nothing
+        log.mark(u64::MAX - 10, 5); // beyond the bitmap: ignored
+        let bits = ram.read(0, 2);
+        assert_eq!(bits, vec![0b0001_1010, 0]);
+        assert!(DirtyLog::map(ram.file.try_clone().unwrap().into(), 0, 0).is_err());
+    }
+}
