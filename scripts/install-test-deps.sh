@@ -41,3 +41,14 @@ if [ ${#need[@]} -gt 0 ] || ! qemu_ok; then
     $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
   fi
 fi
+
+# QEMU 7.2 (plain bookworm) beside 10.0, for the compatibility test: both cannot be installed,
+# so its packages are unpacked into the work tree (tests/.work is git-ignored).
+q72=tests/.work/qemu-7.2
+if [ ! -x "$q72/usr/bin/qemu-system-x86_64" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -q qemu-system-x86/bookworm qemu-system-common/bookworm)
+  mkdir -p "$q72"
+  for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$q72"; done
+  rm -rf "$tmp"
+fi

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::netns::Netns;
-use common::qemu::{Guest, NicSpec};
+use common::qemu::{Guest, NicSpec, QemuVersion};
 use common::{guest_kernel, initramfs, privileged_environment, TempDir};
 
 const HOST_IP: &str = "10.0.0.1";
@@ -148,6 +148,11 @@ impl HostPeer {
 }
 
 fn start_daemon(ns: &Netns, socket: &std::path::Path, queues: u16) -> Daemon {
+    start_daemon_mode(ns, socket, queues, false)
+}
+
+/// Starts the daemon on a tap in `ns`; as a client it waits until it has connected.
+fn start_daemon_mode(ns: &Netns, socket: &std::path::Path, queues: u16, client: bool) -> Daemon {
     let mut cmd = ns.command(common::daemon::BINARY);
     cmd.arg("--socket-path")
         .arg(socket)
@@ -155,7 +160,12 @@ fn start_daemon(ns: &Netns, socket: &std::path::Path, queues: u16) -> Daemon {
         .arg(format!(
             "tap,id=n0,ifname={TAP},queues={queues},script=no,downscript=no"
         ));
-    let d = Daemon::start(cmd, 1);
+    let d = if client {
+        cmd.arg("--client");
+        Daemon::start_until(cmd, "connected to", 1)
+    } else {
+        Daemon::start(cmd, 1)
+    };
     ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
     ns.ip(&["link", "set", TAP, "up"]);
     d
@@ -233,6 +243,7 @@ fn guest_on_tap_one_queue_pair_ping_transfer_and_daemon_restart() {
         socket: &socket,
         queues: 1,
         reconnect_ms: Some(300),
+        qemu_is_server: false,
     };
     let mut guest = Guest::boot(&kernel, &initrd, &nic, 1);
     check_ping_and_transfers(&guest, &ns, peer, &dir, 1);
@@ -298,6 +309,7 @@ fn guest_on_tap_two_queue_pairs_both_carry_traffic() {
         socket: &socket,
         queues: 2,
         reconnect_ms: None,
+        qemu_is_server: false,
     };
     let qmp_path = dir.path("qmp.sock");
     let mut guest = Guest::boot_with_qmp(&kernel, &initrd, &nic, 2, Some(&qmp_path));
@@ -382,4 +394,44 @@ impl IntoAddr for &(&str, u16) {
     fn into_addr(self) -> std::net::SocketAddr {
         format!("{}:{}", self.0, self.1).parse().expect("address")
     }
+}
+
+#[test]
+fn guest_on_qemu_7_2_two_queue_pairs_daemon_as_client() {
+    if !privileged_environment("guest_on_qemu_7_2") {
+        return;
+    }
+    // QEMU 7.2 sends ADD_MEM_REG for the same region once per queue pair, and (like 10.0)
+    // SET_VRING_ENABLE before SET_FEATURES.
+    assert!(
+        common::qemu::qemu_72_root()
+            .join("usr/bin/qemu-system-x86_64")
+            .exists(),
+        "QEMU 7.2 not unpacked (scripts/install-test-deps.sh)"
+    );
+    let (kernel, modules) = guest_kernel().expect("kernel");
+    let dir = TempDir::new("guest72");
+    let initrd = dir.path("initrd.cpio");
+    initramfs::build(&initrd, &modules, SETUP);
+    let ns = Netns::new("g72");
+    let socket = dir.path("vm.sock");
+    let nic = NicSpec {
+        socket: &socket,
+        queues: 2,
+        reconnect_ms: None,
+        qemu_is_server: true,
+    };
+    let mut guest = Guest::boot_version(QemuVersion::Bookworm72, &kernel, &initrd, &nic, 2, None);
+    // QEMU listens and blocks its start-up until a backend connects; the daemon, in client
+    // mode, connects (retrying with backoff until the socket exists).
+    let daemon = start_daemon_mode(&ns, &socket, 2, true);
+    let peer = HostPeer::start(&ns, 0);
+    check_ping_and_transfers(&guest, &ns, peer, &dir, 2);
+    guest.console.wait_for("GUEST-DONE", STEP);
+    assert!(
+        guest.wait_exit(Duration::from_secs(30)),
+        "guest did not power off"
+    );
+    let (rx, tx) = daemon.pair_frames(0);
+    assert!(rx > 0 && tx > 0, "pair 0 moved frames (rx {rx}, tx {tx})");
 }

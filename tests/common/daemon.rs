@@ -17,7 +17,12 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `command` (built on [`BINARY`]) and waits until every port is listening.
-    pub fn start(mut command: Command, ports: usize) -> Self {
+    pub fn start(command: Command, ports: usize) -> Self {
+        Self::start_until(command, "listening on", ports)
+    }
+
+    /// Starts `command` and waits for `ports` log lines containing `marker`.
+    pub fn start_until(mut command: Command, marker: &str, ports: usize) -> Self {
         command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -27,7 +32,7 @@ impl Daemon {
         let log = Lines::spawn(child.stderr.take().expect("stderr"), "daemon", false);
         let daemon = Daemon { child, log };
         for _ in 0..ports {
-            daemon.log.wait_for("listening on", Duration::from_secs(20));
+            daemon.log.wait_for(marker, Duration::from_secs(60));
         }
         daemon
     }

@@ -12,6 +12,21 @@ pub struct Guest {
     pub console: Lines,
 }
 
+/// Which QEMU runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QemuVersion {
+    /// The installed one (10.0 from bookworm-backports).
+    Installed,
+    /// 7.2 from plain bookworm, unpacked into `tests/.work/qemu-7.2` by the install script.
+    /// It segfaults with vhost-user + MSI-X under TCG, so its NIC uses INTx (`vectors=0`).
+    Bookworm72,
+}
+
+/// Root of the unpacked QEMU 7.2.
+pub fn qemu_72_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/.work/qemu-7.2")
+}
+
 /// How to attach the guest's NIC.
 #[derive(Debug, Clone)]
 pub struct NicSpec<'a> {
@@ -19,6 +34,8 @@ pub struct NicSpec<'a> {
     pub queues: u16,
     /// `-chardev socket,reconnect-ms=N` so QEMU reconnects when the backend restarts.
     pub reconnect_ms: Option<u32>,
+    /// QEMU listens (`server=on,wait=off`) and the daemon connects with `--client`.
+    pub qemu_is_server: bool,
 }
 
 impl Guest {
@@ -34,15 +51,46 @@ impl Guest {
         smp: u16,
         qmp: Option<&Path>,
     ) -> Self {
+        Self::boot_version(QemuVersion::Installed, kernel, initrd, nic, smp, qmp)
+    }
+
+    /// Boots on a given QEMU.
+    pub fn boot_version(
+        version: QemuVersion,
+        kernel: &Path,
+        initrd: &Path,
+        nic: &NicSpec<'_>,
+        smp: u16,
+        qmp: Option<&Path>,
+    ) -> Self {
         let mut chardev = format!("socket,id=c0,path={}", nic.socket.display());
         if let Some(ms) = nic.reconnect_ms {
             chardev.push_str(&format!(",reconnect-ms={ms}"));
         }
-        let mut device = "virtio-net-pci,netdev=v0,mac=52:54:00:12:34:56".to_string();
-        if nic.queues > 1 {
-            device.push_str(&format!(",mq=on,vectors={}", 2 * nic.queues + 2));
+        if nic.qemu_is_server {
+            chardev.push_str(",server=on,wait=off");
         }
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let mut device = "virtio-net-pci,netdev=v0,mac=52:54:00:12:34:56,romfile=".to_string();
+        if nic.queues > 1 {
+            device.push_str(",mq=on");
+        }
+        let mut cmd = match version {
+            QemuVersion::Installed => {
+                device.push_str(&format!(",vectors={}", 2 * nic.queues + 2));
+                Command::new("qemu-system-x86_64")
+            }
+            QemuVersion::Bookworm72 => {
+                let root = qemu_72_root();
+                device.push_str(",vectors=0");
+                let mut c = Command::new(root.join("usr/bin/qemu-system-x86_64"));
+                c.env(
+                    "QEMU_MODULE_DIR",
+                    root.join("usr/lib/x86_64-linux-gnu/qemu"),
+                );
+                c.args(["-L", "/usr/share/seabios", "-L", "/usr/share/qemu"]);
+                c
+            }
+        };
         cmd.args(["-accel", "tcg", "-m", "256", "-smp", &smp.to_string()])
             .args([
                 "-object",
