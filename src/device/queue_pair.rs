@@ -5,7 +5,7 @@
 //! with, so a ring is never reconfigured mid-batch; pairs never share a lock.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -400,9 +400,4 @@ fn run_worker(
             }
         }
     }
-}
-
-/// Raw fd of an optional eventfd (for logs).
-pub fn fd_of(e: &Option<EventFd>) -> RawFd {
-    e.as_ref().map_or(-1, |e| e.as_raw_fd())
 }
