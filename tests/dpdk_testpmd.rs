@@ -58,6 +58,17 @@ fn exchange_through_testpmd(
     socket: &std::path::Path,
     daemon: &Daemon,
 ) {
+    exchange_through_testpmd_queues(ns, tap, socket, daemon, 1)
+}
+
+/// As [`exchange_through_testpmd`], with `queues` queue pairs on the testpmd side.
+fn exchange_through_testpmd_queues(
+    ns: &Netns,
+    tap: &'static str,
+    socket: &std::path::Path,
+    daemon: &Daemon,
+    queues: usize,
+) {
     let prefix = format!("vunetd-{}-{tap}", std::process::id());
     let mut child = Command::new("dpdk-testpmd")
         .args([
@@ -73,7 +84,7 @@ fn exchange_through_testpmd(
         ])
         .arg("--vdev")
         .arg(format!(
-            "net_virtio_user0,path={},queues=1,queue_size=256",
+            "net_virtio_user0,path={},queues={queues},queue_size=256",
             socket.display()
         ))
         .args([
@@ -85,6 +96,8 @@ fn exchange_through_testpmd(
             "--total-num-mbufs",
             "4096",
         ])
+        .arg(format!("--rxq={queues}"))
+        .arg(format!("--txq={queues}"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -128,7 +141,9 @@ fn exchange_through_testpmd(
         .unwrap();
     assert_eq!(result, Ok(FRAMES));
     drop(testpmd);
-    let (rx, tx) = daemon.pair_frames(0);
+    let (rx, tx) = (0..queues as u16)
+        .map(|pair| daemon.pair_frames(pair))
+        .fold((0, 0), |(r, t), (pr, pt)| (r + pr, t + pt));
     let frames = u64::from(FRAMES);
     assert!(
         rx >= frames && tx >= frames,
@@ -190,4 +205,120 @@ fn unprivileged_daemon_attaches_to_a_persistent_tap_it_owns() {
     ));
     let daemon = Daemon::start(cmd, 1);
     exchange_through_testpmd(&ns, USER_TAP, &socket, &daemon);
+}
+
+/// Opens an existing tap (in the calling thread's namespace) with a vnet header.
+fn open_tap(name: &str, multi_queue: bool) -> std::os::fd::OwnedFd {
+    use std::os::fd::AsRawFd;
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: i16,
+        pad: [u8; 22],
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    let flags = 0x0002 | 0x1000 | 0x4000 | if multi_queue { 0x0100 } else { 0 };
+    let mut req = IfReq {
+        name: [0; 16],
+        flags,
+        pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is laid out as.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+    assert_eq!(
+        ret,
+        0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    file.into()
+}
+
+/// The daemon gets its listening socket as fd 3 (`--fd 3`, as systemd passes it) and `queues`
+/// open tap descriptors as fds 4.. (`fd=4` or `fds=4:5:...`, as libvirt passes them).
+fn inherited_descriptors(tag: &'static str, tap_name: &'static str, queues: usize) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new(tag);
+    let ns = Netns::new(tag);
+    let mut add = vec!["tuntap", "add", "dev", tap_name, "mode", "tap", "vnet_hdr"];
+    if queues > 1 {
+        add.push("multi_queue");
+    }
+    ns.ip(&add);
+    ns.ip(&["link", "set", tap_name, "up"]);
+    let socket = dir.path("inherited.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let taps: Vec<_> = (0..queues)
+        .map(|_| {
+            ns.spawn(move || open_tap(tap_name, queues > 1))
+                .join()
+                .unwrap()
+        })
+        .collect();
+    let numbers: Vec<String> = (0..queues).map(|i| (4 + i).to_string()).collect();
+    let option = if queues == 1 {
+        format!("fd={}", numbers[0])
+    } else {
+        format!("fds={}", numbers.join(":"))
+    };
+    let mut cmd = ns.command(common::daemon::BINARY);
+    cmd.args(["--fd", "3", "--netdev", &format!("tap,id=n0,{option}")]);
+    let mut moves = vec![(listener.as_raw_fd(), 3)];
+    moves.extend(
+        taps.iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_raw_fd(), 4 + i as i32)),
+    );
+    // SAFETY: only fcntl(2)/dup2(2), async-signal-safe, between fork and exec. Every source is
+    // first copied above 100 so that no target number overwrites a source still to be moved;
+    // dup2 leaves the targets without FD_CLOEXEC.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut parked = [(0, 0); 8];
+            for (slot, &(from, to)) in parked.iter_mut().zip(&moves) {
+                let tmp = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 100);
+                if tmp < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                *slot = (tmp, to);
+            }
+            for &(tmp, to) in &parked[..moves.len()] {
+                if libc::dup2(tmp, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let daemon = Daemon::start(cmd, 1);
+    drop((listener, taps));
+    let opened = daemon.log.matching("netdev n0: tap");
+    assert!(
+        opened
+            .iter()
+            .any(|l| l.contains(&format!("queues={queues}"))),
+        "{opened:?}"
+    );
+    exchange_through_testpmd_queues(&ns, tap_name, &socket, &daemon, queues);
+}
+
+#[test]
+fn inherited_listening_socket_and_tap_fd() {
+    if privileged_environment("inherited_fd") {
+        inherited_descriptors("inhfd", "vufd0", 1);
+    }
+}
+
+#[test]
+fn inherited_listening_socket_and_multiqueue_tap_fds() {
+    if privileged_environment("inherited_fds") {
+        inherited_descriptors("inhfds", "vufds0", 2);
+    }
 }
