@@ -163,14 +163,46 @@ fn testpmd_virtio_user_exchanges_frames_with_the_tap() {
     let dir = TempDir::new("testpmd");
     let ns = Netns::new("dpdk");
     let socket = dir.path("dpdk.sock");
+    // script/downscript run with the interface name; here they log it and bring the link up.
+    let log = dir.path("scripts.log");
+    let up = dir.path("ifup.sh");
+    let down = dir.path("ifdown.sh");
+    std::fs::write(
+        &up,
+        format!(
+            "#!/bin/sh\necho \"up $1\" >> {0}\nip link set \"$1\" up\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &down,
+        format!("#!/bin/sh\necho \"down $1\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    for f in [&up, &down] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let mut cmd = ns.command(common::daemon::BINARY);
     cmd.arg("--socket-path")
         .arg(&socket)
         .arg("--netdev")
-        .arg(format!("tap,id=n0,ifname={TAP},script=no,downscript=no"));
-    let daemon = Daemon::start(cmd, 1);
-    ns.ip(&["link", "set", TAP, "up"]);
+        .arg(format!(
+            "tap,id=n0,ifname={TAP},script={},downscript={}",
+            up.display(),
+            down.display()
+        ));
+    let mut daemon = Daemon::start(cmd, 1);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        format!("up {TAP}\n")
+    );
     exchange_through_testpmd(&ns, TAP, &socket, &daemon);
+    assert!(daemon.terminate().success());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        format!("up {TAP}\ndown {TAP}\n")
+    );
 }
 
 #[test]
