@@ -56,6 +56,11 @@ pub struct Args {
     #[arg(long = "port", value_name = "OPTIONS")]
     pub ports: Vec<String>,
 
+    /// QMP management socket: `unix:PATH[,server=on][,wait=off]`, a bare path, or
+    /// `tcp:HOST:PORT` on loopback. Repeatable.
+    #[arg(long = "qmp", value_name = "ADDRESS")]
+    pub qmp: Vec<String>,
+
     /// Print the vhost-user backend capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -121,7 +126,17 @@ impl TryFrom<Args> for Config {
                 "--mac, --mtu and --client go with --socket-path; use --port keys",
             ));
         }
-        Config { netdevs, ports }.validate()
+        let qmp = args
+            .qmp
+            .iter()
+            .map(|q| crate::config::parse_qmp(q))
+            .collect::<Result<Vec<_>, _>>()?;
+        Config {
+            netdevs,
+            ports,
+            qmp,
+        }
+        .validate()
     }
 }
 

@@ -53,11 +53,54 @@ pub struct PortConfig {
     pub queues: u16,
 }
 
+/// Where a QMP server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QmpAddr {
+    Unix(PathBuf),
+    /// Host and port; loopback only.
+    Tcp(String, u16),
+}
+
+/// Parses QEMU's `-qmp` syntax: `unix:PATH[,server=on][,wait=off]`, `tcp:HOST:PORT[,...]`, or a
+/// bare path.
+pub fn parse_qmp(text: &str) -> Result<QmpAddr, ConfigError> {
+    let err = |m: &str| ConfigError::new("--qmp", format!("'{text}': {m}"));
+    let mut parts = text.split(',');
+    let target = parts.next().unwrap_or_default();
+    for opt in parts {
+        match opt {
+            "server" | "server=on" | "wait=off" | "wait=on" | "nowait" => {}
+            "server=off" => return Err(err("only server mode is supported")),
+            other => return Err(err(&format!("unknown option '{other}'"))),
+        }
+    }
+    if let Some(rest) = target.strip_prefix("tcp:") {
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| err("expected tcp:HOST:PORT"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port: u16 = port.parse().map_err(|_| err("port is not a number"))?;
+        if !crate::qmp::server::is_loopback(&host, port) {
+            return Err(err("QMP over TCP is only offered on loopback addresses"));
+        }
+        return Ok(QmpAddr::Tcp(host, port));
+    }
+    let path = target.strip_prefix("unix:").unwrap_or(target);
+    if path.is_empty() {
+        return Err(err("empty path"));
+    }
+    Ok(QmpAddr::Unix(PathBuf::from(path)))
+}
+
 /// Everything the daemon was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub netdevs: Vec<NetdevConfig>,
     pub ports: Vec<PortConfig>,
+    pub qmp: Vec<QmpAddr>,
 }
 
 /// Parses `52:54:00:12:34:56`.
@@ -219,10 +262,10 @@ impl Config {
                 ));
             }
         }
-        if self.ports.is_empty() {
+        if self.ports.is_empty() && self.qmp.is_empty() {
             return Err(ConfigError::new(
                 "--socket-path",
-                "no port: give --socket-path, --fd or --port",
+                "no port: give --socket-path, --fd or --port (or --qmp to add netdevs later)",
             ));
         }
         Ok(self)
@@ -291,19 +334,22 @@ mod tests {
         let c = parse_port("socket-path=/b,netdev=n0", &n).unwrap();
         assert!(Config {
             netdevs: n.clone(),
-            ports: vec![a.clone(), b]
+            ports: vec![a.clone(), b],
+            qmp: vec![]
         }
         .validate()
         .is_err());
         assert!(Config {
             netdevs: n.clone(),
-            ports: vec![a.clone(), c]
+            ports: vec![a.clone(), c],
+            qmp: vec![]
         }
         .validate()
         .is_err());
         assert!(Config {
             netdevs: n.clone(),
-            ports: vec![]
+            ports: vec![],
+            qmp: vec![]
         }
         .validate()
         .is_err());
@@ -311,13 +357,15 @@ mod tests {
         dup.push(n[0].clone());
         assert!(Config {
             netdevs: dup,
-            ports: vec![a.clone()]
+            ports: vec![a.clone()],
+            qmp: vec![]
         }
         .validate()
         .is_err());
         assert!(Config {
             netdevs: n,
-            ports: vec![a]
+            ports: vec![a],
+            qmp: vec![]
         }
         .validate()
         .is_ok());

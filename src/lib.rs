@@ -8,11 +8,13 @@
 //!   code that knows virtio.
 //! - The host-side backends live in the `vhost-user-netd-backends` crate (`backends/`), which
 //!   knows nothing about virtio.
+//! - [`qmp`]: the QMP management socket (QEMU's net QAPI).
 //! - [`signals`]: clean shutdown on SIGTERM.
 
 pub mod cli;
 pub mod config;
 pub mod device;
 pub mod port;
+pub mod qmp;
 pub mod signals;
 pub mod vhost_user;

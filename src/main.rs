@@ -6,8 +6,9 @@ use std::sync::Arc;
 use clap::Parser;
 use log::{error, info};
 use vhost_user_netd::cli::{capabilities_json, Args};
-use vhost_user_netd::config::{Config, Listen};
+use vhost_user_netd::config::{Config, Listen, QmpAddr};
 use vhost_user_netd::port::{bind_listener, inherited_listener, socket_path, Port};
+use vhost_user_netd::qmp::commands::QmpContext;
 use vhost_user_netd::signals;
 use vhost_user_netd_backends::netdev::InheritedFds;
 
@@ -116,8 +117,25 @@ fn run(config: Config) -> Result<(), Failure> {
         };
         threads.push(thread.map_err(|e| format!("spawning port thread: {e}"))?);
     }
+    let qmp = Arc::new(QmpContext::default());
+    vhost_user_netd::qmp::server::start(&config.qmp, qmp.clone())
+        .map_err(|e| Failure::Runtime(format!("--qmp: {e}")))?;
+    for addr in &config.qmp {
+        if let QmpAddr::Unix(path) = addr {
+            created.push(path.clone());
+        }
+    }
     let signal = signals::wait_for_shutdown();
     info!("signal {signal}: shutting down");
+    let reason = if qmp.quit_requested.load(std::sync::atomic::Ordering::SeqCst) {
+        "host-qmp-quit"
+    } else {
+        "host-signal"
+    };
+    qmp.events.emit(
+        "SHUTDOWN",
+        Some(serde_json::json!({ "guest": false, "reason": reason })),
+    );
     for path in &created {
         if let Err(e) = std::fs::remove_file(path) {
             error!("removing {}: {e}", path.display());

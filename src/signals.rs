@@ -37,3 +37,9 @@ pub fn wait_for_shutdown() -> i32 {
         }
     }
 }
+
+/// Asks the main thread to shut down as if SIGTERM had arrived (QMP `quit`).
+pub fn request_shutdown() {
+    // SAFETY: kill(2) on our own pid with a valid signal number.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+}

@@ -1,0 +1,15 @@
+//! The QMP management socket: QEMU's net QAPI on the daemon.
+//!
+//! - [`framing`]: byte stream → top-level JSON values (no line splitting), bounded.
+//! - [`protocol`]: the command envelope and reply/event encoding, with QEMU's error texts.
+//! - [`session`]: greeting, capabilities negotiation, one client's command loop.
+//! - [`commands`]: typed handlers; they reach the daemon through a control handle only.
+//! - [`events`]: timestamped events to every negotiated session.
+//! - [`server`]: `unix:` and loopback `tcp:` listeners.
+
+pub mod commands;
+pub mod events;
+pub mod framing;
+pub mod protocol;
+pub mod server;
+pub mod session;

@@ -1,0 +1,112 @@
+//! One QMP client: greeting, capabilities negotiation, then commands until it goes away.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use log::{debug, info};
+use serde_json::{json, Value};
+
+use super::commands::{dispatch, version_info, After, QmpContext};
+use super::events::SessionOut;
+use super::framing::{Frame, Splitter};
+use super::protocol::{encode, encode_error, encode_return, parse_command, QmpError};
+
+/// Serves one client on `reader`/`out` until EOF or a write failure.
+pub fn run(mut reader: impl Read, out: Arc<SessionOut>, ctx: &QmpContext, peer: &str) {
+    let greeting = json!({ "QMP": { "version": version_info(), "capabilities": [] } });
+    if out.send(&encode(&greeting)).is_err() {
+        return;
+    }
+    let mut negotiated = false;
+    let mut splitter = Splitter::default();
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        splitter.feed(&buf[..n], &mut frames);
+        for frame in frames.drain(..) {
+            let (reply, after) = handle(frame, &mut negotiated, &out, ctx);
+            if out.send(&reply).is_err() {
+                return;
+            }
+            if after == After::Quit {
+                info!("QMP {peer}: quit");
+                crate::signals::request_shutdown();
+            }
+        }
+    }
+    debug!("QMP {peer}: session ended");
+}
+
+fn handle(
+    frame: Frame,
+    negotiated: &mut bool,
+    out: &Arc<SessionOut>,
+    ctx: &QmpContext,
+) -> (String, After) {
+    let text = match frame {
+        Frame::Value(t) => t,
+        Frame::Error(e) => return (encode_error(&QmpError::generic(e), None), After::Nothing),
+    };
+    let value: Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            let e = QmpError::generic(format!("JSON parse error, {e}"));
+            return (encode_error(&e, None), After::Nothing);
+        }
+    };
+    let cmd = match parse_command(value) {
+        Ok(c) => c,
+        Err((e, id)) => return (encode_error(&e, id), After::Nothing),
+    };
+    if !*negotiated {
+        if cmd.name != "qmp_capabilities" {
+            let e = QmpError::command_not_found(
+                "Expecting capabilities negotiation with 'qmp_capabilities'",
+            );
+            return (encode_error(&e, cmd.id), After::Nothing);
+        }
+        return match negotiate(&cmd.arguments) {
+            Ok(()) => {
+                *negotiated = true;
+                ctx.events.subscribe(out);
+                (encode_return(json!({}), cmd.id), After::Nothing)
+            }
+            Err(e) => (encode_error(&e, cmd.id), After::Nothing),
+        };
+    }
+    match dispatch(ctx, &cmd.name, &cmd.arguments) {
+        Ok((value, after)) => (encode_return(value, cmd.id), after),
+        Err(e) => (encode_error(&e, cmd.id), After::Nothing),
+    }
+}
+
+/// `qmp_capabilities {"enable": [...]}`: no optional capability is offered.
+fn negotiate(args: &serde_json::Map<String, Value>) -> Result<(), QmpError> {
+    let mut opts = vhost_user_netd_backends::Opts::new(
+        args.clone(),
+        vhost_user_netd_backends::OptionSource::Json,
+    );
+    match opts.take_value("enable") {
+        None => {}
+        Some(Value::Array(list)) => {
+            if let Some(first) = list.first() {
+                let name = first
+                    .as_str()
+                    .map_or_else(|| first.to_string(), str::to_string);
+                return Err(QmpError::generic(format!(
+                    "Capability '{name}' not available"
+                )));
+            }
+        }
+        Some(_) => {
+            return Err(QmpError::generic(
+                "Invalid parameter type for 'enable', expected: array",
+            ))
+        }
+    }
+    opts.finish().map_err(QmpError::from)
+}
