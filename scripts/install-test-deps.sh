@@ -52,3 +52,8 @@ if [ ! -x "$q72/usr/bin/qemu-system-x86_64" ]; then
   for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$q72"; done
   rm -rf "$tmp"
 fi
+
+# Python's qemu.qmp, the client QMP tooling is written against.
+if ! python3 -c "import qemu.qmp" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore qemu.qmp
+fi

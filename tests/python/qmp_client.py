@@ -1,0 +1,56 @@
+"""Drives vhost-user-netd's QMP socket with QEMU's own Python client (qemu.qmp).
+
+Usage: qmp_client.py SOCKET. Exits non-zero on the first failed check.
+"""
+
+import asyncio
+import sys
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient
+
+
+async def check(path: str) -> None:
+    client = QMPClient("vhost-user-netd-test")
+    await client.connect(path)  # greeting + qmp_capabilities, no trailing newlines
+    version = await client.execute("query-version")
+    assert version["qemu"]["major"] == 10, version
+    assert version["package"].startswith("vhost-user-netd "), version
+
+    names = {c["name"] for c in await client.execute("query-commands")}
+    assert {"qmp_capabilities", "query-version", "query-commands", "quit"} <= names, names
+
+    try:
+        await client.execute("no-such-command")
+        raise AssertionError("unknown command accepted")
+    except ExecuteError as err:
+        assert err.error_class == "CommandNotFound", err
+        assert err.error.error.desc == "The command no-such-command has not been found", err
+
+    try:
+        await client.execute("query-version", {"bogus": 1})
+        raise AssertionError("unknown argument accepted")
+    except ExecuteError as err:
+        assert err.error_class == "GenericError", err
+        assert err.error.error.desc == "Parameter 'bogus' is unexpected", err
+
+    # Two clients at once, each with its own session.
+    other = QMPClient("second")
+    await other.connect(path)
+    assert (await other.execute("query-version")) == version
+    await other.disconnect()
+
+    # quit: the reply, then SHUTDOWN on the event stream.
+    listener = EventListener()
+    with client.listen(listener):
+        await client.execute("quit")
+        async for event in listener:
+            if event["event"] == "SHUTDOWN":
+                assert event["data"] == {"guest": False, "reason": "host-qmp-quit"}, event
+                assert {"seconds", "microseconds"} <= set(event["timestamp"]), event
+                break
+    await client.disconnect()
+
+
+if __name__ == "__main__":
+    asyncio.run(asyncio.wait_for(check(sys.argv[1]), timeout=30))
+    print("qemu.qmp checks: 1 passed, 0 failed")
