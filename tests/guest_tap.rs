@@ -260,17 +260,20 @@ fn guest_on_tap_one_queue_pair_ping_transfer_and_daemon_restart() {
             {
                 Ok(mut s) => {
                     s.write_all(b"restarted\n").expect("send go");
-                    return;
+                    return Ok(());
                 }
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("guest unreachable after daemon restart: {e}"),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
     });
-    go.join().expect("reconnect thread");
+    if let Err(e) = go.join().expect("reconnect thread") {
+        panic!(
+            "guest unreachable after daemon restart: {e}\nnew daemon's log:\n{}\nguest console:\n{}",
+            daemon.log.transcript(),
+            guest.console.transcript()
+        );
+    }
     let line = guest.console.wait_for("RESULT go", STEP);
     assert!(line.ends_with("restarted"), "{line}");
     let line = guest.console.wait_for("RESULT ping-after-restart", STEP);
@@ -358,31 +361,30 @@ fn guest_on_tap_two_queue_pairs_both_carry_traffic() {
         "guest did not power off"
     );
 
-    let mut total = common::daemon::PairCounts::default();
+    let mut largest = (0, 0);
     for pair in 0..2 {
         let c = daemon.pair_counts(pair);
         assert!(
             c.rx_frames + c.tx_frames > 0,
             "queue pair {pair} carried no frames"
         );
-        total.rx_frames += c.rx_frames;
-        total.rx_bytes += c.rx_bytes;
-        total.tx_frames += c.tx_frames;
-        total.tx_bytes += c.tx_bytes;
+        largest = (largest.0.max(c.rx_max_frame), largest.1.max(c.tx_max_frame));
     }
-    // Without TSO/GSO no frame exceeds 1514 bytes, so neither average can; with TUNSETOFFLOAD
-    // following the guest's features, large segments cross whole (tx also carries the ACKs).
-    let (rx_avg, tx_avg) = (
-        total.rx_bytes / total.rx_frames.max(1),
-        total.tx_bytes / total.tx_frames.max(1),
+    eprintln!(
+        "largest frames: host → guest {} bytes, guest → host {} bytes",
+        largest.0, largest.1
+    );
+    // Without TSO/GSO no Ethernet frame exceeds 1514 bytes; with TUNSETOFFLOAD following the
+    // guest's features, the bulk transfers cross as large segments in both directions.
+    assert!(
+        largest.0 > 1514,
+        "host → guest: largest frame {} bytes, no GSO",
+        largest.0
     );
     assert!(
-        rx_avg > 1600,
-        "host → guest frames average {rx_avg} bytes: no GSO ({total:?})"
-    );
-    assert!(
-        tx_avg > 1600,
-        "guest → host frames average {tx_avg} bytes: no TSO ({total:?})"
+        largest.1 > 1514,
+        "guest → host: largest frame {} bytes, no TSO",
+        largest.1
     );
 }
 

@@ -392,3 +392,18 @@ fn a_full_backend_holds_tx_back_without_losing_or_duplicating_frames() {
         "no duplicate frames"
     );
 }
+
+#[test]
+fn a_new_call_descriptor_on_a_running_ring_is_signalled_so_no_interrupt_is_lost() {
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF | F_EVENT_IDX);
+    // An interrupt may have gone to the old descriptor just before the swap (QEMU sends its
+    // final SET_VRING_CALL after SET_VRING_KICK); the new one must get one too.
+    let fresh = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+    t.fe.set_vring_call(1, &fresh).unwrap();
+    t.sync();
+    assert_eq!(fresh.read().expect("new call descriptor signalled"), 1);
+    t.calls[1] = fresh;
+    // And it is the one used from now on.
+    t.send(0, 0, &frame(60, 1));
+    t.wait_used(1, 1);
+}

@@ -9,30 +9,41 @@ use log::warn;
 use super::guest_iov::ChainError;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    (
+        sums { $($(#[$doc:meta])* $name:ident),* $(,)? }
+        maxima { $($(#[$mdoc:meta])* $max:ident),* $(,)? }
+    ) => {
         /// Counters as the worker accumulates them during a batch.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-        pub struct Counts { $($(#[$doc])* pub $name: u64,)* }
+        pub struct Counts {
+            $($(#[$doc])* pub $name: u64,)*
+            $($(#[$mdoc])* pub $max: u64,)*
+        }
 
         /// Counters shared with readers (statistics queries).
         #[derive(Debug, Default)]
-        pub struct SharedCounters { $($name: AtomicU64,)* }
+        pub struct SharedCounters { $($name: AtomicU64,)* $($max: AtomicU64,)* }
 
         impl SharedCounters {
-            /// Adds a batch's counts.
+            /// Adds a batch's counts (and keeps the largest of the maxima).
             pub fn add(&self, c: &Counts) {
                 $(if c.$name != 0 { self.$name.fetch_add(c.$name, Ordering::Relaxed); })*
+                $(if c.$max != 0 { self.$max.fetch_max(c.$max, Ordering::Relaxed); })*
             }
 
             /// A snapshot.
             pub fn snapshot(&self) -> Counts {
-                Counts { $($name: self.$name.load(Ordering::Relaxed),)* }
+                Counts {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                    $($max: self.$max.load(Ordering::Relaxed),)*
+                }
             }
         }
     };
 }
 
 counters! {
+    sums {
     /// Frames delivered to the guest.
     rx_frames,
     /// Bytes delivered to the guest (without the virtio-net header).
@@ -69,6 +80,14 @@ counters! {
     kicks,
     /// Interrupts sent to the guest.
     interrupts,
+    }
+    maxima {
+    /// Largest frame delivered to the guest (bytes, without header): above the MTU means
+    /// GSO frames crossed whole.
+    rx_max_frame,
+    /// Largest frame taken from the guest (bytes, without header).
+    tx_max_frame,
+    }
 }
 
 impl Counts {

@@ -259,7 +259,7 @@ impl Drop for NetDevice {
             let c = counters.snapshot();
             info!(
                 "pair {index}: rx {} frames {} bytes, tx {} frames {} bytes, dropped rx {} tx {}, \
-                 malformed chains {}, ring errors {}, kicks {}, interrupts {}",
+                 malformed chains {}, ring errors {}, kicks {}, interrupts {}, largest frame rx {} tx {}",
                 c.rx_frames,
                 c.rx_bytes,
                 c.tx_frames,
@@ -269,7 +269,9 @@ impl Drop for NetDevice {
                 c.malformed_chains(),
                 c.ring_errors,
                 c.kicks,
-                c.interrupts
+                c.interrupts,
+                c.rx_max_frame,
+                c.tx_max_frame
             );
         }
     }

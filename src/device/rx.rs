@@ -316,7 +316,9 @@ impl QueuePair {
             };
             target.write_at(NUM_BUFFERS_OFFSET, &used.to_le_bytes());
         }
+        let frame = (len - self.params.hdr_len) as u64;
         self.counts.rx_frames += 1;
-        self.counts.rx_bytes += (len - self.params.hdr_len) as u64;
+        self.counts.rx_bytes += frame;
+        self.counts.rx_max_frame = self.counts.rx_max_frame.max(frame);
     }
 }

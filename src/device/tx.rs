@@ -109,8 +109,10 @@ impl QueuePair {
         };
         match backend.send(self.iov.as_io_slices()) {
             Ok(_) => {
+                let frame = (len - hdr) as u64;
                 self.counts.tx_frames += 1;
-                self.counts.tx_bytes += (len - hdr) as u64;
+                self.counts.tx_bytes += frame;
+                self.counts.tx_max_frame = self.counts.tx_max_frame.max(frame);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.tx.rewind(1);

@@ -511,10 +511,16 @@ impl Handler {
             }
             FrontendReq::SET_VRING_CALL => {
                 let mut q = pair.lock();
-                if rx {
-                    q.rx.call = event
-                } else {
-                    q.tx.call = event
+                let ring = if rx { &mut q.rx } else { &mut q.tx };
+                ring.call = event;
+                // Frontends swap call descriptors on running rings (QEMU sends the final one
+                // after SET_VRING_KICK, and on MSI-X mask changes); an interrupt sent to the old
+                // one in between is lost, and with EVENT_IDX never repeated. A spurious
+                // interrupt on the new one makes the driver look again.
+                if ring.started {
+                    if let Some(call) = &ring.call {
+                        let _ = call.write(1);
+                    }
                 }
             }
             _ => {} // SET_VRING_ERR: we never signal errors this way; the descriptor is closed.

@@ -24,7 +24,10 @@ impl Daemon {
     /// Starts `command` and waits for `ports` log lines containing `marker`.
     pub fn start_until(mut command: Command, marker: &str, ports: usize) -> Self {
         command
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("VUNETD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -66,11 +69,19 @@ impl Daemon {
         };
         let (rx_frames, rx_bytes) = numbers(": rx ");
         let (tx_frames, tx_bytes) = numbers(", tx ");
+        // "... largest frame rx A tx B"
+        let at = line
+            .find("largest frame rx ")
+            .map_or(line.len(), |i| i + "largest frame rx ".len());
+        let words: Vec<&str> = line[at..].split_whitespace().collect();
+        let word = |i: usize| words.get(i).and_then(|w| w.parse().ok()).unwrap_or(0);
         PairCounts {
             rx_frames,
             rx_bytes,
             tx_frames,
             tx_bytes,
+            rx_max_frame: word(0),
+            tx_max_frame: word(2),
         }
     }
 
@@ -101,4 +112,7 @@ pub struct PairCounts {
     pub rx_bytes: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
+    /// Largest frame each way (bytes, without the virtio-net header).
+    pub rx_max_frame: u64,
+    pub tx_max_frame: u64,
 }
