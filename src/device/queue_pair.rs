@@ -309,6 +309,24 @@ impl QueuePair {
         self.flush_counts();
     }
 
+    /// Makes a ring's new used entries visible (logging the used ring first while migrating, so
+    /// no entry is seen before its page is marked) and interrupts the guest if it asked.
+    pub(super) fn publish(&mut self, mem: &GuestMemoryMmap, rx: bool) {
+        let ring = if rx { &self.rx } else { &self.tx };
+        if ring.unpublished() == 0 {
+            return;
+        }
+        if let Some(log) = self.logging() {
+            if let Some((gpa, len)) = ring.used_ring_range() {
+                log.mark(gpa, len);
+            }
+        }
+        let ring = if rx { &mut self.rx } else { &mut self.tx };
+        if ring.publish_and_notify(mem) {
+            self.counts.interrupts += 1;
+        }
+    }
+
     /// The dirty log, while the frontend wants writes logged.
     pub(super) fn logging(&self) -> Option<&DirtyLog> {
         self.dirty_log.as_deref().filter(|_| self.params.log_all)

@@ -49,7 +49,7 @@ impl QueuePair {
                 RxStep::Delivered => frames += 1,
                 RxStep::BackendEmpty | RxStep::RingError => break,
                 RxStep::NoBuffers => {
-                    self.publish_rx(mem);
+                    self.publish(mem, true);
                     match self.rx.enable_notification(mem) {
                         Ok(true) => continue,
                         Ok(false) => {
@@ -62,16 +62,10 @@ impl QueuePair {
                 }
             }
             if self.rx.unpublished() >= PUBLISH_EVERY {
-                self.publish_rx(mem);
+                self.publish(mem, true);
             }
         }
-        self.publish_rx(mem);
-    }
-
-    fn publish_rx(&mut self, mem: &GuestMemoryMmap) {
-        if self.rx.unpublished() > 0 && self.rx.publish_and_notify(mem) {
-            self.counts.interrupts += 1;
-        }
+        self.publish(mem, true);
     }
 
     pub(super) fn ring_failed(&mut self, rx: bool, e: impl std::fmt::Display) {

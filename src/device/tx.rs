@@ -28,7 +28,7 @@ impl QueuePair {
                     Ok(None) => break,
                     Err(e) => {
                         self.ring_failed(false, e);
-                        self.publish_tx(mem);
+                        self.publish(mem, false);
                         return;
                     }
                 };
@@ -36,14 +36,14 @@ impl QueuePair {
                     // Backend full: the chain went back; wait for EPOLLOUT.
                     self.tx_blocked = true;
                     self.counts.tx_backend_full += 1;
-                    self.publish_tx(mem);
+                    self.publish(mem, false);
                     return;
                 }
                 if self.tx.unpublished() >= PUBLISH_EVERY {
-                    self.publish_tx(mem);
+                    self.publish(mem, false);
                 }
             }
-            self.publish_tx(mem);
+            self.publish(mem, false);
             match self.tx.enable_notification(mem) {
                 Ok(true) => continue,
                 Ok(false) => return,
@@ -52,12 +52,6 @@ impl QueuePair {
                     return;
                 }
             }
-        }
-    }
-
-    fn publish_tx(&mut self, mem: &GuestMemoryMmap) {
-        if self.tx.unpublished() > 0 && self.tx.publish_and_notify(mem) {
-            self.counts.interrupts += 1;
         }
     }
 
