@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(long = "netdev", value_name = "TYPE,id=ID,...")]
     pub netdevs: Vec<String>,
 
-    /// A vhost-user port: `socket-path=P|fd=N,netdev=ID[,mac=M][,mtu=N][,queues=N][,client=on]`.
+    /// A vhost-user port: `socket-path=P|fd=N,netdev=ID[,id=NAME][,mac=M][,mtu=N][,queues=N][,client=on]`.
     #[arg(long = "port", value_name = "OPTIONS")]
     pub ports: Vec<String>,
 
@@ -110,6 +110,7 @@ impl TryFrom<Args> for Config {
             let option = |e: ConfigError| ConfigError::new(format!("--{}", e.option), e.message);
             ports.push(
                 build_port(
+                    None,
                     listen,
                     args.client,
                     netdev,

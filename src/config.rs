@@ -42,6 +42,8 @@ pub enum Listen {
 /// One vhost-user port: a socket, and the netdev that serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortConfig {
+    /// The port's name for QMP (`set_link`, `peer-id`): `id=`, else the socket file's stem.
+    pub id: String,
     pub listen: Listen,
     /// Connect to a listening frontend instead of listening.
     pub client: bool,
@@ -134,6 +136,16 @@ fn netdev_queues(n: &NetdevConfig) -> u16 {
     }
 }
 
+/// A port's default name: its socket file's stem (`/run/vm0.sock` → `vm0`), or `fdN`.
+fn default_port_id(listen: &Listen) -> String {
+    match listen {
+        Listen::Path(p) => p
+            .file_stem()
+            .map_or_else(|| "port".into(), |s| s.to_string_lossy().into_owned()),
+        Listen::Fd(fd) => format!("fd{fd}"),
+    }
+}
+
 /// Parses a `--port` value: `socket-path=P|fd=N,netdev=ID[,mac=M][,mtu=N][,queues=N][,client=on]`.
 pub fn parse_port(text: &str, netdevs: &[NetdevConfig]) -> Result<PortConfig, ConfigError> {
     let err = |m: String| ConfigError::new("--port", format!("'{text}': {m}"));
@@ -152,6 +164,11 @@ pub fn parse_port(text: &str, netdevs: &[NetdevConfig]) -> Result<PortConfig, Co
     let mac = opts.take_str("mac").map_err(|e| err(e.to_string()))?;
     let mtu = opts.take_u32("mtu").map_err(|e| err(e.to_string()))?;
     let queues = opts.take_u32("queues").map_err(|e| err(e.to_string()))?;
+    let id = if opts.contains("id") {
+        Some(opts.take_id("id").map_err(|e| err(e.to_string()))?)
+    } else {
+        None
+    };
     opts.finish().map_err(|e| err(e.to_string()))?;
     let listen = match (path, fd) {
         (Some(p), None) => Listen::Path(PathBuf::from(p)),
@@ -169,12 +186,23 @@ pub fn parse_port(text: &str, netdevs: &[NetdevConfig]) -> Result<PortConfig, Co
             ))
         }
     };
-    build_port(listen, client, netdev, mac.as_deref(), mtu, queues, netdevs)
-        .map_err(|e| err(e.message))
+    build_port(
+        id,
+        listen,
+        client,
+        netdev,
+        mac.as_deref(),
+        mtu,
+        queues,
+        netdevs,
+    )
+    .map_err(|e| err(e.message))
 }
 
 /// Checks and assembles a port.
+#[allow(clippy::too_many_arguments)]
 pub fn build_port(
+    id: Option<String>,
     listen: Listen,
     client: bool,
     netdev: String,
@@ -223,7 +251,9 @@ pub fn build_port(
             ))
         }
     };
+    let id = id.unwrap_or_else(|| default_port_id(&listen));
     Ok(PortConfig {
+        id,
         listen,
         client,
         netdev,
@@ -242,6 +272,15 @@ impl Config {
                 return Err(ConfigError::new(
                     "--netdev",
                     format!("duplicate netdev id '{}'", n.id),
+                ));
+            }
+        }
+        let mut port_ids = HashSet::new();
+        for p in &self.ports {
+            if !port_ids.insert(p.id.as_str()) {
+                return Err(ConfigError::new(
+                    "--port",
+                    format!("two ports are named '{}' (give id=)", p.id),
                 ));
             }
         }

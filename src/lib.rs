@@ -9,6 +9,7 @@
 //! - The host-side backends live in the `vhost-user-netd-backends` crate (`backends/`), which
 //!   knows nothing about virtio.
 //! - [`qmp`]: the QMP management socket (QEMU's net QAPI).
+//! - [`registry`]: netdevs (command line and QMP) and ports; live rebinding.
 //! - [`signals`]: clean shutdown on SIGTERM.
 
 pub mod cli;
@@ -16,5 +17,6 @@ pub mod config;
 pub mod device;
 pub mod port;
 pub mod qmp;
+pub mod registry;
 pub mod signals;
 pub mod vhost_user;

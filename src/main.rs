@@ -7,8 +7,9 @@ use clap::Parser;
 use log::{error, info};
 use vhost_user_netd::cli::{capabilities_json, Args};
 use vhost_user_netd::config::{Config, Listen, QmpAddr};
-use vhost_user_netd::port::{bind_listener, inherited_listener, socket_path, Port};
+use vhost_user_netd::port::{bind_listener, inherited_listener, Port};
 use vhost_user_netd::qmp::commands::QmpContext;
+use vhost_user_netd::registry::{Netdev, Registry};
 use vhost_user_netd::signals;
 use vhost_user_netd_backends::netdev::InheritedFds;
 
@@ -60,7 +61,7 @@ impl From<String> for Failure {
 
 fn run(config: Config) -> Result<(), Failure> {
     let mut fds = InheritedFds::default();
-    let mut backends = Vec::new();
+    let mut netdevs = Vec::new();
     for n in &config.netdevs {
         let backend = n.open(&mut fds).map_err(|e| {
             let message = format!("--netdev '{}': {e}", n.id);
@@ -70,15 +71,17 @@ fn run(config: Config) -> Result<(), Failure> {
             }
         })?;
         info!("netdev {}: {}", n.id, backend.describe());
-        backends.push((n.id.clone(), backend));
+        netdevs.push(Netdev {
+            config: n.clone(),
+            backend,
+        });
     }
-    let mut created = Vec::new();
-    let mut threads = Vec::new();
+    let mut ports = Vec::new();
     for pc in &config.ports {
-        let backend = backends
+        let backend = netdevs
             .iter()
-            .find(|(id, _)| *id == pc.netdev)
-            .map(|(_, b)| Arc::clone(b))
+            .find(|n| n.config.id == pc.netdev)
+            .map(|n| Arc::clone(&n.backend))
             .ok_or_else(|| format!("port: netdev '{}' missing", pc.netdev))?;
         let available = backend.capabilities().queue_pairs;
         if pc.queues > available {
@@ -87,15 +90,20 @@ fn run(config: Config) -> Result<(), Failure> {
                 pc.netdev, pc.queues
             )));
         }
-        let port = Port {
-            config: pc.clone(),
-            backend,
-        };
+        ports.push(Port::new(pc.clone(), backend));
+    }
+    let registry = Arc::new(Registry::new(netdevs, ports));
+
+    let mut created = Vec::new();
+    for port in registry.ports() {
+        let pc = &port.config;
+        let port = port.clone();
+        let name = format!("port-{}", pc.id);
         let thread = match (&pc.listen, pc.client) {
             (Listen::Path(path), true) => {
                 let path = path.clone();
                 std::thread::Builder::new()
-                    .name(format!("port-{}", pc.netdev))
+                    .name(name)
                     .spawn(move || port.serve_client(&path))
             }
             (listen, _) => {
@@ -109,15 +117,15 @@ fn run(config: Config) -> Result<(), Failure> {
                     Listen::Fd(fd) => inherited_listener(*fd)
                         .map_err(|e| Failure::Usage(format!("--fd {fd}: {e}")))?,
                 };
-                info!("port {}: listening on {:?}", pc.netdev, pc.listen);
+                info!("port {}: listening on {:?}", pc.id, pc.listen);
                 std::thread::Builder::new()
-                    .name(format!("port-{}", pc.netdev))
+                    .name(name)
                     .spawn(move || port.serve_listener(listener))
             }
         };
-        threads.push(thread.map_err(|e| format!("spawning port thread: {e}"))?);
+        thread.map_err(|e| format!("spawning port thread: {e}"))?;
     }
-    let qmp = Arc::new(QmpContext::default());
+    let qmp = Arc::new(QmpContext::new(registry.clone()));
     vhost_user_netd::qmp::server::start(&config.qmp, qmp.clone())
         .map_err(|e| Failure::Runtime(format!("--qmp: {e}")))?;
     for addr in &config.qmp {
@@ -141,15 +149,7 @@ fn run(config: Config) -> Result<(), Failure> {
             error!("removing {}: {e}", path.display());
         }
     }
-    for pc in &config.ports {
-        debug_assert!(
-            socket_path(pc).is_none()
-                || created.iter().any(|p| Some(p.as_path()) == socket_path(pc))
-        );
-    }
-    // Backends (tap downscripts) are shut down by the process exit; run their scripts first.
-    for (_, backend) in &backends {
-        backend.shutdown();
-    }
+    // The process exit closes the backends; run their tap downscripts first.
+    registry.shutdown();
     Ok(())
 }

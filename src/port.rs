@@ -7,28 +7,93 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use log::{error, info, warn};
-use vhost_user_netd_backends::Backend;
+use vhost_user_netd_backends::{Backend, Capabilities};
 
 use crate::config::{Listen, PortConfig};
 use crate::device::{DeviceConfig, NetDevice};
-use crate::vhost_user::handler::Handler;
+use crate::vhost_user::handler::{lock, Handler};
 use crate::vhost_user::socket::Connection;
 
 /// Longest wait between client-mode reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// What a port is bound to, shared between its connection thread and the control plane.
+#[derive(Debug)]
+struct Binding {
+    /// The netdev's backend; `None` after `netdev_del` (the port stays, frames are dropped).
+    backend: Option<Arc<dyn Backend>>,
+    /// Capabilities features are offered for: the current backend's, or the last one's.
+    caps: Capabilities,
+    /// `set_link` state; survives reconnects.
+    link_up: bool,
+    /// The device of the connected frontend, if one is connected.
+    device: Weak<Mutex<NetDevice>>,
+}
+
 /// A port and the backend it serves.
 #[derive(Debug, Clone)]
 pub struct Port {
     pub config: PortConfig,
-    pub backend: Arc<dyn Backend>,
+    binding: Arc<Mutex<Binding>>,
 }
 
 impl Port {
+    /// A port bound to `backend`.
+    pub fn new(config: PortConfig, backend: Arc<dyn Backend>) -> Self {
+        let binding = Binding {
+            caps: backend.capabilities(),
+            backend: Some(backend),
+            link_up: true,
+            device: Weak::new(),
+        };
+        Port {
+            config,
+            binding: Arc::new(Mutex::new(binding)),
+        }
+    }
+
+    fn binding(&self) -> std::sync::MutexGuard<'_, Binding> {
+        self.binding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The port's name (`set_link`, `peer-id`).
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Binds another backend, or none, to the port and to a connected frontend's device, live.
+    pub fn bind(&self, backend: Option<Arc<dyn Backend>>) -> Result<(), String> {
+        let mut b = self.binding();
+        if let Some(device) = b.device.upgrade() {
+            lock(&device)
+                .bind(backend.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(new) = &backend {
+            b.caps = new.capabilities();
+        }
+        b.backend = backend;
+        Ok(())
+    }
+
+    /// Sets the administrative link state, now and for later connections.
+    pub fn set_link(&self, up: bool) {
+        let mut b = self.binding();
+        b.link_up = up;
+        if let Some(device) = b.device.upgrade() {
+            lock(&device).set_link(up);
+        }
+    }
+
+    /// The connected frontend's device, if any.
+    pub fn device(&self) -> Option<Arc<Mutex<NetDevice>>> {
+        self.binding().device.upgrade()
+    }
+
     /// The device parameters for this port.
     pub fn device_config(&self) -> DeviceConfig {
         DeviceConfig {
@@ -40,17 +105,24 @@ impl Port {
 
     /// Serves one frontend connection until it ends.
     pub fn serve_connection(&self, stream: UnixStream) {
-        let device = match NetDevice::new(self.device_config(), self.backend.clone()) {
-            Ok(d) => d,
-            Err(e) => {
-                error!("port {}: cannot create device: {e}", self.config.netdev);
-                return;
+        let device = {
+            let mut b = self.binding();
+            match NetDevice::new(self.device_config(), b.backend.clone(), b.caps, b.link_up) {
+                Ok(d) => {
+                    let d = Arc::new(Mutex::new(d));
+                    b.device = Arc::downgrade(&d);
+                    d
+                }
+                Err(e) => {
+                    error!("port {}: cannot create device: {e}", self.config.id);
+                    return;
+                }
             }
         };
         let mut handler = Handler::new(Connection::new(stream), device);
         match handler.run() {
-            Ok(()) => info!("port {}: frontend disconnected", self.config.netdev),
-            Err(e) => warn!("port {}: connection ended: {e}", self.config.netdev),
+            Ok(()) => info!("port {}: frontend disconnected", self.config.id),
+            Err(e) => warn!("port {}: connection ended: {e}", self.config.id),
         }
     }
 
@@ -59,12 +131,12 @@ impl Port {
         loop {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    info!("port {}: frontend connected", self.config.netdev);
+                    info!("port {}: frontend connected", self.config.id);
                     self.serve_connection(stream);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    error!("port {}: accept: {e}", self.config.netdev);
+                    error!("port {}: accept: {e}", self.config.id);
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -77,20 +149,12 @@ impl Port {
         loop {
             match UnixStream::connect(path) {
                 Ok(stream) => {
-                    info!(
-                        "port {}: connected to {}",
-                        self.config.netdev,
-                        path.display()
-                    );
+                    info!("port {}: connected to {}", self.config.id, path.display());
                     backoff = Duration::from_millis(100);
                     self.serve_connection(stream);
                 }
                 Err(e) => {
-                    log::debug!(
-                        "port {}: connect {}: {e}",
-                        self.config.netdev,
-                        path.display()
-                    );
+                    log::debug!("port {}: connect {}: {e}", self.config.id, path.display());
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

@@ -43,6 +43,8 @@ pub enum DeviceError {
     NoSuchVring(u32),
     #[error("MTU {0} is out of range (68-65535)")]
     BadMtu(u64),
+    #[error("{0}")]
+    Incompatible(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -62,27 +64,32 @@ pub struct DeviceConfig {
 #[derive(Debug)]
 pub struct NetDevice {
     config: DeviceConfig,
-    backend: Arc<dyn Backend>,
+    /// The bound backend; `None` while the port's netdev is deleted (frames dropped, counted).
+    backend: Option<Arc<dyn Backend>>,
+    /// What the features were offered for; a backend bound later must be able to honour them.
     caps: Capabilities,
     offered: u64,
     acked: u64,
     mtu: Option<u16>,
+    /// Administrative link state (`set_link`).
     link_up: bool,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     pairs: Vec<PairHandle>,
 }
 
 impl NetDevice {
-    /// Creates the device and its queue pair workers, each bound to one backend queue.
-    pub fn new(config: DeviceConfig, backend: Arc<dyn Backend>) -> io::Result<Self> {
-        let caps = backend.capabilities();
+    /// Creates the device and its queue pair workers. Features are offered for `caps` (the
+    /// backend's, or the last one's while the port has none).
+    pub fn new(
+        config: DeviceConfig,
+        backend: Option<Arc<dyn Backend>>,
+        caps: Capabilities,
+        link_up: bool,
+    ) -> io::Result<Self> {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut pairs = Vec::new();
         for index in 0..config.queue_pairs {
-            let pair = PairHandle::spawn(index, mem.clone())?;
-            let queue = backend.queue(index).map_err(io::Error::other)?;
-            pair.lock().set_backend(Some(queue));
-            pairs.push(pair);
+            pairs.push(PairHandle::spawn(index, mem.clone())?);
         }
         let offered = features::offered(
             &caps,
@@ -92,17 +99,62 @@ impl NetDevice {
         );
         let mut device = NetDevice {
             config,
-            backend,
+            backend: None,
             caps,
             offered,
             acked: 0,
             mtu: config.mtu,
-            link_up: true,
+            link_up,
             mem,
             pairs,
         };
-        device.apply_params();
+        device.bind(backend).map_err(io::Error::other)?;
         Ok(device)
+    }
+
+    /// Binds another backend (or none) to the running device, without the frontend noticing
+    /// anything but a link change: the hot-swap behind `netdev_del`/`netdev_add`.
+    pub fn bind(&mut self, backend: Option<Arc<dyn Backend>>) -> Result<(), DeviceError> {
+        let mut queues = Vec::new();
+        if let Some(b) = &backend {
+            let c = b.capabilities();
+            let offloads_kept = c.offloads.intersect(self.caps.offloads) == self.caps.offloads;
+            if c.queue_pairs < self.config.queue_pairs
+                || (self.caps.vnet_hdr && (!c.vnet_hdr || !offloads_kept))
+            {
+                return Err(DeviceError::Incompatible(format!(
+                    "{} cannot carry what the port offered ({} queue pairs, vnet_hdr={}, offloads {:?})",
+                    b.describe(),
+                    self.config.queue_pairs,
+                    self.caps.vnet_hdr,
+                    self.caps.offloads
+                )));
+            }
+            for index in 0..self.config.queue_pairs {
+                queues.push(
+                    b.queue(index)
+                        .map_err(|e| DeviceError::Io(io::Error::other(e)))?,
+                );
+            }
+        }
+        let mut queues = queues.into_iter();
+        for pair in &self.pairs {
+            pair.lock().set_backend(queues.next());
+        }
+        self.backend = backend;
+        self.apply_params();
+        Ok(())
+    }
+
+    /// `set_link`: the administrative link state.
+    pub fn set_link(&mut self, up: bool) {
+        self.link_up = up;
+        self.apply_params();
+    }
+
+    /// Whether frames can flow: link up and a backend bound.
+    pub fn effective_link(&self) -> bool {
+        self.link_up && self.backend.is_some()
     }
 
     /// virtio feature bits offered (with `VHOST_USER_F_PROTOCOL_FEATURES`).
@@ -140,15 +192,19 @@ impl NetDevice {
             hdr_len,
             mrg_rxbuf: acked & features::VIRTIO_NET_F_MRG_RXBUF != 0,
             indirect: acked & features::VIRTIO_RING_F_INDIRECT_DESC != 0,
-            backend_vnet_hdr: self.caps.vnet_hdr,
+            backend_vnet_hdr: self
+                .backend
+                .as_ref()
+                .is_some_and(|b| b.capabilities().vnet_hdr),
             max_rx_frame: hdr_len + max_frame,
-            link_up: self.link_up,
+            link_up: self.effective_link(),
             log_all: acked & features::VHOST_F_LOG_ALL != 0,
         };
-        let offloads = if self.caps.vnet_hdr {
-            guest_offloads.intersect(self.caps.offloads)
-        } else {
-            Offloads::default()
+        let offloads = match &self.backend {
+            Some(b) if params.backend_vnet_hdr => {
+                guest_offloads.intersect(b.capabilities().offloads)
+            }
+            _ => Offloads::default(),
         };
         let event_idx = acked & features::VIRTIO_RING_F_EVENT_IDX != 0;
         for pair in &self.pairs {
@@ -157,7 +213,7 @@ impl NetDevice {
             p.rx.set_event_idx(event_idx);
             p.tx.set_event_idx(event_idx);
             if let Some(b) = p.backend.as_mut() {
-                if self.caps.vnet_hdr {
+                if params.backend_vnet_hdr {
                     if let Err(e) = b.set_vnet_hdr_len(hdr_len) {
                         warn!("backend: setting vnet header length {hdr_len}: {e}");
                     }
@@ -200,7 +256,7 @@ impl NetDevice {
     pub fn config_space(&self) -> NetConfigSpace {
         NetConfigSpace {
             mac: self.config.mac.unwrap_or_default(),
-            link_up: self.link_up,
+            link_up: self.effective_link(),
             max_queue_pairs: self.config.queue_pairs,
             mtu: self.mtu.unwrap_or(DEFAULT_MTU),
         }
@@ -224,15 +280,12 @@ impl NetDevice {
         };
         let mut p = pair.lock();
         let hdr_len = p.params.hdr_len;
+        let vnet = p.params.backend_vnet_hdr;
         let Some(backend) = p.backend.as_mut() else {
             return Ok(());
         };
         let zero = [0u8; 12];
-        let hdr: &[u8] = if self.caps.vnet_hdr {
-            &zero[..hdr_len]
-        } else {
-            &[]
-        };
+        let hdr: &[u8] = if vnet { &zero[..hdr_len] } else { &[] };
         backend.send(&[IoSlice::new(hdr), IoSlice::new(&frame)])?;
         info!("sent RARP for {}", crate::config::format_mac(&mac));
         Ok(())
@@ -243,9 +296,9 @@ impl NetDevice {
         self.pairs.iter().map(|p| p.counters.snapshot()).collect()
     }
 
-    /// The backend this device is bound to.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+    /// The backend this device is bound to, if any.
+    pub fn backend(&self) -> Option<&Arc<dyn Backend>> {
+        self.backend.as_ref()
     }
 }
 

@@ -8,6 +8,7 @@ use vhost_user_netd_backends::{OptionSource, Opts};
 
 use super::events::EventBus;
 use super::protocol::QmpError;
+use crate::registry::Registry;
 
 /// The QEMU version whose net QAPI this daemon speaks.
 pub const QEMU_VERSION: (u64, u64, u64) = (10, 0, 0);
@@ -21,11 +22,23 @@ pub const COMMANDS: &[&str] = &[
 ];
 
 /// What handlers may reach.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct QmpContext {
     pub events: Arc<EventBus>,
     /// Set by `quit`, so that the shutdown event names the right reason.
     pub quit_requested: std::sync::atomic::AtomicBool,
+    /// Netdevs and ports.
+    pub registry: Arc<Registry>,
+}
+
+impl QmpContext {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        QmpContext {
+            events: Arc::default(),
+            quit_requested: Default::default(),
+            registry,
+        }
+    }
 }
 
 /// What to do after the reply went out.
@@ -89,7 +102,7 @@ mod tests {
 
     #[test]
     fn arguments_are_checked_and_unknown_commands_refused() {
-        let ctx = QmpContext::default();
+        let ctx = QmpContext::new(Arc::new(Registry::new(Vec::new(), Vec::new())));
         let mut args = Map::new();
         assert_eq!(
             dispatch(&ctx, "query-version", &args).unwrap().0["qemu"]["major"],

@@ -7,7 +7,7 @@
 //! error) and the connection goes on; only a broken wire (bad header, oversized payload) ends it.
 
 use std::os::fd::{IntoRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
 use vhost::vhost_user::message::{
@@ -115,7 +115,8 @@ fn region_desc(r: &VhostUserMemoryRegion) -> RegionDesc {
 #[derive(Debug)]
 pub struct Handler {
     conn: Connection,
-    device: NetDevice,
+    /// Shared with the port, which rebinds backends and sets the link from QMP.
+    device: Arc<Mutex<NetDevice>>,
     memory: MemoryTable,
     protocol: VhostUserProtocolFeatures,
     features_set: bool,
@@ -126,8 +127,8 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(conn: Connection, device: NetDevice) -> Self {
-        let vrings = usize::from(device.queue_pairs()) * 2;
+    pub fn new(conn: Connection, device: Arc<Mutex<NetDevice>>) -> Self {
+        let vrings = usize::from(lock(&device).queue_pairs()) * 2;
         Handler {
             conn,
             device,
@@ -140,8 +141,8 @@ impl Handler {
     }
 
     /// The device this connection drives.
-    pub fn device(&self) -> &NetDevice {
-        &self.device
+    pub fn device(&self) -> Arc<Mutex<NetDevice>> {
+        self.device.clone()
     }
 
     /// Serves requests until the frontend goes away or the wire breaks.
@@ -222,12 +223,12 @@ impl Handler {
         }
     }
 
-    fn guest_memory(&self) -> vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap> {
-        self.device.memory().memory()
+    fn guest_memory(dev: &NetDevice) -> vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap> {
+        dev.memory().memory()
     }
 
-    fn set_guest_memory(&self, mem: GuestMemoryMmap) -> Result<(), RequestError> {
-        let atomic = self.device.memory();
+    fn set_guest_memory(dev: &NetDevice, mem: GuestMemoryMmap) -> Result<(), RequestError> {
+        let atomic = dev.memory();
         let guard = atomic
             .lock()
             .map_err(|_| invalid("guest memory lock poisoned"))?;
@@ -237,15 +238,14 @@ impl Handler {
 
     /// Applies the effective enable state of a vring: as requested with protocol features (or
     /// before features are known, since QEMU enables rings first), always on without them.
-    fn apply_enable(&self, index: usize) -> Result<(), RequestError> {
-        let enabled = if !self.features_set
-            || self.device.acked_features() & VHOST_USER_F_PROTOCOL_FEATURES != 0
-        {
-            self.enable_requested[index]
-        } else {
-            true
-        };
-        let (pair, rx) = self.device.vring(index as u32)?;
+    fn apply_enable(&self, dev: &NetDevice, index: usize) -> Result<(), RequestError> {
+        let enabled =
+            if !self.features_set || dev.acked_features() & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+                self.enable_requested[index]
+            } else {
+                true
+            };
+        let (pair, rx) = dev.vring(index as u32)?;
         let mut p = pair.lock();
         if rx {
             p.rx.enabled = enabled;
@@ -256,9 +256,9 @@ impl Handler {
         Ok(())
     }
 
-    fn reset(&mut self) -> Result<(), RequestError> {
+    fn reset(&mut self, dev: &mut NetDevice) -> Result<(), RequestError> {
         for index in 0..self.enable_requested.len() {
-            let (pair, rx) = self.device.vring(index as u32)?;
+            let (pair, rx) = dev.vring(index as u32)?;
             let mut p = pair.lock();
             p.stop_ring(rx);
             if rx {
@@ -272,29 +272,32 @@ impl Handler {
         // negotiated (QEMU resets right after negotiating and keeps using REPLY_ACK).
         self.enable_requested.iter_mut().for_each(|e| *e = false);
         self.features_set = false;
-        self.device.set_features(0)?;
+        dev.set_features(0)?;
         Ok(())
     }
 
     fn dispatch(&mut self, msg: &mut Message) -> Result<Outcome, RequestError> {
+        let device = Arc::clone(&self.device);
+        let mut guard = lock(&device);
+        let dev: &mut NetDevice = &mut guard;
         let Ok(request) = FrontendReq::try_from(msg.request) else {
             return Err(RequestError::Unsupported(msg.request));
         };
         let p = &msg.payload;
         match request {
-            FrontendReq::GET_FEATURES => Ok(u64_reply(self.device.offered_features())),
+            FrontendReq::GET_FEATURES => Ok(u64_reply(dev.offered_features())),
             FrontendReq::SET_FEATURES => {
                 let v = parse::<VhostUserU64>(p)?.value;
-                self.device.set_features(v)?;
+                dev.set_features(v)?;
                 self.features_set = true;
                 for i in 0..self.enable_requested.len() {
-                    self.apply_enable(i)?;
+                    self.apply_enable(dev, i)?;
                 }
                 Ok(Outcome::Done)
             }
             FrontendReq::SET_OWNER => Ok(Outcome::Done),
             FrontendReq::RESET_OWNER | FrontendReq::RESET_DEVICE => {
-                self.reset()?;
+                self.reset(dev)?;
                 Ok(Outcome::Done)
             }
             FrontendReq::GET_PROTOCOL_FEATURES => Ok(u64_reply(offered_protocol_features().bits())),
@@ -313,26 +316,26 @@ impl Handler {
             }
             // Counted in vrings, as libvhost-user and rust-vmm frontends (cloud-hypervisor) read
             // it; QEMU compares it with its queue pairs, which the larger figure satisfies too.
-            FrontendReq::GET_QUEUE_NUM => Ok(u64_reply(u64::from(self.device.queue_pairs()) * 2)),
+            FrontendReq::GET_QUEUE_NUM => Ok(u64_reply(u64::from(dev.queue_pairs()) * 2)),
             FrontendReq::GET_MAX_MEM_SLOTS => Ok(u64_reply(MAX_MEM_SLOTS)),
-            FrontendReq::SET_MEM_TABLE => self.set_mem_table(msg),
+            FrontendReq::SET_MEM_TABLE => self.set_mem_table(dev, msg),
             FrontendReq::ADD_MEM_REG => {
                 let r = parse::<VhostUserSingleMemoryRegion>(p)?;
                 let fd = msg.take_fd();
                 if let Some(mem) = self.memory.add(region_desc(&r), fd)? {
-                    self.set_guest_memory(mem)?;
+                    Self::set_guest_memory(dev, mem)?;
                 }
                 Ok(Outcome::Done)
             }
             FrontendReq::REM_MEM_REG => {
                 let r = parse::<VhostUserSingleMemoryRegion>(p)?;
                 let mem = self.memory.remove(region_desc(&r))?;
-                self.set_guest_memory(mem)?;
+                Self::set_guest_memory(dev, mem)?;
                 Ok(Outcome::Done)
             }
             FrontendReq::SET_VRING_NUM => {
                 let s = parse::<VhostUserVringState>(p)?;
-                let (pair, rx) = self.device.vring(s.index)?;
+                let (pair, rx) = dev.vring(s.index)?;
                 let mut q = pair.lock();
                 let ring = if rx { &mut q.rx } else { &mut q.tx };
                 if !ring.set_size(s.num) {
@@ -355,8 +358,8 @@ impl Handler {
                 let desc = translate(a.descriptor, "descriptor table")?;
                 let avail = translate(a.available, "avail ring")?;
                 let used = translate(a.used, "used ring")?;
-                let mem = self.guest_memory();
-                let (pair, rx) = self.device.vring(a.index)?;
+                let mem = Self::guest_memory(dev);
+                let (pair, rx) = dev.vring(a.index)?;
                 let mut q = pair.lock();
                 let ring = if rx { &mut q.rx } else { &mut q.tx };
                 ring.set_addresses(&mem, desc, avail, used)
@@ -367,7 +370,7 @@ impl Handler {
                 let s = parse::<VhostUserVringState>(p)?;
                 let base = u16::try_from(s.num)
                     .map_err(|_| invalid(format!("vring base {} too large", { s.num })))?;
-                let (pair, rx) = self.device.vring(s.index)?;
+                let (pair, rx) = dev.vring(s.index)?;
                 let mut q = pair.lock();
                 if rx {
                     q.rx.set_base(base)
@@ -378,7 +381,7 @@ impl Handler {
             }
             FrontendReq::GET_VRING_BASE => {
                 let s = parse::<VhostUserVringState>(p)?;
-                let (pair, rx) = self.device.vring(s.index)?;
+                let (pair, rx) = dev.vring(s.index)?;
                 let base = pair.lock().stop_ring(rx);
                 Ok(Outcome::Reply(
                     VhostUserVringState::new(s.index, u32::from(base))
@@ -396,14 +399,14 @@ impl Handler {
                 } else {
                     msg.take_fd()
                 };
-                self.set_vring_fd(request, index, fd)?;
+                self.set_vring_fd(dev, request, index, fd)?;
                 Ok(Outcome::Done)
             }
             FrontendReq::SET_VRING_ENABLE => {
                 let s = parse::<VhostUserVringState>(p)?;
                 let index = self.vring_index(s.index)?;
                 self.enable_requested[index] = s.num != 0;
-                self.apply_enable(index)?;
+                self.apply_enable(dev, index)?;
                 Ok(Outcome::Done)
             }
             FrontendReq::GET_CONFIG => {
@@ -415,7 +418,7 @@ impl Handler {
                     )));
                 }
                 let mut bytes = vec![0u8; size as usize];
-                let config = self.device.config_space().bytes();
+                let config = dev.config_space().bytes();
                 let start = offset as usize;
                 if start < CONFIG_LEN {
                     let n = (CONFIG_LEN - start).min(bytes.len());
@@ -433,7 +436,7 @@ impl Handler {
                     .take_fd()
                     .ok_or_else(|| invalid("SET_LOG_BASE without a descriptor"))?;
                 let dirty = DirtyLog::map(fd, log.mmap_size, log.mmap_offset)?;
-                self.device.set_dirty_log(Some(Arc::new(dirty)));
+                dev.set_dirty_log(Some(Arc::new(dirty)));
                 info!("dirty log of {} bytes installed", { log.mmap_size });
                 // QEMU waits for a reply; rust-vmm frontends expect the log message echoed.
                 Ok(Outcome::Reply(echo))
@@ -444,13 +447,12 @@ impl Handler {
             FrontendReq::SEND_RARP => {
                 let v = parse::<VhostUserU64>(p)?.value;
                 let b = v.to_le_bytes();
-                self.device
-                    .send_rarp([b[0], b[1], b[2], b[3], b[4], b[5]])?;
+                dev.send_rarp([b[0], b[1], b[2], b[3], b[4], b[5]])?;
                 Ok(Outcome::Done)
             }
             FrontendReq::NET_SET_MTU => {
                 let v = parse::<VhostUserU64>(p)?.value;
-                self.device.set_mtu(v)?;
+                dev.set_mtu(v)?;
                 info!("frontend set MTU {v}");
                 Ok(Outcome::Done)
             }
@@ -458,7 +460,11 @@ impl Handler {
         }
     }
 
-    fn set_mem_table(&mut self, msg: &mut Message) -> Result<Outcome, RequestError> {
+    fn set_mem_table(
+        &mut self,
+        dev: &NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
         let head = parse_prefix::<VhostUserMemory>(&msg.payload)?;
         let count = head.num_regions as usize;
         let head_len = head.as_slice().len();
@@ -486,12 +492,13 @@ impl Handler {
             regions.push((region_desc(&r), Some(fd)));
         }
         let mem = self.memory.replace(regions)?;
-        self.set_guest_memory(mem)?;
+        Self::set_guest_memory(dev, mem)?;
         Ok(Outcome::Done)
     }
 
     fn set_vring_fd(
         &mut self,
+        dev: &NetDevice,
         request: FrontendReq,
         index: usize,
         fd: Option<OwnedFd>,
@@ -500,7 +507,7 @@ impl Handler {
             // SAFETY: we own `fd` (received with SCM_RIGHTS); EventFd takes over its ownership.
             unsafe { <EventFd as std::os::fd::FromRawFd>::from_raw_fd(fd.into_raw_fd()) }
         });
-        let (pair, rx) = self.device.vring(index as u32)?;
+        let (pair, rx) = dev.vring(index as u32)?;
         match request {
             FrontendReq::SET_VRING_KICK => {
                 let kick = event
@@ -527,6 +534,12 @@ impl Handler {
         }
         Ok(())
     }
+}
+
+/// Locks the device, recovering from a poisoned lock (a panicked holder left consistent state:
+/// every mutation is a single assignment or a completed call).
+pub fn lock(device: &Mutex<NetDevice>) -> MutexGuard<'_, NetDevice> {
+    device.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum ReplyKind {

@@ -53,8 +53,9 @@ pub struct TestFrontend {
 /// Starts the device for `queue_pairs` on a socketpair backend; returns the frontend socket.
 pub fn start_device(queue_pairs: u16) -> (UnixStream, Vec<UnixDatagram>, Port, JoinHandle<()>) {
     let (backend, peers) = SocketpairBackend::new(queue_pairs, true).expect("socketpair backend");
-    let port = Port {
-        config: PortConfig {
+    let port = Port::new(
+        PortConfig {
+            id: "p0".into(),
             listen: Listen::Path("/unused".into()),
             client: false,
             netdev: "n0".into(),
@@ -62,8 +63,8 @@ pub fn start_device(queue_pairs: u16) -> (UnixStream, Vec<UnixDatagram>, Port, J
             mtu: None,
             queues: queue_pairs,
         },
-        backend: Arc::new(backend),
-    };
+        Arc::new(backend),
+    );
     let (ours, theirs) = UnixStream::pair().expect("socket pair");
     let server_port = port.clone();
     let server = std::thread::spawn(move || server_port.serve_connection(theirs));

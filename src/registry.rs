@@ -1,0 +1,130 @@
+//! The daemon's netdevs and ports: one place for netdevs from the command line and from QMP
+//! (`netdev_add`/`netdev_del`), and for what the control plane does to ports (rebinding a
+//! port's backend live, `set_link`).
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use vhost_user_netd_backends::netdev::FdSource;
+use vhost_user_netd_backends::{Backend, NetdevConfig};
+
+use crate::port::Port;
+
+/// A netdev and its open backend.
+#[derive(Debug, Clone)]
+pub struct Netdev {
+    pub config: NetdevConfig,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Why a control-plane request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// No netdev or port of that name (QMP `DeviceNotFound`).
+    #[error("Device '{0}' not found")]
+    NotFound(String),
+    #[error("Duplicate ID '{0}'")]
+    Duplicate(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Netdevs and ports.
+#[derive(Debug)]
+pub struct Registry {
+    netdevs: Mutex<Vec<Netdev>>,
+    ports: Vec<Port>,
+}
+
+impl Registry {
+    pub fn new(netdevs: Vec<Netdev>, ports: Vec<Port>) -> Self {
+        Registry {
+            netdevs: Mutex::new(netdevs),
+            ports,
+        }
+    }
+
+    fn netdevs(&self) -> std::sync::MutexGuard<'_, Vec<Netdev>> {
+        self.netdevs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ports (fixed at start-up).
+    pub fn ports(&self) -> &[Port] {
+        &self.ports
+    }
+
+    /// Opens and adds a netdev; a port waiting for this id gets it bound live.
+    pub fn add(&self, config: NetdevConfig, fds: &mut dyn FdSource) -> Result<(), RegistryError> {
+        let mut netdevs = self.netdevs();
+        if netdevs.iter().any(|n| n.config.id == config.id) {
+            return Err(RegistryError::Duplicate(config.id));
+        }
+        let backend = config
+            .open(fds)
+            .map_err(|e| RegistryError::Failed(e.to_string()))?;
+        for port in self.ports.iter().filter(|p| p.config.netdev == config.id) {
+            port.bind(Some(backend.clone()))
+                .map_err(RegistryError::Failed)?;
+        }
+        log::info!("netdev {} added: {}", config.id, backend.describe());
+        netdevs.push(Netdev { config, backend });
+        Ok(())
+    }
+
+    /// Removes a netdev; its port stays, with the link down, until a netdev of that id returns.
+    pub fn del(&self, id: &str) -> Result<(), RegistryError> {
+        let mut netdevs = self.netdevs();
+        let pos = netdevs
+            .iter()
+            .position(|n| n.config.id == id)
+            .ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        for port in self.ports.iter().filter(|p| p.config.netdev == id) {
+            port.bind(None).map_err(RegistryError::Failed)?;
+        }
+        let removed = netdevs.remove(pos);
+        removed.backend.shutdown();
+        log::info!("netdev {id} deleted");
+        Ok(())
+    }
+
+    /// `query-netdev`: each netdev's configuration (as `netdev_add` takes it) and its port.
+    pub fn query(&self) -> Vec<Value> {
+        self.netdevs()
+            .iter()
+            .map(|n| {
+                let mut m = n.config.to_json();
+                if let Some(port) = self.ports.iter().find(|p| p.config.netdev == n.config.id) {
+                    m.insert("peer-id".into(), Value::String(port.id().to_string()));
+                }
+                Value::Object(m)
+            })
+            .collect()
+    }
+
+    /// `set_link` on a port name, or on a netdev's name (meaning the port it serves).
+    pub fn set_link(&self, name: &str, up: bool) -> Result<(), RegistryError> {
+        let port = self
+            .ports
+            .iter()
+            .find(|p| p.id() == name)
+            .or_else(|| {
+                self.ports
+                    .iter()
+                    .find(|p| p.config.netdev == name && self.has_netdev(name))
+            })
+            .ok_or_else(|| RegistryError::NotFound(name.into()))?;
+        port.set_link(up);
+        Ok(())
+    }
+
+    fn has_netdev(&self, id: &str) -> bool {
+        self.netdevs().iter().any(|n| n.config.id == id)
+    }
+
+    /// Releases host-side state of every netdev (tap downscripts) at shutdown.
+    pub fn shutdown(&self) {
+        for n in self.netdevs().iter() {
+            n.backend.shutdown();
+        }
+    }
+}
