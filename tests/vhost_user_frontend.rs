@@ -213,7 +213,7 @@ fn malformed_rx_chains_without_mergeable_buffers() {
 #[test]
 fn a_new_frontend_gets_a_fresh_device_after_disconnect() {
     let t = TestFrontend::new(1, F_MRG_RXBUF);
-    let port = t.port.clone();
+    let port = t.port.clone().expect("in-process port");
     drop(t); // joins the server thread: the connection really ended
     let (ours, theirs) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || port.serve_connection(theirs));

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
-use vhost_user_netd_backends::{OptionSource, Opts};
+use vhost_user_netd_backends::netdev::FdSource;
+use vhost_user_netd_backends::{NetdevConfig, OptionSource, Opts};
 
 use super::events::EventBus;
 use super::protocol::QmpError;
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 
 /// The QEMU version whose net QAPI this daemon speaks.
 pub const QEMU_VERSION: (u64, u64, u64) = (10, 0, 0);
@@ -58,6 +59,30 @@ pub fn version_info() -> Value {
     })
 }
 
+/// Maps a registry failure to its QMP error class.
+fn registry_error(e: RegistryError) -> QmpError {
+    match e {
+        RegistryError::NotFound(_) => QmpError::device_not_found(e.to_string()),
+        _ => QmpError::generic(e.to_string()),
+    }
+}
+
+/// Descriptors named in `netdev_add` options (`fd=NAME`): only those passed with `getfd`.
+struct PassedFds;
+
+impl FdSource for PassedFds {
+    fn take_fd(
+        &mut self,
+        name: &str,
+    ) -> Result<std::os::fd::OwnedFd, vhost_user_netd_backends::Error> {
+        Err(vhost_user_netd_backends::Error::Option(
+            vhost_user_netd_backends::OptionError::Invalid(format!(
+                "No file descriptor named {name} has been received"
+            )),
+        ))
+    }
+}
+
 /// Rejects any argument (for commands that take none).
 fn no_arguments(args: &Map<String, Value>) -> Result<(), QmpError> {
     Opts::new(args.clone(), OptionSource::Json)
@@ -86,6 +111,34 @@ pub fn dispatch(
             ctx.quit_requested
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             Ok((json!({}), After::Quit))
+        }
+        "netdev_add" => {
+            let config = NetdevConfig::from_opts(Opts::new(args.clone(), OptionSource::Json))?;
+            ctx.registry
+                .add(config, &mut PassedFds)
+                .map_err(registry_error)?;
+            Ok((json!({}), After::Nothing))
+        }
+        "netdev_del" => {
+            let mut opts = Opts::new(args.clone(), OptionSource::Json);
+            let id = opts.require_str("id")?;
+            opts.finish()?;
+            ctx.registry.del(&id).map_err(registry_error)?;
+            Ok((json!({}), After::Nothing))
+        }
+        "query-netdev" => {
+            no_arguments(args)?;
+            Ok((Value::Array(ctx.registry.query()), After::Nothing))
+        }
+        "set_link" => {
+            let mut opts = Opts::new(args.clone(), OptionSource::Json);
+            let name = opts.require_str("name")?;
+            let up = opts
+                .take_bool("up")?
+                .ok_or_else(|| QmpError::generic("Parameter 'up' is missing"))?;
+            opts.finish()?;
+            ctx.registry.set_link(&name, up).map_err(registry_error)?;
+            Ok((json!({}), After::Nothing))
         }
         "qmp_capabilities" => Err(QmpError::command_not_found(
             "Capabilities negotiation is already complete, command ignored",

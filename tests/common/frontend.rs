@@ -47,7 +47,8 @@ pub struct TestFrontend {
     pub peers: Vec<UnixDatagram>,
     pub server: Option<JoinHandle<()>>,
     pub acked: u64,
-    pub port: Port,
+    /// The in-process port (`None` when connected to a daemon process).
+    pub port: Option<Port>,
 }
 
 /// Starts the device for `queue_pairs` on a socketpair backend; returns the frontend socket.
@@ -81,6 +82,25 @@ pub fn start_device(queue_pairs: u16) -> (UnixStream, Vec<UnixDatagram>, Port, J
 }
 
 impl TestFrontend {
+    /// Connects to a daemon's vhost-user socket at `path` and starts every ring.
+    pub fn connect(path: &std::path::Path, queue_pairs: u16, wanted: u64) -> Self {
+        let fe =
+            Frontend::connect(path, u64::from(queue_pairs) * 2).expect("connect to the daemon");
+        let mut t = TestFrontend {
+            fe,
+            ram: GuestRam::with_size(RAM_SIZE),
+            rings: Vec::new(),
+            calls: Vec::new(),
+            kicks: Vec::new(),
+            peers: Vec::new(),
+            server: None,
+            acked: 0,
+            port: None,
+        };
+        t.handshake(queue_pairs, wanted);
+        t
+    }
+
     /// Connects, negotiates `wanted` (masked by what is offered) and starts every ring.
     pub fn new(queue_pairs: u16, wanted: u64) -> Self {
         let (sock, peers, port, server) = start_device(queue_pairs);
@@ -95,7 +115,7 @@ impl TestFrontend {
             peers,
             server: Some(server),
             acked: 0,
-            port,
+            port: Some(port),
         };
         t.handshake(queue_pairs, wanted);
         t

@@ -1,0 +1,189 @@
+//! QMP netdev management against the real daemon with a tap in a namespace and the in-process
+//! vhost-user frontend as the guest: query-netdev, hot-swap of the port's backend under traffic
+//! (netdev_del, netdev_add, no reconnect), set_link, and the error classes.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::Daemon;
+use common::frontend::{frame, TestFrontend, F_EVENT_IDX, F_MRG_RXBUF};
+use common::netns::Netns;
+use common::packet::PacketSocket;
+use common::qmp::Qmp;
+use common::{privileged_environment, TempDir};
+use serde_json::json;
+
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+
+/// A frame the host stack ignores, tagged with `tag`.
+fn tagged(tag: u8) -> Vec<u8> {
+    let mut f = frame(64, tag);
+    f[12..14].copy_from_slice(&ETHERTYPE);
+    f
+}
+
+/// The next of our tagged frames the tap received from the daemon.
+fn next_tagged(sock: &PacketSocket) -> u8 {
+    loop {
+        let f = sock.recv_incoming().expect("frame on the tap");
+        if f.get(12..14) == Some(&ETHERTYPE[..]) {
+            return f[11];
+        }
+    }
+}
+
+#[test]
+fn netdevs_are_swapped_under_a_live_port_and_links_set() {
+    if !privileged_environment("qmp_netdev_hotswap") {
+        return;
+    }
+    let dir = TempDir::new("hotswap");
+    let ns = Netns::new("hotswap");
+    let socket = dir.path("vm0.sock");
+    let qmp_path = dir.path("qmp.sock");
+    let mut cmd = ns.command(common::daemon::BINARY);
+    cmd.args(["--netdev", "tap,id=n0,ifname=vuhs0,script=no,downscript=no"])
+        .arg("--port")
+        .arg(format!("socket-path={},netdev=n0", socket.display()))
+        .arg("--qmp")
+        .arg(format!("unix:{}", qmp_path.display()));
+    let _daemon = Daemon::start(cmd, 2);
+    ns.ip(&["link", "set", "vuhs0", "up"]);
+    let mut qmp = Qmp::connect(&qmp_path);
+
+    let netdevs = qmp.execute("query-netdev", json!({})).unwrap();
+    assert_eq!(
+        netdevs,
+        json!([{"id": "n0", "type": "tap", "ifname": "vuhs0", "script": "no", "downscript": "no", "peer-id": "vm0"}])
+    );
+
+    let mut guest = TestFrontend::connect(&socket, 1, F_MRG_RXBUF | F_EVENT_IDX);
+    let tap0 = ns
+        .spawn(|| PacketSocket::bind("vuhs0", Duration::from_secs(5)).unwrap())
+        .join()
+        .unwrap();
+    guest.send(0, 0, &tagged(1));
+    guest.wait_used(1, 1);
+    assert_eq!(next_tagged(&tap0), 1, "frame reached the first tap");
+
+    // Delete the netdev: the port stays, frames are dropped and the queue keeps going.
+    qmp.execute("netdev_del", json!({"id": "n0"})).unwrap();
+    assert_eq!(qmp.execute("query-netdev", json!({})).unwrap(), json!([]));
+    guest.send(0, 1, &tagged(2));
+    assert_eq!(
+        guest.wait_used(1, 1),
+        vec![(1, 0)],
+        "chain returned while no backend is bound"
+    );
+
+    // A new tap under the same id: bound live, no reconnect.
+    let add =
+        json!({"type": "tap", "id": "n0", "ifname": "vuhs1", "script": "no", "downscript": "no"});
+    qmp.execute("netdev_add", add.clone()).unwrap();
+    ns.ip(&["link", "set", "vuhs1", "up"]);
+    let tap1 = ns
+        .spawn(|| PacketSocket::bind("vuhs1", Duration::from_secs(5)).unwrap())
+        .join()
+        .unwrap();
+    guest.send(0, 2, &tagged(3));
+    guest.wait_used(1, 1);
+    assert_eq!(next_tagged(&tap1), 3, "frame reached the new tap");
+
+    // set_link by port name: down drops, up resumes.
+    qmp.execute("set_link", json!({"name": "vm0", "up": false}))
+        .unwrap();
+    guest.send(0, 3, &tagged(4));
+    guest.wait_used(1, 1);
+    qmp.execute("set_link", json!({"name": "n0", "up": true}))
+        .unwrap();
+    guest.send(0, 4, &tagged(5));
+    guest.wait_used(1, 1);
+    assert_eq!(
+        next_tagged(&tap1),
+        5,
+        "the frame sent while the link was down was dropped"
+    );
+
+    // rx through the new tap.
+    guest.rings[0].post_buffers(&guest.ram, 0, 8, 2048, true);
+    guest.kick(0);
+    tap1.send(&tagged(6)).unwrap();
+    let used = guest.wait_used(0, 1);
+    let got = guest
+        .ram
+        .read(guest.rings[0].buffer_addr(used[0].0 as u16, 2048) + 12, 64);
+    assert_eq!(got, tagged(6), "host → guest through the swapped-in tap");
+
+    // Errors, with QEMU's classes and texts.
+    let class_desc = |e: serde_json::Value| {
+        (
+            e["class"].as_str().unwrap().to_string(),
+            e["desc"].as_str().unwrap().to_string(),
+        )
+    };
+    let e = qmp
+        .execute("netdev_del", json!({"id": "nope"}))
+        .unwrap_err();
+    assert_eq!(
+        class_desc(e),
+        ("DeviceNotFound".into(), "Device 'nope' not found".into())
+    );
+    let e = qmp
+        .execute("set_link", json!({"name": "nope", "up": true}))
+        .unwrap_err();
+    assert_eq!(
+        class_desc(e),
+        ("DeviceNotFound".into(), "Device 'nope' not found".into())
+    );
+    let e = qmp.execute("netdev_add", add).unwrap_err();
+    assert_eq!(
+        class_desc(e),
+        ("GenericError".into(), "Duplicate ID 'n0'".into())
+    );
+    let e = qmp
+        .execute("netdev_add", json!({"type": "bogus", "id": "x"}))
+        .unwrap_err();
+    assert_eq!(
+        class_desc(e).1,
+        "Parameter 'type' does not accept value 'bogus'"
+    );
+    let e = qmp
+        .execute("netdev_add", json!({"type": "tap"}))
+        .unwrap_err();
+    assert_eq!(class_desc(e).1, "Parameter 'id' is missing");
+    let e = qmp
+        .execute(
+            "netdev_add",
+            json!({"type": "tap", "id": "t9", "queues": "2"}),
+        )
+        .unwrap_err();
+    assert_eq!(class_desc(e).1, "Parameter 'queues' expects uint64");
+    let e = qmp
+        .execute("set_link", json!({"name": "vm0", "up": "yes"}))
+        .unwrap_err();
+    assert_eq!(
+        class_desc(e).1,
+        "Invalid parameter type for 'up', expected: boolean"
+    );
+    let e = qmp.execute("set_link", json!({"name": "vm0"})).unwrap_err();
+    assert_eq!(class_desc(e).1, "Parameter 'up' is missing");
+    let e = qmp
+        .execute(
+            "netdev_add",
+            json!({"type": "tap", "id": "t9", "fd": "myfd"}),
+        )
+        .unwrap_err();
+    assert!(class_desc(e).1.contains("myfd"));
+    assert_eq!(
+        qmp.execute("query-netdev", json!({}))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "failed adds left nothing"
+    );
+}
