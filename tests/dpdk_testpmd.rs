@@ -239,39 +239,6 @@ fn unprivileged_daemon_attaches_to_a_persistent_tap_it_owns() {
     exchange_through_testpmd(&ns, USER_TAP, &socket, &daemon);
 }
 
-/// Opens an existing tap (in the calling thread's namespace) with a vnet header.
-fn open_tap(name: &str, multi_queue: bool) -> std::os::fd::OwnedFd {
-    use std::os::fd::AsRawFd;
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        flags: i16,
-        pad: [u8; 22],
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .unwrap();
-    let flags = 0x0002 | 0x1000 | 0x4000 | if multi_queue { 0x0100 } else { 0 };
-    let mut req = IfReq {
-        name: [0; 16],
-        flags,
-        pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is laid out as.
-    let ret = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
-    assert_eq!(
-        ret,
-        0,
-        "TUNSETIFF {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    file.into()
-}
-
 /// The daemon gets its listening socket as fd 3 (`--fd 3`, as systemd passes it) and `queues`
 /// open tap descriptors as fds 4.. (`fd=4` or `fds=4:5:...`, as libvirt passes them).
 fn inherited_descriptors(tag: &'static str, tap_name: &'static str, queues: usize) {
@@ -289,7 +256,7 @@ fn inherited_descriptors(tag: &'static str, tap_name: &'static str, queues: usiz
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let taps: Vec<_> = (0..queues)
         .map(|_| {
-            ns.spawn(move || open_tap(tap_name, queues > 1))
+            ns.spawn(move || common::tap::open_tap(tap_name, queues > 1))
                 .join()
                 .unwrap()
         })

@@ -186,4 +186,44 @@ fn netdevs_are_swapped_under_a_live_port_and_links_set() {
         1,
         "failed adds left nothing"
     );
+
+    // A tap opened by the management layer, passed with getfd, becomes the port's netdev.
+    ns.ip(&["tuntap", "add", "dev", "vuhs2", "mode", "tap", "vnet_hdr"]);
+    ns.ip(&["link", "set", "vuhs2", "up"]);
+    let tap_fd = ns
+        .spawn(|| common::tap::open_tap("vuhs2", false))
+        .join()
+        .unwrap();
+    qmp.execute_with_fd("getfd", json!({"fdname": "tapfd"}), &tap_fd)
+        .unwrap();
+    drop(tap_fd);
+    qmp.execute("netdev_del", json!({"id": "n0"})).unwrap();
+    qmp.execute(
+        "netdev_add",
+        json!({"type": "tap", "id": "n0", "fd": "tapfd"}),
+    )
+    .unwrap();
+    let netdevs = qmp.execute("query-netdev", json!({})).unwrap();
+    assert_eq!(netdevs[0]["fd"], "tapfd");
+    let tap2 = ns
+        .spawn(|| PacketSocket::bind("vuhs2", Duration::from_secs(5)).unwrap())
+        .join()
+        .unwrap();
+    guest.send(0, 5, &tagged(7));
+    guest.wait_used(1, 1);
+    assert_eq!(
+        next_tagged(&tap2),
+        7,
+        "frame reached the tap passed by descriptor"
+    );
+    let e = qmp
+        .execute(
+            "netdev_add",
+            json!({"type": "tap", "id": "n9", "fd": "tapfd"}),
+        )
+        .unwrap_err();
+    assert!(
+        class_desc(e).1.contains("tapfd"),
+        "a named descriptor is consumed once"
+    );
 }

@@ -98,3 +98,61 @@ pub fn poll_one(fd: &impl AsRawFd, events: libc::c_short, timeout_ms: i32) -> io
     check(unsafe { libc::poll(&mut pfd, 1, timeout_ms) })?;
     Ok(pfd.revents)
 }
+
+/// Most descriptors accepted with one message (more is an error, and all are closed).
+pub const MAX_RECV_FDS: usize = 32;
+
+/// `recvmsg(2)` into `buf`, appending any descriptors sent with SCM_RIGHTS to `fds` (with
+/// close-on-exec). Returns the bytes read (0 at end of stream). Retried on `EINTR`.
+pub fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    // Room for MAX_RECV_FDS ints plus the cmsg header, 8-aligned.
+    let mut control = [0u64; (MAX_RECV_FDS * 4 + 16) / 8 + 2];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; zero is a valid value for every field.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let n = loop {
+        // SAFETY: msg points at the iovec (inside `buf`) and `control`, both live for the call.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: msg was filled by recvmsg; the CMSG_* macros only walk its control buffer.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: cmsg is non-null and inside the control buffer (CMSG_FIRSTHDR/NXTHDR contract).
+        let (level, kind, len) =
+            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a constant computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = len.saturating_sub(header) / std::mem::size_of::<RawFd>();
+            // SAFETY: CMSG_DATA points at `count` ints inside this cmsg in the control buffer.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: i < count, inside the cmsg's data; read_unaligned copes with alignment.
+                let raw = unsafe { std::ptr::read_unaligned(data.add(i)) };
+                // SAFETY: the kernel installed `raw` in our table for us; nobody else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+        // SAFETY: as above; returns null after the last header.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        fds.clear();
+        return Err(io::Error::other("too many file descriptors in one message"));
+    }
+    Ok(n)
+}

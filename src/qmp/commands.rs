@@ -1,11 +1,14 @@
-//! Typed QMP command handlers. They see JSON arguments and the daemon's control handle, never a
-//! queue.
+//! Typed QMP command handlers. They see JSON arguments, the session's descriptors and the
+//! daemon's control handle (the registry), never a queue.
 
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use vhost_user_netd_backends::netdev::FdSource;
-use vhost_user_netd_backends::{NetdevConfig, OptionSource, Opts};
+use vhost_user_netd_backends::{NetdevConfig, OptionError, OptionSource, Opts};
 
 use super::events::EventBus;
 use super::protocol::QmpError;
@@ -14,12 +17,18 @@ use crate::registry::{Registry, RegistryError};
 /// The QEMU version whose net QAPI this daemon speaks.
 pub const QEMU_VERSION: (u64, u64, u64) = (10, 0, 0);
 
-/// Commands this server implements (`query-commands`).
+/// Commands this server implements (`query-commands`); a unit test checks each dispatches.
 pub const COMMANDS: &[&str] = &[
     "qmp_capabilities",
     "query-version",
     "query-commands",
     "quit",
+    "netdev_add",
+    "netdev_del",
+    "query-netdev",
+    "set_link",
+    "getfd",
+    "closefd",
 ];
 
 /// What handlers may reach.
@@ -27,7 +36,7 @@ pub const COMMANDS: &[&str] = &[
 pub struct QmpContext {
     pub events: Arc<EventBus>,
     /// Set by `quit`, so that the shutdown event names the right reason.
-    pub quit_requested: std::sync::atomic::AtomicBool,
+    pub quit_requested: AtomicBool,
     /// Netdevs and ports.
     pub registry: Arc<Registry>,
 }
@@ -36,9 +45,27 @@ impl QmpContext {
     pub fn new(registry: Arc<Registry>) -> Self {
         QmpContext {
             events: Arc::default(),
-            quit_requested: Default::default(),
+            quit_requested: AtomicBool::new(false),
             registry,
         }
+    }
+}
+
+/// Descriptors a session received: those that came with the command being handled, and those
+/// `getfd` named (consumed by `netdev_add fd=NAME`, closed by `closefd`).
+#[derive(Debug, Default)]
+pub struct SessionFds {
+    /// Arrived with the current command; closed after it unless `getfd` took one.
+    pub received: Vec<OwnedFd>,
+    named: HashMap<String, OwnedFd>,
+}
+
+impl FdSource for SessionFds {
+    fn take_fd(&mut self, name: &str) -> Result<OwnedFd, vhost_user_netd_backends::Error> {
+        self.named.remove(name).ok_or_else(|| {
+            OptionError::Invalid(format!("No file descriptor named {name} has been received"))
+                .into()
+        })
     }
 }
 
@@ -67,35 +94,31 @@ fn registry_error(e: RegistryError) -> QmpError {
     }
 }
 
-/// Descriptors named in `netdev_add` options (`fd=NAME`): only those passed with `getfd`.
-struct PassedFds;
-
-impl FdSource for PassedFds {
-    fn take_fd(
-        &mut self,
-        name: &str,
-    ) -> Result<std::os::fd::OwnedFd, vhost_user_netd_backends::Error> {
-        Err(vhost_user_netd_backends::Error::Option(
-            vhost_user_netd_backends::OptionError::Invalid(format!(
-                "No file descriptor named {name} has been received"
-            )),
-        ))
-    }
+fn arguments(args: &Map<String, Value>) -> Opts {
+    Opts::new(args.clone(), OptionSource::Json)
 }
 
 /// Rejects any argument (for commands that take none).
 fn no_arguments(args: &Map<String, Value>) -> Result<(), QmpError> {
-    Opts::new(args.clone(), OptionSource::Json)
-        .finish()
-        .map_err(QmpError::from)
+    arguments(args).finish().map_err(QmpError::from)
+}
+
+/// The one mandatory string argument `key` of a command that takes nothing else.
+fn only_string(args: &Map<String, Value>, key: &str) -> Result<String, QmpError> {
+    let mut opts = arguments(args);
+    let value = opts.require_str(key)?;
+    opts.finish()?;
+    Ok(value)
 }
 
 /// Runs a negotiated session's command.
 pub fn dispatch(
     ctx: &QmpContext,
+    fds: &mut SessionFds,
     name: &str,
     args: &Map<String, Value>,
 ) -> Result<(Value, After), QmpError> {
+    let done = Ok((json!({}), After::Nothing));
     match name {
         "query-version" => {
             no_arguments(args)?;
@@ -108,37 +131,54 @@ pub fn dispatch(
         }
         "quit" => {
             no_arguments(args)?;
-            ctx.quit_requested
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            ctx.quit_requested.store(true, Ordering::SeqCst);
             Ok((json!({}), After::Quit))
         }
         "netdev_add" => {
-            let config = NetdevConfig::from_opts(Opts::new(args.clone(), OptionSource::Json))?;
-            ctx.registry
-                .add(config, &mut PassedFds)
-                .map_err(registry_error)?;
-            Ok((json!({}), After::Nothing))
+            let config = NetdevConfig::from_opts(arguments(args))?;
+            ctx.registry.add(config, fds).map_err(registry_error)?;
+            done
         }
         "netdev_del" => {
-            let mut opts = Opts::new(args.clone(), OptionSource::Json);
-            let id = opts.require_str("id")?;
-            opts.finish()?;
-            ctx.registry.del(&id).map_err(registry_error)?;
-            Ok((json!({}), After::Nothing))
+            ctx.registry
+                .del(&only_string(args, "id")?)
+                .map_err(registry_error)?;
+            done
         }
         "query-netdev" => {
             no_arguments(args)?;
             Ok((Value::Array(ctx.registry.query()), After::Nothing))
         }
         "set_link" => {
-            let mut opts = Opts::new(args.clone(), OptionSource::Json);
+            let mut opts = arguments(args);
             let name = opts.require_str("name")?;
             let up = opts
                 .take_bool("up")?
                 .ok_or_else(|| QmpError::generic("Parameter 'up' is missing"))?;
             opts.finish()?;
             ctx.registry.set_link(&name, up).map_err(registry_error)?;
-            Ok((json!({}), After::Nothing))
+            done
+        }
+        "getfd" => {
+            let name = only_string(args, "fdname")?;
+            if name.starts_with(|c: char| c.is_ascii_digit()) {
+                return Err(QmpError::generic(
+                    "Parameter 'fdname' expects a name not starting with a digit",
+                ));
+            }
+            let fd = fds
+                .received
+                .pop()
+                .ok_or_else(|| QmpError::generic("No file descriptor supplied via SCM_RIGHTS"))?;
+            fds.named.insert(name, fd); // a reused name closes the old descriptor
+            done
+        }
+        "closefd" => {
+            let name = only_string(args, "fdname")?;
+            fds.named.remove(&name).ok_or_else(|| {
+                QmpError::generic(format!("File descriptor named '{name}' not found"))
+            })?;
+            done
         }
         "qmp_capabilities" => Err(QmpError::command_not_found(
             "Capabilities negotiation is already complete, command ignored",
@@ -152,29 +192,73 @@ pub fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qmp::protocol::ErrorClass;
+
+    fn ctx() -> QmpContext {
+        QmpContext::new(Arc::new(Registry::new(Vec::new(), Vec::new())))
+    }
 
     #[test]
     fn arguments_are_checked_and_unknown_commands_refused() {
-        let ctx = QmpContext::new(Arc::new(Registry::new(Vec::new(), Vec::new())));
+        let (ctx, mut fds) = (ctx(), SessionFds::default());
         let mut args = Map::new();
         assert_eq!(
-            dispatch(&ctx, "query-version", &args).unwrap().0["qemu"]["major"],
+            dispatch(&ctx, &mut fds, "query-version", &args).unwrap().0["qemu"]["major"],
             10
         );
         args.insert("x".into(), json!(1));
         assert_eq!(
-            dispatch(&ctx, "query-version", &args).unwrap_err().desc,
+            dispatch(&ctx, &mut fds, "query-version", &args)
+                .unwrap_err()
+                .desc,
             "Parameter 'x' is unexpected"
         );
-        let e = dispatch(&ctx, "nope", &Map::new()).unwrap_err();
+        let e = dispatch(&ctx, &mut fds, "nope", &Map::new()).unwrap_err();
         assert_eq!(
             (e.class, e.desc.as_str()),
             (
-                super::super::protocol::ErrorClass::CommandNotFound,
+                ErrorClass::CommandNotFound,
                 "The command nope has not been found"
             )
         );
-        let list = dispatch(&ctx, "query-commands", &Map::new()).unwrap().0;
-        assert!(list.as_array().unwrap().contains(&json!({"name": "quit"})));
+    }
+
+    #[test]
+    fn every_listed_command_is_handled() {
+        let (ctx, mut fds) = (ctx(), SessionFds::default());
+        for name in COMMANDS {
+            if let Err(e) = dispatch(&ctx, &mut fds, name, &Map::new()) {
+                assert!(
+                    !e.desc.contains("has not been found"),
+                    "{name} is listed but not handled"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn getfd_and_closefd_follow_qemu() {
+        let (ctx, mut fds) = (ctx(), SessionFds::default());
+        let name = |n: &str| {
+            let mut m = Map::new();
+            m.insert("fdname".into(), json!(n));
+            m
+        };
+        let e = dispatch(&ctx, &mut fds, "getfd", &name("a")).unwrap_err();
+        assert_eq!(e.desc, "No file descriptor supplied via SCM_RIGHTS");
+        fds.received
+            .push(std::fs::File::open("/dev/null").unwrap().into());
+        let e = dispatch(&ctx, &mut fds, "getfd", &name("1a")).unwrap_err();
+        assert_eq!(
+            e.desc,
+            "Parameter 'fdname' expects a name not starting with a digit"
+        );
+        dispatch(&ctx, &mut fds, "getfd", &name("a")).unwrap();
+        assert!(fds.take_fd("a").is_ok(), "netdev_add can take it");
+        assert!(fds.take_fd("a").is_err(), "once");
+        let e = dispatch(&ctx, &mut fds, "closefd", &name("a")).unwrap_err();
+        assert_eq!(e.desc, "File descriptor named 'a' not found");
+        let e = dispatch(&ctx, &mut fds, "getfd", &Map::new()).unwrap_err();
+        assert_eq!(e.desc, "Parameter 'fdname' is missing");
     }
 }

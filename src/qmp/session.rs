@@ -1,34 +1,58 @@
 //! One QMP client: greeting, capabilities negotiation, then commands until it goes away.
 
-use std::io::Read;
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use log::{debug, info};
 use serde_json::{json, Value};
 
-use super::commands::{dispatch, version_info, After, QmpContext};
+use super::commands::{dispatch, version_info, After, QmpContext, SessionFds};
 use super::events::SessionOut;
 use super::framing::{Frame, Splitter};
 use super::protocol::{encode, encode_error, encode_return, parse_command, QmpError};
 
+/// Where a session reads from: bytes, plus descriptors where the transport carries them.
+pub trait QmpInput {
+    /// Reads bytes into `buf`, appending descriptors that came with them to `fds`.
+    fn read_with_fds(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize>;
+}
+
+impl QmpInput for UnixStream {
+    fn read_with_fds(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        vhost_user_netd_backends::sys::recv_with_fds(self.as_raw_fd(), buf, fds)
+    }
+}
+
+impl QmpInput for TcpStream {
+    fn read_with_fds(&mut self, buf: &mut [u8], _fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        self.read(buf)
+    }
+}
+
 /// Serves one client on `reader`/`out` until EOF or a write failure.
-pub fn run(mut reader: impl Read, out: Arc<SessionOut>, ctx: &QmpContext, peer: &str) {
+pub fn run(mut reader: impl QmpInput, out: Arc<SessionOut>, ctx: &QmpContext, peer: &str) {
     let greeting = json!({ "QMP": { "version": version_info(), "capabilities": [] } });
     if out.send(&encode(&greeting)).is_err() {
         return;
     }
     let mut negotiated = false;
+    let mut fds = SessionFds::default();
     let mut splitter = Splitter::default();
     let mut frames = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match reader.read(&mut buf) {
+        let n = match reader.read_with_fds(&mut buf, &mut fds.received) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         splitter.feed(&buf[..n], &mut frames);
         for frame in frames.drain(..) {
-            let (reply, after) = handle(frame, &mut negotiated, &out, ctx);
+            let (reply, after) = handle(frame, &mut negotiated, &mut fds, &out, ctx);
+            // Descriptors belong to the command they came with; getfd took what it wanted.
+            fds.received.clear();
             if out.send(&reply).is_err() {
                 return;
             }
@@ -44,6 +68,7 @@ pub fn run(mut reader: impl Read, out: Arc<SessionOut>, ctx: &QmpContext, peer: 
 fn handle(
     frame: Frame,
     negotiated: &mut bool,
+    fds: &mut SessionFds,
     out: &Arc<SessionOut>,
     ctx: &QmpContext,
 ) -> (String, After) {
@@ -78,7 +103,7 @@ fn handle(
             Err(e) => (encode_error(&e, cmd.id), After::Nothing),
         };
     }
-    match dispatch(ctx, &cmd.name, &cmd.arguments) {
+    match dispatch(ctx, fds, &cmd.name, &cmd.arguments) {
         Ok((value, after)) => (encode_return(value, cmd.id), after),
         Err(e) => (encode_error(&e, cmd.id), After::Nothing),
     }

@@ -2,10 +2,10 @@
 //! file descriptors that came with it (SCM_RIGHTS).
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-use vhost::vhost_user::message::{MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE};
+use vhost::vhost_user::message::MAX_MSG_SIZE;
 
 /// Header flag: the message's version (must be 1).
 const VERSION_MASK: u32 = 0x3;
@@ -116,63 +116,11 @@ fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> Result<Vec<OwnedFd>, WireError>
     let mut fds = Vec::new();
     let mut got = 0;
     while got < buf.len() {
-        let mut iov = libc::iovec {
-            iov_base: buf[got..].as_mut_ptr().cast(),
-            iov_len: buf.len() - got,
-        };
-        // Room for MAX_ATTACHED_FD_ENTRIES ints, 8-aligned.
-        let mut control = [0u64; (MAX_ATTACHED_FD_ENTRIES * 4 + 16) / 8 + 2];
-        // SAFETY: msghdr is plain data; zero is a valid value for every field.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        // SAFETY: msg points at the iovec (inside `buf`) and the control buffer, both live.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(WireError::Io(e));
-        }
-        collect_fds(&msg, &mut fds);
+        let n = vhost_user_netd_backends::sys::recv_with_fds(sock, &mut buf[got..], &mut fds)?;
         if n == 0 {
             return Err(WireError::Closed);
         }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            // More descriptors than we accept: those that did arrive are closed by `fds`.
-            return Err(WireError::Io(io::Error::other(
-                "too many file descriptors in message",
-            )));
-        }
-        got += n as usize;
+        got += n;
     }
     Ok(fds)
-}
-
-fn collect_fds(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
-    // SAFETY: msg was filled by recvmsg; the CMSG_* macros only walk its control buffer.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
-    while !cmsg.is_null() {
-        // SAFETY: cmsg is non-null and inside the control buffer (CMSG_FIRSTHDR/NXTHDR contract).
-        let (level, kind, len) =
-            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
-        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
-            // SAFETY: CMSG_LEN(0) is a constant computation.
-            let data_len = len - unsafe { libc::CMSG_LEN(0) } as usize;
-            let count = data_len / std::mem::size_of::<RawFd>();
-            // SAFETY: CMSG_DATA points at `count` ints inside the control buffer.
-            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
-            for i in 0..count {
-                // SAFETY: i < count, inside this cmsg's data; read_unaligned copes with alignment.
-                let fd = unsafe { std::ptr::read_unaligned(data.add(i)) };
-                // SAFETY: the kernel installed `fd` for us; nobody else owns it.
-                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-        // SAFETY: as above; returns null after the last header.
-        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
-    }
 }

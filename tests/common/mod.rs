@@ -12,6 +12,7 @@ pub mod netns;
 pub mod packet;
 pub mod qemu;
 pub mod qmp;
+pub mod tap;
 
 use std::path::PathBuf;
 

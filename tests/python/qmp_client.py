@@ -4,6 +4,7 @@ Usage: qmp_client.py SOCKET. Exits non-zero on the first failed check.
 """
 
 import asyncio
+import os
 import sys
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient
@@ -32,6 +33,19 @@ async def check(path: str) -> None:
     except ExecuteError as err:
         assert err.error_class == "GenericError", err
         assert err.error.error.desc == "Parameter 'bogus' is unexpected", err
+
+    # Descriptor passing: getfd takes the one sent with SCM_RIGHTS, closefd releases it.
+    read_end, write_end = os.pipe()
+    client.send_fd_scm(read_end)
+    await client.execute("getfd", {"fdname": "pipe"})
+    os.close(read_end)
+    await client.execute("closefd", {"fdname": "pipe"})
+    try:
+        await client.execute("closefd", {"fdname": "pipe"})
+        raise AssertionError("closefd of a closed name accepted")
+    except ExecuteError as err:
+        assert err.error.error.desc == "File descriptor named 'pipe' not found", err
+    os.close(write_end)
 
     # Two clients at once, each with its own session.
     other = QMPClient("second")

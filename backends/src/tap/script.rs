@@ -1,12 +1,10 @@
 //! The tap's set-up/tear-down scripts and QEMU's bridge helper.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-
-use crate::sys::check;
 
 /// Runs `script IFNAME` and waits for it; a non-zero exit is an error, as in QEMU.
 pub fn run_script(script: &str, ifname: &str) -> io::Result<()> {
@@ -71,40 +69,7 @@ pub fn open_with_helper(helper: &str, bridge: &str) -> io::Result<OwnedFd> {
 /// Receives one descriptor sent with SCM_RIGHTS (and at least one byte of data).
 fn recv_one_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // Room for one cmsg carrying one int, 8-aligned.
-    let mut control = [0u64; 4];
-    // SAFETY: msghdr is plain data; zero is a valid initial value for every field.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    loop {
-        // SAFETY: msg points at the iovec and control buffer above, which live across the call.
-        let ret = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if ret < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        check(ret as libc::c_int)?;
-        break;
-    }
-    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR only reads its control fields.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    if cmsg.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: cmsg is non-null and lies inside `control`, as CMSG_FIRSTHDR guarantees.
-    let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
-    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
-        return Ok(None);
-    }
-    // SAFETY: an SCM_RIGHTS cmsg carries at least one int; CMSG_DATA points at it inside
-    // `control`; read_unaligned copes with any alignment.
-    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>()) };
-    // SAFETY: the kernel just installed `fd` in our table for us; nobody else owns it.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+    let mut fds = Vec::new();
+    crate::sys::recv_with_fds(sock, &mut byte, &mut fds)?;
+    Ok(fds.into_iter().next())
 }
