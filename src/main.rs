@@ -9,6 +9,7 @@ use vhost_user_netd::cli::{capabilities_json, Args};
 use vhost_user_netd::config::{Config, Listen, QmpAddr};
 use vhost_user_netd::port::{bind_listener, inherited_listener, Port};
 use vhost_user_netd::qmp::commands::QmpContext;
+use vhost_user_netd::qmp::events::EventBus;
 use vhost_user_netd::registry::{Netdev, Registry};
 use vhost_user_netd::signals;
 use vhost_user_netd_backends::netdev::InheritedFds;
@@ -76,6 +77,7 @@ fn run(config: Config) -> Result<(), Failure> {
             backend,
         });
     }
+    let events = Arc::new(EventBus::default());
     let mut ports = Vec::new();
     for pc in &config.ports {
         let backend = netdevs
@@ -90,7 +92,7 @@ fn run(config: Config) -> Result<(), Failure> {
                 pc.netdev, pc.queues
             )));
         }
-        ports.push(Port::new(pc.clone(), backend));
+        ports.push(Port::new(pc.clone(), backend).with_events(events.clone()));
     }
     let registry = Arc::new(Registry::new(netdevs, ports));
 
@@ -125,7 +127,7 @@ fn run(config: Config) -> Result<(), Failure> {
         };
         thread.map_err(|e| format!("spawning port thread: {e}"))?;
     }
-    let qmp = Arc::new(QmpContext::new(registry.clone()));
+    let qmp = Arc::new(QmpContext::with_events(registry.clone(), events));
     vhost_user_netd::qmp::server::start(&config.qmp, qmp.clone())
         .map_err(|e| Failure::Runtime(format!("--qmp: {e}")))?;
     for addr in &config.qmp {

@@ -15,6 +15,7 @@ use vhost_user_netd_backends::{Backend, Capabilities};
 
 use crate::config::{Listen, PortConfig};
 use crate::device::{DeviceConfig, NetDevice};
+use crate::qmp::events::EventBus;
 use crate::vhost_user::handler::{lock, Handler};
 use crate::vhost_user::socket::Connection;
 
@@ -39,6 +40,8 @@ struct Binding {
 pub struct Port {
     pub config: PortConfig,
     binding: Arc<Mutex<Binding>>,
+    /// Where connect/disconnect events go (QMP sessions).
+    events: Option<Arc<EventBus>>,
 }
 
 impl Port {
@@ -53,7 +56,28 @@ impl Port {
         Port {
             config,
             binding: Arc::new(Mutex::new(binding)),
+            events: None,
         }
+    }
+
+    /// Sends this port's connect/disconnect events to `events`.
+    pub fn with_events(mut self, events: Arc<EventBus>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn emit(&self, name: &str) {
+        if let Some(events) = &self.events {
+            let data =
+                serde_json::json!({ "port-id": self.config.id, "netdev-id": self.config.netdev });
+            events.emit(name, Some(data));
+        }
+    }
+
+    /// Administrative link state, and whether a backend is bound.
+    pub fn link_state(&self) -> (bool, bool) {
+        let b = self.binding();
+        (b.link_up, b.backend.is_some())
     }
 
     fn binding(&self) -> std::sync::MutexGuard<'_, Binding> {
@@ -120,10 +144,14 @@ impl Port {
             }
         };
         let mut handler = Handler::new(Connection::new(stream), device);
+        self.emit("VHOST_USER_PORT_CONNECTED");
         match handler.run() {
             Ok(()) => info!("port {}: frontend disconnected", self.config.id),
             Err(e) => warn!("port {}: connection ended: {e}", self.config.id),
         }
+        // The device (and its workers) go with the handler, before the event goes out.
+        drop(handler);
+        self.emit("VHOST_USER_PORT_DISCONNECTED");
     }
 
     /// Accepts frontends one after the other, forever.

@@ -61,6 +61,8 @@ fn netdevs_are_swapped_under_a_live_port_and_links_set() {
     );
 
     let mut guest = TestFrontend::connect(&socket, 1, F_MRG_RXBUF | F_EVENT_IDX);
+    let ev = qmp.wait_event("VHOST_USER_PORT_CONNECTED", |_| true);
+    assert_eq!(ev["data"], json!({"port-id": "vm0", "netdev-id": "n0"}));
     let tap0 = ns
         .spawn(|| PacketSocket::bind("vuhs0", Duration::from_secs(5)).unwrap())
         .join()
@@ -78,6 +80,23 @@ fn netdevs_are_swapped_under_a_live_port_and_links_set() {
         vec![(1, 0)],
         "chain returned while no backend is bound"
     );
+    let stats = qmp.execute("x-query-port-stats", json!({})).unwrap();
+    let port = &stats[0];
+    assert_eq!(
+        (
+            port["port-id"].as_str(),
+            port["connected"].as_bool(),
+            port["link-up"].as_bool()
+        ),
+        (Some("vm0"), Some(true), Some(false))
+    );
+    let pair = &port["queue-pairs"][0];
+    assert!(pair["tx-frames"].as_u64().unwrap() >= 1, "{pair}");
+    assert!(
+        pair["tx-dropped-link-down"].as_u64().unwrap() >= 1,
+        "{pair}"
+    );
+    assert!(pair["kicks"].as_u64().unwrap() >= 2, "{pair}");
 
     // A new tap under the same id: bound live, no reconnect.
     let add =
@@ -226,4 +245,11 @@ fn netdevs_are_swapped_under_a_live_port_and_links_set() {
         class_desc(e).1.contains("tapfd"),
         "a named descriptor is consumed once"
     );
+
+    // The frontend goes away: the port says so.
+    drop(guest);
+    let ev = qmp.wait_event("VHOST_USER_PORT_DISCONNECTED", |_| true);
+    assert_eq!(ev["data"]["port-id"], "vm0");
+    let stats = qmp.execute("x-query-port-stats", json!({})).unwrap();
+    assert_eq!(stats[0]["connected"], false);
 }

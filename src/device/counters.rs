@@ -20,6 +20,13 @@ macro_rules! counters {
             $($(#[$mdoc])* pub $max: u64,)*
         }
 
+        impl Counts {
+            /// Every counter with its name, in declaration order (for statistics queries).
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)* $((stringify!($max), self.$max),)*]
+            }
+        }
+
         /// Counters shared with readers (statistics queries).
         #[derive(Debug, Default)]
         pub struct SharedCounters { $($name: AtomicU64,)* $($max: AtomicU64,)* }

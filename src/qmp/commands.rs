@@ -29,6 +29,7 @@ pub const COMMANDS: &[&str] = &[
     "set_link",
     "getfd",
     "closefd",
+    "x-query-port-stats",
 ];
 
 /// What handlers may reach.
@@ -43,8 +44,13 @@ pub struct QmpContext {
 
 impl QmpContext {
     pub fn new(registry: Arc<Registry>) -> Self {
+        Self::with_events(registry, Arc::default())
+    }
+
+    /// A context sharing `events` with the ports (connect/disconnect events).
+    pub fn with_events(registry: Arc<Registry>, events: Arc<EventBus>) -> Self {
         QmpContext {
-            events: Arc::default(),
+            events,
             quit_requested: AtomicBool::new(false),
             registry,
         }
@@ -179,6 +185,16 @@ pub fn dispatch(
                 QmpError::generic(format!("File descriptor named '{name}' not found"))
             })?;
             done
+        }
+        "x-query-port-stats" => {
+            no_arguments(args)?;
+            let ports = ctx
+                .registry
+                .ports()
+                .iter()
+                .map(super::stats::port_stats)
+                .collect();
+            Ok((Value::Array(ports), After::Nothing))
         }
         "qmp_capabilities" => Err(QmpError::command_not_found(
             "Capabilities negotiation is already complete, command ignored",

@@ -6,6 +6,7 @@
 //! - [`commands`]: typed handlers; they reach the daemon through a control handle only.
 //! - [`events`]: timestamped events to every negotiated session.
 //! - [`server`]: `unix:` and loopback `tcp:` listeners.
+//! - [`stats`]: the per-port statistics query.
 
 pub mod commands;
 pub mod events;
@@ -13,3 +14,4 @@ pub mod framing;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod stats;

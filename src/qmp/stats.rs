@@ -1,0 +1,34 @@
+//! `x-query-port-stats`: per-port, per-queue-pair counters of the connected frontend's device.
+
+use serde_json::{json, Map, Value};
+
+use crate::port::Port;
+use crate::vhost_user::handler::lock;
+
+/// One port's statistics; counters are those of the current connection.
+pub fn port_stats(port: &Port) -> Value {
+    let (link, bound) = port.link_state();
+    let device = port.device();
+    let pairs: Vec<Value> = device
+        .as_ref()
+        .map(|d| lock(d).counters())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(index, counts)| {
+            let mut m = Map::new();
+            m.insert("queue-pair".into(), json!(index));
+            for (name, value) in counts.fields() {
+                m.insert(name.replace('_', "-"), json!(value));
+            }
+            Value::Object(m)
+        })
+        .collect();
+    json!({
+        "port-id": port.id(),
+        "netdev-id": port.config.netdev,
+        "connected": device.is_some(),
+        "link-up": link && bound,
+        "queue-pairs": pairs,
+    })
+}
