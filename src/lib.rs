@@ -10,8 +10,10 @@
 //!   knows nothing about virtio.
 //! - [`qmp`]: the QMP management socket (QEMU's net QAPI).
 //! - [`registry`]: netdevs (command line and QMP) and ports; live rebinding.
+//! - [`announcer`]: `announce-self` timers.
 //! - [`signals`]: clean shutdown on SIGTERM.
 
+pub mod announcer;
 pub mod cli;
 pub mod config;
 pub mod device;

@@ -7,6 +7,7 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use log::{error, info, warn};
 use vhost_user_netd_backends::{Backend, Capabilities};
 
 use crate::config::{Listen, PortConfig};
+use crate::device::queue_pair::MacWatch;
 use crate::device::{DeviceConfig, NetDevice};
 use crate::qmp::events::EventBus;
 use crate::vhost_user::handler::{lock, Handler};
@@ -42,6 +44,9 @@ pub struct Port {
     binding: Arc<Mutex<Binding>>,
     /// Where connect/disconnect events go (QMP sessions).
     events: Option<Arc<EventBus>>,
+    /// `NIC_RX_FILTER_CHANGED` may be sent (QEMU's rule: once, then again only after
+    /// `query-rx-filter`).
+    rx_filter_armed: Arc<AtomicBool>,
 }
 
 impl Port {
@@ -57,6 +62,7 @@ impl Port {
             config,
             binding: Arc::new(Mutex::new(binding)),
             events: None,
+            rx_filter_armed: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -72,6 +78,63 @@ impl Port {
                 serde_json::json!({ "port-id": self.config.id, "netdev-id": self.config.netdev });
             events.emit(name, Some(data));
         }
+    }
+
+    /// The MAC the port's guest uses: the configured one, else the one learned from its frames.
+    pub fn main_mac(&self) -> Option<[u8; 6]> {
+        self.config
+            .mac
+            .or_else(|| self.device().and_then(|d| lock(&d).guest_mac()))
+    }
+
+    /// `query-rx-filter` ran: the next filter change is reported again.
+    pub fn rx_filter_queried(&self) {
+        self.rx_filter_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Sends a RARP for the port's MAC out of its backend (`announce-self`). Returns whether one
+    /// went out (no MAC known or no backend bound: nothing to announce).
+    pub fn announce(&self) -> bool {
+        let Some(mac) = self.main_mac() else {
+            return false;
+        };
+        if let Some(device) = self.device() {
+            return lock(&device).send_rarp(mac).is_ok();
+        }
+        let backend = self.binding().backend.clone();
+        let Some(backend) = backend else { return false };
+        let Ok(mut queue) = backend.queue(0) else {
+            return false;
+        };
+        let zero = [0u8; vhost_user_netd_backends::VNET_HDR_LEN];
+        let hdr: &[u8] = if backend.capabilities().vnet_hdr {
+            &zero
+        } else {
+            &[]
+        };
+        let frame = crate::device::announce::rarp_frame(mac);
+        queue
+            .send(&[std::io::IoSlice::new(hdr), std::io::IoSlice::new(&frame)])
+            .is_ok()
+    }
+
+    fn mac_watch(&self) -> MacWatch {
+        let (events, armed, id) = (
+            self.events.clone(),
+            self.rx_filter_armed.clone(),
+            self.config.id.clone(),
+        );
+        MacWatch(Arc::new(move |_mac| {
+            if let Some(events) = &events {
+                if armed.swap(false, Ordering::SeqCst) {
+                    let path = format!("/vhost-user-netd/port/{id}");
+                    events.emit(
+                        "NIC_RX_FILTER_CHANGED",
+                        Some(serde_json::json!({ "name": id, "path": path })),
+                    );
+                }
+            }
+        }))
     }
 
     /// Administrative link state, and whether a backend is bound.
@@ -133,6 +196,7 @@ impl Port {
             let mut b = self.binding();
             match NetDevice::new(self.device_config(), b.backend.clone(), b.caps, b.link_up) {
                 Ok(d) => {
+                    d.set_mac_watch(self.mac_watch());
                     let d = Arc::new(Mutex::new(d));
                     b.device = Arc::downgrade(&d);
                     d

@@ -136,6 +136,48 @@ fn netdevs_are_swapped_under_a_live_port_and_links_set() {
         .read(guest.rings[0].buffer_addr(used[0].0 as u16, 2048) + 12, 64);
     assert_eq!(got, tagged(6), "host → guest through the swapped-in tap");
 
+    // The guest's MAC is learned from its frames (each tagged frame has its own): the filter
+    // change is reported once, then again only after query-rx-filter.
+    let ev = qmp.wait_event("NIC_RX_FILTER_CHANGED", |_| true);
+    assert_eq!(ev["data"]["name"], "vm0");
+    let filter = qmp
+        .execute("query-rx-filter", json!({"name": "vm0"}))
+        .unwrap();
+    assert_eq!(filter[0]["main-mac"], "52:54:00:00:00:05", "{filter}");
+    assert_eq!(filter[0]["promiscuous"], true);
+    let repeats = qmp
+        .events
+        .iter()
+        .filter(|e| e["event"] == "NIC_RX_FILTER_CHANGED")
+        .count();
+    assert_eq!(
+        repeats, 0,
+        "one event until query-rx-filter, though the MAC changed five times"
+    );
+    guest.send(0, 6, &tagged(8));
+    guest.wait_used(1, 1);
+    assert_eq!(next_tagged(&tap1), 8);
+    let ev = qmp.wait_event("NIC_RX_FILTER_CHANGED", |_| true);
+    assert_eq!(ev["data"]["name"], "vm0", "re-armed by the query");
+
+    // announce-self: two RARPs for the guest's MAC out of the port's tap.
+    let schedule =
+        json!({"initial": 0, "max": 50, "rounds": 2, "step": 10, "interfaces": ["vm0"], "id": "t"});
+    qmp.execute("announce-self", schedule).unwrap();
+    for _ in 0..2 {
+        let rarp = loop {
+            let f = tap1.recv_incoming().expect("RARP on the tap");
+            if f.get(12..14) == Some(&[0x80, 0x35][..]) {
+                break f;
+            }
+        };
+        assert_eq!(
+            &rarp[6..12],
+            &[0x52, 0x54, 0, 0, 0, 8],
+            "announces the learned MAC"
+        );
+    }
+
     // Errors, with QEMU's classes and texts.
     let class_desc = |e: serde_json::Value| {
         (
@@ -143,6 +185,27 @@ fn netdevs_are_swapped_under_a_live_port_and_links_set() {
             e["desc"].as_str().unwrap().to_string(),
         )
     };
+    let e = qmp
+        .execute("query-rx-filter", json!({"name": "nope"}))
+        .unwrap_err();
+    assert_eq!(
+        class_desc(e),
+        (
+            "GenericError".into(),
+            "invalid net client name: nope".into()
+        )
+    );
+    let e = qmp
+        .execute(
+            "announce-self",
+            json!({"initial": 0, "max": 0, "rounds": 5000, "step": 0}),
+        )
+        .unwrap_err();
+    assert!(class_desc(e).1.contains("'rounds'"));
+    let e = qmp
+        .execute("announce-self", json!({"initial": 0, "max": 0, "step": 0}))
+        .unwrap_err();
+    assert_eq!(class_desc(e).1, "Parameter 'rounds' is missing");
     let e = qmp
         .execute("netdev_del", json!({"id": "nope"}))
         .unwrap_err();

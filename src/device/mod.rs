@@ -226,6 +226,18 @@ impl NetDevice {
         }
     }
 
+    /// The guest's MAC as learned from its frames, if any was seen.
+    pub fn guest_mac(&self) -> Option<[u8; 6]> {
+        self.pairs.iter().find_map(|p| p.lock().guest_mac)
+    }
+
+    /// Calls `watch` whenever the datapath learns a new guest MAC.
+    pub fn set_mac_watch(&self, watch: queue_pair::MacWatch) {
+        for pair in &self.pairs {
+            pair.lock().mac_watch = Some(watch.clone());
+        }
+    }
+
     /// Installs the frontend's dirty bitmap (`SET_LOG_BASE`) in every pair.
     pub fn set_dirty_log(&self, log: Option<Arc<dirty_log::DirtyLog>>) {
         for pair in &self.pairs {

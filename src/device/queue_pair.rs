@@ -47,6 +47,16 @@ impl PairEvent {
     }
 }
 
+/// Called with the guest's MAC when the datapath learns a new one.
+#[derive(Clone)]
+pub struct MacWatch(pub Arc<dyn Fn([u8; 6]) + Send + Sync>);
+
+impl std::fmt::Debug for MacWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacWatch")
+    }
+}
+
 /// Negotiated parameters the datapath needs, fixed between SET_FEATURES calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DatapathParams {
@@ -110,6 +120,12 @@ pub struct QueuePair {
     pub(super) heads: Vec<(u16, usize, usize)>,
     /// The frontend's dirty bitmap, once it sent one.
     pub dirty_log: Option<Arc<DirtyLog>>,
+    /// The guest's MAC as seen in the source address of its frames (one look per tx batch).
+    pub guest_mac: Option<[u8; 6]>,
+    /// Told when `guest_mac` changes.
+    pub mac_watch: Option<MacWatch>,
+    /// Look at the next sent frame's source address.
+    pub(super) learn_mac: bool,
     /// A frame read from the backend that did not fit the guest's buffers yet.
     pub(super) bounce: Vec<u8>,
     pub(super) bounce_len: usize,
@@ -137,6 +153,9 @@ impl QueuePair {
             bounce: Vec::new(),
             bounce_len: 0,
             dirty_log: None,
+            guest_mac: None,
+            mac_watch: None,
+            learn_mac: false,
             shared,
         }
     }

@@ -20,6 +20,7 @@ impl QueuePair {
         if !self.tx.is_running() || self.tx_blocked {
             return;
         }
+        self.learn_mac = true;
         loop {
             self.tx.disable_notification(mem);
             loop {
@@ -104,6 +105,10 @@ impl QueuePair {
         match backend.send(self.iov.as_io_slices()) {
             Ok(_) => {
                 let frame = (len - hdr) as u64;
+                if self.learn_mac {
+                    self.learn_mac = false;
+                    self.note_source_mac();
+                }
                 self.counts.tx_frames += 1;
                 self.counts.tx_bytes += frame;
                 self.counts.tx_max_frame = self.counts.tx_max_frame.max(frame);
@@ -121,5 +126,25 @@ impl QueuePair {
         }
         self.tx.push_used(mem, head, 0);
         true
+    }
+
+    /// Records the source MAC of the frame in `self.iov` (a unicast address), telling the watcher
+    /// when it changed.
+    fn note_source_mac(&mut self) {
+        let offset = if self.params.backend_vnet_hdr {
+            self.params.hdr_len + 6
+        } else {
+            6
+        };
+        let mut mac = [0u8; 6];
+        if !self.iov.read_at(offset, &mut mac) || mac[0] & 1 != 0 || mac == [0; 6] {
+            return;
+        }
+        if self.guest_mac != Some(mac) {
+            self.guest_mac = Some(mac);
+            if let Some(watch) = &self.mac_watch {
+                (watch.0)(mac);
+            }
+        }
     }
 }

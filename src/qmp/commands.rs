@@ -12,6 +12,7 @@ use vhost_user_netd_backends::{NetdevConfig, OptionError, OptionSource, Opts};
 
 use super::events::EventBus;
 use super::protocol::QmpError;
+use crate::announcer::{Announcer, Schedule, MAX_ROUNDS};
 use crate::registry::{Registry, RegistryError};
 
 /// The QEMU version whose net QAPI this daemon speaks.
@@ -30,12 +31,16 @@ pub const COMMANDS: &[&str] = &[
     "getfd",
     "closefd",
     "x-query-port-stats",
+    "announce-self",
+    "query-rx-filter",
 ];
 
 /// What handlers may reach.
 #[derive(Debug)]
 pub struct QmpContext {
     pub events: Arc<EventBus>,
+    /// `announce-self` timers.
+    pub announcer: Announcer,
     /// Set by `quit`, so that the shutdown event names the right reason.
     pub quit_requested: AtomicBool,
     /// Netdevs and ports.
@@ -51,6 +56,7 @@ impl QmpContext {
     pub fn with_events(registry: Arc<Registry>, events: Arc<EventBus>) -> Self {
         QmpContext {
             events,
+            announcer: Announcer::default(),
             quit_requested: AtomicBool::new(false),
             registry,
         }
@@ -185,6 +191,88 @@ pub fn dispatch(
                 QmpError::generic(format!("File descriptor named '{name}' not found"))
             })?;
             done
+        }
+        "announce-self" => {
+            let mut opts = arguments(args);
+            let mut delay = |key: &str, limit: u64| -> Result<u64, QmpError> {
+                match opts.take_value(key) {
+                    None => Err(QmpError::generic(format!("Parameter '{key}' is missing"))),
+                    Some(Value::Number(n)) => match n.as_i64() {
+                        Some(v) if v >= 0 && (v as u64) <= limit => Ok(v as u64),
+                        Some(_) => Err(QmpError::generic(format!(
+                            "Parameter '{key}' expects a value between 0 and {limit}"
+                        ))),
+                        None => Err(QmpError::generic(format!(
+                            "Invalid parameter type for '{key}', expected: integer"
+                        ))),
+                    },
+                    Some(_) => Err(QmpError::generic(format!(
+                        "Invalid parameter type for '{key}', expected: integer"
+                    ))),
+                }
+            };
+            let schedule = Schedule {
+                initial: delay("initial", 100_000)?,
+                max: delay("max", 100_000)?,
+                rounds: delay("rounds", MAX_ROUNDS)?,
+                step: delay("step", 10_000)?,
+            };
+            let names: Option<Vec<String>> = match opts.take_value("interfaces") {
+                None => None,
+                Some(Value::Array(list)) => Some(
+                    list.into_iter()
+                        .map(|v| match v {
+                            Value::String(s) => Ok(s),
+                            _ => Err(QmpError::generic(
+                                "Invalid parameter type for 'interfaces', expected: string",
+                            )),
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                Some(_) => {
+                    return Err(QmpError::generic(
+                        "Invalid parameter type for 'interfaces', expected: array",
+                    ))
+                }
+            };
+            let id = opts.take_str("id")?.unwrap_or_default();
+            opts.finish()?;
+            // As in QEMU, names that match nothing are ignored.
+            let ports = ctx
+                .registry
+                .ports()
+                .iter()
+                .filter(|p| {
+                    names
+                        .as_ref()
+                        .is_none_or(|n| n.iter().any(|n| n == p.id() || *n == p.config.netdev))
+                })
+                .cloned()
+                .collect();
+            ctx.announcer.start(id, schedule, ports);
+            done
+        }
+        "query-rx-filter" => {
+            let mut opts = arguments(args);
+            let name = opts.take_str("name")?;
+            opts.finish()?;
+            let ports: Vec<&crate::port::Port> = ctx
+                .registry
+                .ports()
+                .iter()
+                .filter(|p| name.as_deref().is_none_or(|n| n == p.id()))
+                .collect();
+            if let (Some(n), true) = (&name, ports.is_empty()) {
+                return Err(QmpError::generic(format!("invalid net client name: {n}")));
+            }
+            let list = ports
+                .iter()
+                .map(|p| {
+                    p.rx_filter_queried();
+                    super::stats::rx_filter(p)
+                })
+                .collect();
+            Ok((Value::Array(list), After::Nothing))
         }
         "x-query-port-stats" => {
             no_arguments(args)?;

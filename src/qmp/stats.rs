@@ -32,3 +32,27 @@ pub fn port_stats(port: &Port) -> Value {
         "queue-pairs": pairs,
     })
 }
+
+/// `query-rx-filter` for a port. The daemon filters nothing (QEMU keeps a guest's control queue
+/// and its filters to itself), so it reports exactly that, with the MAC it knows: the port's
+/// `mac=`, else the one learned from the guest's frames.
+pub fn rx_filter(port: &Port) -> Value {
+    let mac = port.main_mac().map_or_else(
+        || "00:00:00:00:00:00".to_string(),
+        |m| crate::config::format_mac(&m),
+    );
+    json!({
+        "name": port.id(),
+        "promiscuous": true,
+        "multicast": "all",
+        "unicast": "all",
+        "vlan": "all",
+        "broadcast-allowed": true,
+        "multicast-overflow": false,
+        "unicast-overflow": false,
+        "main-mac": mac,
+        "vlan-table": [],
+        "unicast-table": [],
+        "multicast-table": [],
+    })
+}
