@@ -407,3 +407,41 @@ fn a_new_call_descriptor_on_a_running_ring_is_signalled_so_no_interrupt_is_lost(
     t.send(0, 0, &frame(60, 1));
     t.wait_used(1, 1);
 }
+
+#[test]
+fn set_link_changes_the_config_status_and_notifies_the_frontend() {
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::VhostUserFrontend;
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF | F_EVENT_IDX | (1 << 16));
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    t.fe.set_backend_request_fd(&theirs).unwrap();
+    t.sync();
+    let status = |t: &mut TestFrontend| {
+        let (_, cfg) =
+            t.fe.get_config(0, 24, VhostUserConfigFlags::empty(), &[0u8; 24])
+                .unwrap();
+        u16::from_le_bytes([cfg[6], cfg[7]])
+    };
+    assert_eq!(status(&mut t), 1, "VIRTIO_NET_S_LINK_UP");
+    let port = t.port.clone().unwrap();
+    for (up, expected) in [(false, 0), (true, 1)] {
+        port.set_link(up);
+        let mut header = [0u8; 12];
+        ours.read_exact(&mut header).expect("config-change message");
+        assert_eq!(
+            u32::from_le_bytes(header[..4].try_into().unwrap()),
+            2,
+            "CONFIG_CHANGE_MSG"
+        );
+        assert_eq!(status(&mut t), expected);
+    }
+    // Setting the state it already has sends nothing.
+    port.set_link(true);
+    ours.set_nonblocking(true).unwrap();
+    assert!(
+        ours.read(&mut [0u8; 12]).is_err(),
+        "no message without a change"
+    );
+}

@@ -73,6 +73,8 @@ pub struct NetDevice {
     mtu: Option<u16>,
     /// Administrative link state (`set_link`).
     link_up: bool,
+    /// The frontend's channel for backend-initiated messages (`SET_BACKEND_REQ_FD`).
+    backend_channel: Option<std::os::unix::net::UnixStream>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     pairs: Vec<PairHandle>,
 }
@@ -105,6 +107,7 @@ impl NetDevice {
             acked: 0,
             mtu: config.mtu,
             link_up,
+            backend_channel: None,
             mem,
             pairs,
         };
@@ -141,15 +144,47 @@ impl NetDevice {
         for pair in &self.pairs {
             pair.lock().set_backend(queues.next());
         }
+        let before = self.effective_link();
         self.backend = backend;
         self.apply_params();
+        if before != self.effective_link() {
+            self.notify_config_change();
+        }
         Ok(())
     }
 
     /// `set_link`: the administrative link state.
     pub fn set_link(&mut self, up: bool) {
+        let before = self.effective_link();
         self.link_up = up;
         self.apply_params();
+        if before != self.effective_link() {
+            self.notify_config_change();
+        }
+    }
+
+    /// Keeps the frontend's backend-request channel (for config-change notifications).
+    pub fn set_backend_channel(&mut self, channel: std::os::unix::net::UnixStream) {
+        // A frontend that stops reading must not block the control plane.
+        let _ = channel.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+        self.backend_channel = Some(channel);
+    }
+
+    /// Tells the frontend the config space changed (`VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`), if
+    /// it gave us a channel. No reply is asked for: nothing waits on this channel.
+    fn notify_config_change(&mut self) {
+        let Some(channel) = self.backend_channel.as_mut() else {
+            return;
+        };
+        const CONFIG_CHANGE_MSG: u32 = 2;
+        const VERSION_1: u32 = 1;
+        let mut msg = [0u8; 12];
+        msg[..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
+        msg[4..8].copy_from_slice(&VERSION_1.to_le_bytes());
+        if let Err(e) = std::io::Write::write_all(channel, &msg) {
+            warn!("config-change notification failed: {e}");
+            self.backend_channel = None;
+        }
     }
 
     /// Whether frames can flow: link up and a backend bound.

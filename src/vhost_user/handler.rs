@@ -41,6 +41,7 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::MTU
         | VhostUserProtocolFeatures::RESET_DEVICE
         | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::BACKEND_REQ
 }
 
 /// Why one request failed (the connection goes on).
@@ -440,6 +441,13 @@ impl Handler {
                 info!("dirty log of {} bytes installed", { log.mmap_size });
                 // QEMU waits for a reply; rust-vmm frontends expect the log message echoed.
                 Ok(Outcome::Reply(echo))
+            }
+            FrontendReq::SET_BACKEND_REQ_FD => {
+                let fd = msg
+                    .take_fd()
+                    .ok_or_else(|| invalid("SET_BACKEND_REQ_FD without a descriptor"))?;
+                dev.set_backend_channel(std::os::unix::net::UnixStream::from(fd));
+                Ok(Outcome::Done)
             }
             // The log eventfd is only for frontends that want a signal per logged write; we
             // write the bitmap directly.

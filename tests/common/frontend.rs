@@ -131,7 +131,8 @@ impl TestFrontend {
             pf & (VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::LOG_SHMFD),
+                | VhostUserProtocolFeatures::LOG_SHMFD
+                | VhostUserProtocolFeatures::BACKEND_REQ),
         )
         .expect("set_protocol_features");
         assert_eq!(
