@@ -316,3 +316,38 @@ fn netdevs_are_swapped_under_a_live_port_and_links_set() {
     let stats = qmp.execute("x-query-port-stats", json!({})).unwrap();
     assert_eq!(stats[0]["connected"], false);
 }
+
+#[test]
+fn qemu_qmp_python_client_drives_every_net_command() {
+    if !privileged_environment("qmp_netdev_python") {
+        return;
+    }
+    let dir = TempDir::new("qmp-netdev-py");
+    let ns = Netns::new("qmppy");
+    let qmp_path = dir.path("qmp.sock");
+    let mut cmd = ns.command(common::daemon::BINARY);
+    cmd.args(["--netdev", "tap,id=n0,ifname=vupy0,script=no,downscript=no"])
+        .arg("--port")
+        .arg(format!(
+            "socket-path={},netdev=n0",
+            dir.path("vm0.sock").display()
+        ))
+        .arg("--qmp")
+        .arg(format!("unix:{}", qmp_path.display()));
+    let _daemon = Daemon::start(cmd, 2);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/qmp_netdev_client.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&qmp_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu.qmp netdev client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
