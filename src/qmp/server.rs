@@ -1,8 +1,9 @@
 //! QMP listeners (`unix:` paths and loopback `tcp:`), one thread per listener and per session.
 
 use std::io;
-use std::net::{TcpListener, ToSocketAddrs};
-use std::os::unix::net::UnixListener;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use log::{info, warn};
 
 use super::commands::QmpContext;
 use super::events::SessionOut;
-use super::session;
+use super::session::{self, QmpInput};
 use crate::config::QmpAddr;
 
 /// A client that stops reading for this long is dropped instead of stalling event delivery.
@@ -24,13 +25,13 @@ pub fn start(addrs: &[QmpAddr], ctx: Arc<QmpContext>) -> io::Result<()> {
                 let listener = crate::port::bind_listener(path)?;
                 info!("QMP listening on unix:{}", path.display());
                 let ctx = ctx.clone();
-                spawn("qmp-unix", move || serve_unix(listener, ctx))?;
+                spawn("qmp-unix", move || serve(listener.incoming(), ctx))?;
             }
             QmpAddr::Tcp(host, port) => {
                 let listener = TcpListener::bind((host.as_str(), *port))?;
                 info!("QMP listening on tcp:{host}:{port}");
                 let ctx = ctx.clone();
-                spawn("qmp-tcp", move || serve_tcp(listener, ctx))?;
+                spawn("qmp-tcp", move || serve(listener.incoming(), ctx))?;
             }
         }
     }
@@ -44,51 +45,43 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         .map(|_| ())
 }
 
-fn serve_unix(listener: UnixListener, ctx: Arc<QmpContext>) {
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("QMP accept: {e}");
-                continue;
-            }
-        };
-        let ctx = ctx.clone();
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        let Ok(writer) = stream.try_clone() else {
-            continue;
-        };
-        let _ = spawn("qmp-session", move || {
-            session::run(
-                stream,
-                SessionOut::new(Box::new(writer)),
-                &ctx,
-                "unix client",
-            )
-        });
+/// A connected client socket, unix or TCP.
+trait ClientStream: QmpInput + Send + 'static {
+    /// Sets the socket up for a session; returns the writing half and a name for logs.
+    fn prepare(&self) -> io::Result<(Box<dyn Write + Send>, String)>;
+}
+
+impl ClientStream for UnixStream {
+    fn prepare(&self) -> io::Result<(Box<dyn Write + Send>, String)> {
+        self.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        Ok((Box::new(self.try_clone()?), "unix client".into()))
     }
 }
 
-fn serve_tcp(listener: TcpListener, ctx: Arc<QmpContext>) {
-    for stream in listener.incoming() {
-        let stream = match stream {
+impl ClientStream for TcpStream {
+    fn prepare(&self) -> io::Result<(Box<dyn Write + Send>, String)> {
+        self.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        self.set_nodelay(true)?;
+        let peer = self
+            .peer_addr()
+            .map_or_else(|_| "tcp client".to_string(), |a| a.to_string());
+        Ok((Box::new(self.try_clone()?), peer))
+    }
+}
+
+/// Accepts clients forever, one session thread each.
+fn serve<S: ClientStream>(incoming: impl Iterator<Item = io::Result<S>>, ctx: Arc<QmpContext>) {
+    for stream in incoming {
+        let (stream, (writer, peer)) = match stream.and_then(|s| s.prepare().map(|p| (s, p))) {
             Ok(s) => s,
             Err(e) => {
                 warn!("QMP accept: {e}");
                 continue;
             }
         };
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "tcp client".to_string(), |a| a.to_string());
         let ctx = ctx.clone();
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        let _ = stream.set_nodelay(true);
-        let Ok(writer) = stream.try_clone() else {
-            continue;
-        };
         let _ = spawn("qmp-session", move || {
-            session::run(stream, SessionOut::new(Box::new(writer)), &ctx, &peer)
+            session::run(stream, SessionOut::new(writer), &ctx, &peer)
         });
     }
 }

@@ -44,16 +44,7 @@ impl Qmp {
     pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, Value> {
         let msg = json!({ "execute": command, "arguments": arguments });
         writeln!(self.writer, "{msg}").expect("write QMP");
-        loop {
-            let v = self.read();
-            if let Some(r) = v.get("return") {
-                return Ok(r.clone());
-            }
-            if let Some(e) = v.get("error") {
-                return Err(e.clone());
-            }
-            self.events.push(v);
-        }
+        self.reply()
     }
 
     /// Runs a command with a descriptor attached (SCM_RIGHTS), as for `getfd`.
@@ -93,6 +84,11 @@ impl Qmp {
             "sendmsg: {}",
             std::io::Error::last_os_error()
         );
+        self.reply()
+    }
+
+    /// The next reply (`return` or `error`); events on the way are kept.
+    fn reply(&mut self) -> Result<Value, Value> {
         loop {
             let v = self.read();
             if let Some(r) = v.get("return") {
