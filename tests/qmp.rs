@@ -320,34 +320,12 @@ fn tcp_on_loopback_and_refused_elsewhere() {
 
 #[test]
 fn qemu_qmp_python_client_works_unchanged() {
-    let python_ok = std::process::Command::new("python3")
-        .args(["-c", "import qemu.qmp"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !python_ok {
-        if std::env::var_os("VUNETD_FULL_SUITE").is_some() || std::env::var_os("CI").is_some() {
-            panic!("python3 with qemu.qmp is required (scripts/install-test-deps.sh installs it)");
-        }
-        eprintln!("qemu_qmp_python_client: SKIPPED, no python3 qemu.qmp");
-        return;
-    }
     let dir = TempDir::new("qmp-python");
     let (mut d, path) = daemon(&dir);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/qmp_client.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu.qmp client failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        d.child.wait().unwrap().success(),
-        "daemon exits 0 after quit"
-    );
+    if common::python::run_qmp_script("qmp_client.py", &path) {
+        assert!(
+            d.child.wait().unwrap().success(),
+            "daemon exits 0 after quit"
+        );
+    }
 }

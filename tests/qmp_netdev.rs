@@ -335,19 +335,5 @@ fn qemu_qmp_python_client_drives_every_net_command() {
         .arg("--qmp")
         .arg(format!("unix:{}", qmp_path.display()));
     let _daemon = Daemon::start(cmd, 2);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/qmp_netdev_client.py"
-    );
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&qmp_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu.qmp netdev client failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python::run_qmp_script("qmp_netdev_client.py", &qmp_path);
 }

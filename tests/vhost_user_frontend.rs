@@ -248,7 +248,7 @@ const NEED_REPLY: u32 = 8;
 
 #[test]
 fn hostile_vhost_user_messages_get_errors_not_crashes() {
-    let (mut sock, _peers, _port, server) = start_device(1);
+    let (mut sock, _peers, port, server) = start_device(1);
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     // Negotiate REPLY_ACK so failures are reported.
@@ -300,6 +300,11 @@ fn hostile_vhost_user_messages_get_errors_not_crashes() {
     // GET_VRING_BASE of a vring that does not exist still answers.
     raw(&mut sock, 11, V1, &state(77, 0));
     assert_eq!(read_reply(&mut sock).0, 11);
+    // Every refused request was counted (the config read and vring base of vring 77 too).
+    let device = port.device().expect("connected");
+    let failed = vhost_user_netd::vhost_user::handler::lock(&device).failed_requests();
+    assert_eq!(failed, 9, "refused requests counted");
+    drop(device);
     // Still serving: GET_FEATURES answers.
     raw(&mut sock, 1, V1, &[]);
     assert_eq!(read_reply(&mut sock).1.len(), 8);

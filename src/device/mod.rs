@@ -75,6 +75,8 @@ pub struct NetDevice {
     link_up: bool,
     /// The frontend's channel for backend-initiated messages (`SET_BACKEND_REQ_FD`).
     backend_channel: Option<std::os::unix::net::UnixStream>,
+    /// vhost-user requests refused on this connection.
+    failed_requests: u64,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     pairs: Vec<PairHandle>,
 }
@@ -108,6 +110,7 @@ impl NetDevice {
             mtu: config.mtu,
             link_up,
             backend_channel: None,
+            failed_requests: 0,
             mem,
             pairs,
         };
@@ -343,9 +346,14 @@ impl NetDevice {
         self.pairs.iter().map(|p| p.counters.snapshot()).collect()
     }
 
-    /// The backend this device is bound to, if any.
-    pub fn backend(&self) -> Option<&Arc<dyn Backend>> {
-        self.backend.as_ref()
+    /// Counts a vhost-user request from the frontend that was refused.
+    pub fn count_failed_request(&mut self) {
+        self.failed_requests += 1;
+    }
+
+    /// vhost-user requests refused on this connection.
+    pub fn failed_requests(&self) -> u64 {
+        self.failed_requests
     }
 }
 

@@ -28,7 +28,8 @@ pub fn port_stats(port: &Port) -> Value {
         "port-id": port.id(),
         "netdev-id": port.config.netdev,
         "connected": device.is_some(),
-        "link-up": link && bound,
+                "link-up": link && bound,
+        "vhost-user-failed-requests": device.as_ref().map_or(0, |d| lock(d).failed_requests()),
         "queue-pairs": pairs,
     })
 }

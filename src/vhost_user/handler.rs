@@ -123,8 +123,6 @@ pub struct Handler {
     features_set: bool,
     /// `SET_VRING_ENABLE` as requested, per vring (applied once features are known).
     enable_requested: Vec<bool>,
-    /// Requests that failed on this connection.
-    pub failed_requests: u64,
 }
 
 impl Handler {
@@ -137,13 +135,7 @@ impl Handler {
             protocol: VhostUserProtocolFeatures::empty(),
             features_set: false,
             enable_requested: vec![false; vrings],
-            failed_requests: 0,
         }
-    }
-
-    /// The device this connection drives.
-    pub fn device(&self) -> Arc<Mutex<NetDevice>> {
-        self.device.clone()
     }
 
     /// Serves requests until the frontend goes away or the wire breaks.
@@ -178,7 +170,7 @@ impl Handler {
                 }
             }
             Err(e) => {
-                self.failed_requests += 1;
+                lock(&self.device).count_failed_request();
                 warn!("vhost-user {name} failed: {e}");
                 match request_kind(request) {
                     // Requests that always answer must answer, or the frontend hangs.

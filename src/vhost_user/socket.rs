@@ -67,11 +67,6 @@ impl Connection {
         Connection { stream }
     }
 
-    /// The raw socket (for polling).
-    pub fn raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
-    }
-
     /// Receives one message; the payload is read whole.
     pub fn recv(&mut self) -> Result<Message, WireError> {
         let mut header = [0u8; HEADER_LEN];

@@ -10,6 +10,7 @@ pub mod initramfs;
 pub mod lines;
 pub mod netns;
 pub mod packet;
+pub mod python;
 pub mod qemu;
 pub mod qmp;
 pub mod tap;
