@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use vhost_user_netd_backends::netdev::NetdevKind;
 use vhost_user_netd_backends::{NetdevConfig, Opts};
 
 /// Most queue pairs a port serves.
@@ -131,9 +130,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 
 /// Queue pairs a netdev can serve, known from its options alone.
 fn netdev_queues(n: &NetdevConfig) -> u16 {
-    match &n.kind {
-        NetdevKind::Tap(t) => t.queue_count() as u16,
-    }
+    n.kind.queue_pairs()
 }
 
 /// A port's default name: its socket file's stem (`/run/vm0.sock` → `vm0`), or `fdN`.

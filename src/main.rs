@@ -94,7 +94,7 @@ fn run(config: Config) -> Result<(), Failure> {
         }
         ports.push(Port::new(pc.clone(), backend).with_events(events.clone()));
     }
-    let registry = Arc::new(Registry::new(netdevs, ports));
+    let registry = Arc::new(Registry::new(netdevs, ports, Some(events.clone())));
 
     let mut created = Vec::new();
     for port in registry.ports() {

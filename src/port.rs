@@ -167,6 +167,20 @@ impl Port {
         Ok(())
     }
 
+    /// The bound backend's carrier came or went (a stream peer connected or left): the
+    /// connected frontend's device gets fresh queues, or none, and its link follows.
+    pub fn carrier_changed(&self) {
+        let b = self.binding();
+        if let Some(device) = b.device.upgrade() {
+            if let Err(e) = lock(&device).bind(b.backend.clone()) {
+                warn!(
+                    "port {}: rebinding after a carrier change: {e}",
+                    self.config.id
+                );
+            }
+        }
+    }
+
     /// Sets the administrative link state, now and for later connections.
     pub fn set_link(&self, up: bool) {
         let mut b = self.binding();

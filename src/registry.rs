@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use vhost_user_netd_backends::netdev::FdSource;
-use vhost_user_netd_backends::{Backend, NetdevConfig};
+use vhost_user_netd_backends::{Backend, LinkEvent, LinkWatch, NetdevConfig};
 
 use crate::port::Port;
+use crate::qmp::events::EventBus;
 
 /// A netdev and its open backend.
 #[derive(Debug, Clone)]
@@ -34,14 +35,56 @@ pub enum RegistryError {
 pub struct Registry {
     netdevs: Mutex<Vec<Netdev>>,
     ports: Vec<Port>,
+    events: Option<Arc<EventBus>>,
 }
 
 impl Registry {
-    pub fn new(netdevs: Vec<Netdev>, ports: Vec<Port>) -> Self {
-        Registry {
-            netdevs: Mutex::new(netdevs),
+    /// The registry over the command line's netdevs and ports; carrier changes of the netdevs
+    /// reach their ports and, as QMP events, `events`.
+    pub fn new(netdevs: Vec<Netdev>, ports: Vec<Port>, events: Option<Arc<EventBus>>) -> Self {
+        let registry = Registry {
+            netdevs: Mutex::new(Vec::new()),
             ports,
+            events,
+        };
+        for n in &netdevs {
+            n.backend.watch_link(registry.link_watch(&n.config));
         }
+        *registry.netdevs() = netdevs;
+        registry
+    }
+
+    /// What happens when a netdev's carrier changes: its ports rebind, then QEMU's
+    /// `NETDEV_STREAM_CONNECTED`/`NETDEV_STREAM_DISCONNECTED` go out for stream netdevs.
+    fn link_watch(&self, config: &NetdevConfig) -> LinkWatch {
+        let ports: Vec<Port> = self
+            .ports
+            .iter()
+            .filter(|p| p.config.netdev == config.id)
+            .cloned()
+            .collect();
+        let events = self
+            .events
+            .clone()
+            .filter(|_| config.kind.type_name() == "stream");
+        let id = config.id.clone();
+        Arc::new(move |event: LinkEvent| {
+            for port in &ports {
+                port.carrier_changed();
+            }
+            if let Some(events) = &events {
+                match event {
+                    LinkEvent::Up { peer } => events.emit(
+                        "NETDEV_STREAM_CONNECTED",
+                        Some(serde_json::json!({ "netdev-id": id, "addr": peer })),
+                    ),
+                    LinkEvent::Down => events.emit(
+                        "NETDEV_STREAM_DISCONNECTED",
+                        Some(serde_json::json!({ "netdev-id": id })),
+                    ),
+                }
+            }
+        })
     }
 
     fn netdevs(&self) -> std::sync::MutexGuard<'_, Vec<Netdev>> {
@@ -67,6 +110,7 @@ impl Registry {
                 .map_err(RegistryError::Failed)?;
         }
         log::info!("netdev {} added: {}", config.id, backend.describe());
+        backend.watch_link(self.link_watch(&config));
         netdevs.push(Netdev { config, backend });
         Ok(())
     }

@@ -9,12 +9,16 @@
 //! - [`options`]: QEMU-style option text/JSON into typed accessors, with QEMU's error wording.
 //! - [`netdev`]: the `Netdev` union (one typed config per `-netdev` type) and the backend factory.
 //! - [`tap`]: the Linux tap backend (`-netdev tap`).
+//! - [`stream`]: QEMU's length-prefixed stream format over unix/TCP (`-netdev stream`).
+//! - [`socket_address`]: QEMU's `SocketAddress` for the socket netdevs.
 //! - [`socketpair`]: a test-only backend over a `SOCK_SEQPACKET` pair, for unprivileged tests.
 //! - [`sys`]: thin checked wrappers over the few raw system calls the backends need.
 
 pub mod netdev;
 pub mod options;
+pub mod socket_address;
 pub mod socketpair;
+pub mod stream;
 pub mod sys;
 pub mod tap;
 
@@ -120,9 +124,32 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 
     /// Releases host-side state that outlives the process otherwise (e.g. runs a tap's
-    /// downscript). Called once at shutdown; also done on drop.
+    /// downscript, stops a stream's connection thread). Called once when the netdev goes away.
     fn shutdown(&self) {}
+
+    /// Whether the backend can carry frames now. A stream netdev has no carrier until its peer
+    /// connects; [`Backend::queue`] is only asked for queues while this is true.
+    fn carrier(&self) -> bool {
+        true
+    }
+
+    /// Registers who is told when the carrier comes or goes. A backend whose carrier never
+    /// changes ignores this. If the carrier is up when the watch is installed, the watch is
+    /// called with [`LinkEvent::Up`] at once.
+    fn watch_link(&self, _watch: LinkWatch) {}
 }
+
+/// A carrier change a backend reports on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    /// A peer is there; `peer` is its address as QEMU's `SocketAddress` JSON.
+    Up { peer: serde_json::Value },
+    /// The peer went away.
+    Down,
+}
+
+/// Receives a backend's [`LinkEvent`]s, from the backend's own thread.
+pub type LinkWatch = std::sync::Arc<dyn Fn(LinkEvent) + Send + Sync>;
 
 /// One queue pair's path to the host. Non-blocking: calls return `ErrorKind::WouldBlock` when the
 /// host side has nothing to read or no room to write; the device then waits on [`Self::fd`].
@@ -136,6 +163,32 @@ pub trait BackendQueue: Send + std::fmt::Debug {
 
     /// Sends one frame (with the vnet header first if `vnet_hdr`) gathered from `bufs`.
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Sends several frames, each gathered from its own slice list, with as few system calls as
+    /// the backend can manage. Returns how many frames, from the first, were taken; fewer than
+    /// `frames.len()` means the next one would block or failed, which the caller learns by
+    /// handing that frame to [`Self::send`] alone.
+    fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
+        for (taken, frame) in frames.iter().enumerate() {
+            if let Err(e) = self.send(frame) {
+                return if taken == 0 { Err(e) } else { Ok(taken) };
+            }
+        }
+        Ok(frames.len())
+    }
+
+    /// Pushes out bytes the backend accepted but could not write yet (the rest of a frame a
+    /// stream socket took only partly). `WouldBlock` means some are still waiting: the caller
+    /// polls [`Self::fd`] for writability and calls again.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether frames were read from the host already and wait inside the backend, so that
+    /// `recv` has something even though [`Self::fd`] may not be readable.
+    fn pending_input(&self) -> bool {
+        false
+    }
 
     /// Switches the offloads the guest accepted. Backends without offloads ignore this.
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::options::{OptionError, Opts};
+use crate::stream::{StreamBackend, StreamOptions};
 use crate::sys;
 use crate::tap::{TapBackend, TapOptions};
 use crate::{Backend, Error};
@@ -47,6 +48,7 @@ pub struct NetdevConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetdevKind {
     Tap(TapOptions),
+    Stream(StreamOptions),
 }
 
 impl NetdevKind {
@@ -54,6 +56,15 @@ impl NetdevKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             NetdevKind::Tap(_) => "tap",
+            NetdevKind::Stream(_) => "stream",
+        }
+    }
+
+    /// Queue pairs the netdev can serve, known from its options alone.
+    pub fn queue_pairs(&self) -> u16 {
+        match self {
+            NetdevKind::Tap(t) => t.queue_count() as u16,
+            _ => 1,
         }
     }
 }
@@ -65,6 +76,7 @@ impl NetdevConfig {
         let id = opts.take_id("id")?;
         let kind = match type_name.as_str() {
             "tap" => NetdevKind::Tap(TapOptions::from_opts(&mut opts)?),
+            "stream" => NetdevKind::Stream(StreamOptions::from_opts(&mut opts)?),
             other if QEMU_NETDEV_TYPES.contains(&other) => {
                 return Err(OptionError::Invalid(format!(
                     "netdev type '{other}' is not supported by vhost-user-netd yet"
@@ -90,6 +102,7 @@ impl NetdevConfig {
     pub fn to_json(&self) -> Map<String, Value> {
         let mut m = match &self.kind {
             NetdevKind::Tap(t) => t.to_json(),
+            NetdevKind::Stream(s) => s.to_json(),
         };
         m.insert("id".into(), Value::String(self.id.clone()));
         m.insert("type".into(), Value::String(self.kind.type_name().into()));
@@ -100,6 +113,7 @@ impl NetdevConfig {
     pub fn open(&self, fds: &mut dyn FdSource) -> Result<Arc<dyn Backend>, Error> {
         match &self.kind {
             NetdevKind::Tap(t) => Ok(Arc::new(TapBackend::open(t, fds)?)),
+            NetdevKind::Stream(s) => Ok(Arc::new(StreamBackend::open(s, fds)?)),
         }
     }
 }

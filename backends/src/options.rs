@@ -98,6 +98,11 @@ impl Opts {
         self.source
     }
 
+    /// The member's full dotted name as error messages show it (`addr.type`).
+    pub fn name_of(&self, key: &str) -> String {
+        self.full_name(key)
+    }
+
     fn full_name(&self, key: &str) -> String {
         format!("{}{}", self.prefix, key)
     }

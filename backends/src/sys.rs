@@ -156,3 +156,97 @@ pub fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::R
     }
     Ok(n)
 }
+
+/// `read(2)`, retried on `EINTR`.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    readv(fd, &mut [IoSliceMut::new(buf)])
+}
+
+/// `write(2)` (never raising SIGPIPE on sockets: the daemon ignores SIGPIPE), retried on `EINTR`.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    writev(fd, &[IoSlice::new(buf)])
+}
+
+/// `writev(2)` over iovecs the caller built, retried on `EINTR`.
+///
+/// # Safety
+/// Every iovec must point at `iov_len` readable bytes that stay valid for the call.
+pub unsafe fn writev_raw(fd: RawFd, iovecs: &[libc::iovec]) -> io::Result<usize> {
+    let count = iov_count(iovecs.len());
+    loop {
+        // SAFETY: the caller guarantees every iovec is readable for the call.
+        let ret = unsafe { libc::writev(fd, iovecs.as_ptr(), count) };
+        match check_size(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `shutdown(2)` both directions (wakes every poller of the socket with a hang-up).
+pub fn shutdown(fd: RawFd) {
+    // SAFETY: plain integer arguments; an invalid or unconnected socket only yields an error.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// Polls several descriptors; returns how many have events (their `revents` are set).
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    loop {
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        match check(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(|n| n as usize),
+        }
+    }
+}
+
+/// A non-blocking, close-on-exec eventfd: a wake-up another thread can poll.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; returns a new descriptor or -1.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: `fd` was just created by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Signals an eventfd.
+pub fn eventfd_signal(fd: RawFd) {
+    let _ = write(fd, &1u64.to_ne_bytes());
+}
+
+/// Sets an integer socket option.
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value is a live c_int and its size is passed with it.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// The address family of a socket (`SO_DOMAIN`), e.g. `AF_UNIX` or `AF_INET`.
+pub fn socket_domain(fd: RawFd) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live and describe a c_int-sized buffer.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}

@@ -299,36 +299,11 @@ impl GuestIov {
     }
 
     /// Copies covered bytes starting at `offset` into `out` (which must fit).
-    pub fn read_at(&self, mut offset: usize, out: &mut [u8]) -> bool {
-        if offset
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> bool {
+        offset
             .checked_add(out.len())
-            .is_none_or(|end| end > self.bytes)
-        {
-            return false;
-        }
-        let mut done = 0;
-        for iov in &self.iovecs {
-            if done == out.len() {
-                break;
-            }
-            if offset >= iov.iov_len {
-                offset -= iov.iov_len;
-                continue;
-            }
-            let n = (iov.iov_len - offset).min(out.len() - done);
-            // SAFETY: offset + n <= iov_len, inside a validated guest buffer that stays mapped
-            // while the memory guard is held; the destination is our own buffer.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    iov.iov_base.cast::<u8>().add(offset),
-                    out[done..].as_mut_ptr(),
-                    n,
-                );
-            }
-            done += n;
-            offset = 0;
-        }
-        true
+            .is_some_and(|end| end <= self.bytes)
+            && self.read_from(0, offset, out)
     }
 
     /// A position to go back to with [`Self::truncate_to`].
@@ -341,6 +316,63 @@ impl GuestIov {
         self.iovecs.truncate(mark.0);
         self.bytes = mark.1;
         self.ranges.truncate(mark.2);
+    }
+
+    /// The segments `range` (one frame of a batch) for `writev`.
+    pub fn segments_in(&self, range: std::ops::Range<usize>) -> &[IoSlice<'_>] {
+        &self.as_io_slices()[range]
+    }
+
+    /// Drops `n` bytes from the front of the segments starting at `first` (a frame's header the
+    /// backend does not take); returns how many segments disappeared entirely.
+    pub fn drop_front_at(&mut self, first: usize, mut n: usize) -> usize {
+        let mut whole = 0;
+        for iov in &mut self.iovecs[first..] {
+            if n == 0 {
+                break;
+            }
+            if n >= iov.iov_len {
+                n -= iov.iov_len;
+                self.bytes -= iov.iov_len;
+                whole += 1;
+            } else {
+                // SAFETY: n < iov_len, so the advanced pointer stays inside the same buffer.
+                iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+                iov.iov_len -= n;
+                self.bytes -= n;
+                n = 0;
+            }
+        }
+        self.iovecs.drain(first..first + whole);
+        whole
+    }
+
+    /// Copies bytes of the segments from `first` on, starting `offset` bytes in, into `out`.
+    pub fn read_from(&self, first: usize, offset: usize, out: &mut [u8]) -> bool {
+        let mut skip = offset;
+        let mut done = 0;
+        for iov in &self.iovecs[first.min(self.iovecs.len())..] {
+            if done == out.len() {
+                break;
+            }
+            if skip >= iov.iov_len {
+                skip -= iov.iov_len;
+                continue;
+            }
+            let n = (iov.iov_len - skip).min(out.len() - done);
+            // SAFETY: skip + n <= iov_len, inside a validated guest buffer that stays mapped
+            // while the memory guard is held; the destination is our own buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    iov.iov_base.cast::<u8>().add(skip),
+                    out[done..].as_mut_ptr(),
+                    n,
+                );
+            }
+            done += n;
+            skip = 0;
+        }
+        done == out.len()
     }
 
     /// Moves the first `n` bytes into `front` (cleared first), e.g. a virtio-net header that the

@@ -73,6 +73,8 @@ pub struct NetDevice {
     mtu: Option<u16>,
     /// Administrative link state (`set_link`).
     link_up: bool,
+    /// The bound backend had a carrier (a connected peer) when it was last bound.
+    carrier: bool,
     /// The frontend's channel for backend-initiated messages (`SET_BACKEND_REQ_FD`).
     backend_channel: Option<std::os::unix::net::UnixStream>,
     /// vhost-user requests refused on this connection.
@@ -109,6 +111,7 @@ impl NetDevice {
             acked: 0,
             mtu: config.mtu,
             link_up,
+            carrier: false,
             backend_channel: None,
             failed_requests: 0,
             mem,
@@ -137,17 +140,22 @@ impl NetDevice {
                 )));
             }
             for index in 0..self.config.queue_pairs {
+                if !b.carrier() {
+                    // No peer yet (a stream netdev): the link is down until it comes.
+                    break;
+                }
                 queues.push(
                     b.queue(index)
                         .map_err(|e| DeviceError::Io(io::Error::other(e)))?,
                 );
             }
         }
+        let before = self.effective_link();
+        self.carrier = queues.len() == usize::from(self.config.queue_pairs);
         let mut queues = queues.into_iter();
         for pair in &self.pairs {
             pair.lock().set_backend(queues.next());
         }
-        let before = self.effective_link();
         self.backend = backend;
         self.apply_params();
         if before != self.effective_link() {
@@ -190,9 +198,9 @@ impl NetDevice {
         }
     }
 
-    /// Whether frames can flow: link up and a backend bound.
+    /// Whether frames can flow: link up, a backend bound, and the backend has a carrier.
     pub fn effective_link(&self) -> bool {
-        self.link_up && self.backend.is_some()
+        self.link_up && self.backend.is_some() && self.carrier
     }
 
     /// virtio feature bits offered (with `VHOST_USER_F_PROTOCOL_FEATURES`).

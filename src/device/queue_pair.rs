@@ -126,6 +126,8 @@ pub struct QueuePair {
     pub mac_watch: Option<MacWatch>,
     /// Look at the next sent frame's source address.
     pub(super) learn_mac: bool,
+    /// The frames of the tx batch being sent.
+    pub(super) tx_frames: Vec<super::tx::TxFrame>,
     /// A frame read from the backend that did not fit the guest's buffers yet.
     pub(super) bounce: Vec<u8>,
     pub(super) bounce_len: usize,
@@ -150,6 +152,7 @@ impl QueuePair {
             iov: GuestIov::default(),
             hdr_iov: GuestIov::default(),
             heads: Vec::with_capacity(64),
+            tx_frames: Vec::with_capacity(super::tx::TX_BATCH),
             bounce: Vec::new(),
             bounce_len: 0,
             dirty_log: None,
@@ -274,6 +277,14 @@ impl QueuePair {
         }
     }
 
+    /// Whether the backend holds frames the guest could take now.
+    fn rx_buffered_in_backend(&self) -> bool {
+        !self.backend_closed
+            && !self.rx_starved
+            && (self.rx_deliverable() || !self.params.link_up)
+            && self.backend.as_ref().is_some_and(|b| b.pending_input())
+    }
+
     /// Adds the batch's counters to the shared ones.
     pub(super) fn flush_counts(&mut self) {
         if self.counts != Counts::default() {
@@ -340,6 +351,8 @@ impl QueuePair {
                 log.mark(gpa, len);
             }
         }
+        // Count what the guest is about to see first: a stats query after a completion agrees.
+        self.flush_counts();
         let ring = if rx { &mut self.rx } else { &mut self.tx };
         if ring.publish_and_notify(mem) {
             self.counts.interrupts += 1;
@@ -414,8 +427,12 @@ fn run_worker(
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
 ) {
     let mut events = vec![EpollEvent::default(); 8];
+    // Frames the backend already holds do not make its descriptor readable: look again without
+    // sleeping while it has some and the guest can take them.
+    let mut rx_buffered = false;
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        let timeout = if rx_buffered { 0 } else { -1 };
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -436,5 +453,9 @@ fn run_worker(
                 None => error!("unknown epoll event data {}", ev.data()),
             }
         }
+        if n == 0 && rx_buffered {
+            pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
+        }
+        rx_buffered = pair.rx_buffered_in_backend();
     }
 }

@@ -1,18 +1,49 @@
 //! The tx path (guest → host): frames written from guest buffers straight to the backend.
 //!
-//! When the backend is full the chain is given back to the avail ring and tx waits for the
-//! backend to become writable: nothing the guest queued is lost or sent twice.
+//! Chains are gathered into a batch of up to [`TX_BATCH`] frames and handed to the backend in one
+//! [`BackendQueue::send_batch`](vhost_user_netd_backends::BackendQueue::send_batch) call, which a
+//! socket backend turns into one `writev`/`sendmmsg`. When the backend is full the chains it did
+//! not take go back to the avail ring and tx waits for the backend to become writable: nothing
+//! the guest queued is lost or sent twice.
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::ops::Range;
 
 use vhost_user_netd_backends::MAX_FRAME_LEN;
 use vm_memory::GuestMemoryMmap;
 
-use super::guest_iov::{ChainError, Direction};
+use super::guest_iov::{ChainError, Direction, MAX_SEGMENTS};
 use super::queue_pair::QueuePair;
 
 /// Used elements written before they are published mid-batch.
 const PUBLISH_EVERY: u16 = 64;
+/// Frames handed to the backend at once.
+pub const TX_BATCH: usize = 32;
+/// A batch stops growing past this many host segments (leaving room for one more chain's worth
+/// under the kernel's `IOV_MAX` in a single `writev`).
+const BATCH_SEGMENTS: usize = MAX_SEGMENTS / 2;
+
+/// One gathered frame of a tx batch.
+#[derive(Debug, Clone)]
+pub struct TxFrame {
+    head: u16,
+    /// Its segments in the pair's iov.
+    segments: Range<usize>,
+    /// Frame bytes (without a virtio-net header).
+    len: usize,
+}
+
+/// How a batch ended.
+enum BatchEnd {
+    /// The ring has nothing more.
+    RingEmpty,
+    /// The backend is full; tx waits for writability.
+    Blocked,
+    /// The ring is unusable.
+    RingError,
+    /// More may follow.
+    More,
+}
 
 impl QueuePair {
     /// Sends what the guest queued until the ring is empty or the backend is full.
@@ -20,31 +51,35 @@ impl QueuePair {
         if !self.tx.is_running() || self.tx_blocked {
             return;
         }
+        if !self.flush_backend() {
+            return;
+        }
         self.learn_mac = true;
         loop {
             self.tx.disable_notification(mem);
             loop {
-                let head = match self.tx.pop_head(mem) {
-                    Ok(Some(h)) => h,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.ring_failed(false, e);
+                match self.tx_batch(mem) {
+                    BatchEnd::More => {}
+                    BatchEnd::RingEmpty => break,
+                    BatchEnd::Blocked => {
+                        self.tx_blocked = true;
+                        self.counts.tx_backend_full += 1;
                         self.publish(mem, false);
                         return;
                     }
-                };
-                if !self.tx_one(mem, head) {
-                    // Backend full: the chain went back; wait for EPOLLOUT.
-                    self.tx_blocked = true;
-                    self.counts.tx_backend_full += 1;
-                    self.publish(mem, false);
-                    return;
+                    BatchEnd::RingError => {
+                        self.publish(mem, false);
+                        return;
+                    }
                 }
                 if self.tx.unpublished() >= PUBLISH_EVERY {
                     self.publish(mem, false);
                 }
             }
             self.publish(mem, false);
+            if !self.flush_backend() {
+                return;
+            }
             match self.tx.enable_notification(mem) {
                 Ok(true) => continue,
                 Ok(false) => return,
@@ -56,88 +91,189 @@ impl QueuePair {
         }
     }
 
-    /// Handles one chain. Returns false if the backend was full and the chain was given back.
-    fn tx_one(&mut self, mem: &GuestMemoryMmap, head: u16) -> bool {
-        let hdr = self.params.hdr_len;
-        if !self.tx.enabled || !self.params.link_up || self.backend.is_none() || self.backend_closed
-        {
-            // A disabled ring is drained and discarded; so is everything while the link is down.
-            self.tx.push_used(mem, head, 0);
-            self.counts.tx_dropped_link_down += 1;
-            return true;
-        }
-        self.iov.clear();
-        let walked = self
-            .iov
-            .push_chain(
-                mem,
-                self.tx.desc_table(),
-                self.tx.size(),
-                head,
-                Direction::DeviceReads,
-                self.params.indirect,
-                hdr + MAX_FRAME_LEN,
-            )
-            .and_then(|len| {
-                if len <= hdr {
-                    Err(ChainError::TooShort)
-                } else {
-                    Ok(len)
-                }
-            });
-        let len = match walked {
-            Ok(len) => len,
-            Err(e) => {
-                self.tx.push_used(mem, head, 0);
-                self.counts.chain_error(e);
-                let index = self.index;
-                self.log
-                    .warn(|| format!("pair {index} tx: refused descriptor chain {head}: {e}"));
-                return true;
-            }
-        };
-        if !self.params.backend_vnet_hdr {
-            self.iov.split_front(hdr, &mut self.hdr_iov);
-        }
+    /// Pushes out what the backend holds back; false (and tx waits for writability) if it still
+    /// holds something.
+    fn flush_backend(&mut self) -> bool {
         let Some(backend) = self.backend.as_mut() else {
             return true;
         };
-        match backend.send(self.iov.as_io_slices()) {
-            Ok(_) => {
-                let frame = (len - hdr) as u64;
-                if self.learn_mac {
-                    self.learn_mac = false;
-                    self.note_source_mac();
-                }
-                self.counts.tx_frames += 1;
-                self.counts.tx_bytes += frame;
-                self.counts.tx_max_frame = self.counts.tx_max_frame.max(frame);
-            }
+        match backend.flush() {
+            Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.tx.rewind(1);
-                return false;
+                self.tx_blocked = true;
+                false
             }
             Err(e) => {
-                self.counts.tx_dropped_backend_error += 1;
                 let index = self.index;
                 self.log
-                    .warn(|| format!("pair {index} tx: backend refused a {len}-byte frame: {e}"));
+                    .warn(|| format!("pair {index} tx: backend flush failed: {e}"));
+                true
             }
         }
-        self.tx.push_used(mem, head, 0);
+    }
+
+    /// Gathers up to [`TX_BATCH`] chains and sends them.
+    fn tx_batch(&mut self, mem: &GuestMemoryMmap) -> BatchEnd {
+        self.iov.clear();
+        self.tx_frames.clear();
+        let mut end = BatchEnd::More;
+        while self.tx_frames.len() < TX_BATCH && self.iov.segments() < BATCH_SEGMENTS {
+            let head = match self.tx.pop_head(mem) {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    end = BatchEnd::RingEmpty;
+                    break;
+                }
+                Err(e) => {
+                    self.ring_failed(false, e);
+                    end = BatchEnd::RingError;
+                    break;
+                }
+            };
+            if !self.tx.enabled
+                || !self.params.link_up
+                || self.backend.is_none()
+                || self.backend_closed
+            {
+                // A disabled ring is drained and discarded; so is everything while the link is
+                // down.
+                self.tx.push_used(mem, head, 0);
+                self.counts.tx_dropped_link_down += 1;
+                continue;
+            }
+            match self.gather_tx_chain(mem, head) {
+                Ok(()) => {}
+                Err(_) if !self.tx_frames.is_empty() => {
+                    // Send the batch first and look at this chain again in the next one: a frame
+                    // the backend refuses is rewound with everything after it, and a chain
+                    // completed here would be completed twice.
+                    self.tx.rewind(1);
+                    break;
+                }
+                Err(e) => {
+                    self.tx.push_used(mem, head, 0);
+                    self.counts.chain_error(e);
+                    let index = self.index;
+                    self.log
+                        .warn(|| format!("pair {index} tx: refused descriptor chain {head}: {e}"));
+                }
+            }
+        }
+        if self.tx_frames.is_empty() {
+            return end;
+        }
+        if self.send_frames(mem) {
+            end
+        } else {
+            BatchEnd::Blocked
+        }
+    }
+
+    /// Walks one chain onto the batch, dropping the virtio-net header if the backend does not
+    /// take it.
+    fn gather_tx_chain(&mut self, mem: &GuestMemoryMmap, head: u16) -> Result<(), ChainError> {
+        let hdr = self.params.hdr_len;
+        let mark = self.iov.mark();
+        let first = self.iov.segments();
+        let len = self.iov.push_chain(
+            mem,
+            self.tx.desc_table(),
+            self.tx.size(),
+            head,
+            Direction::DeviceReads,
+            self.params.indirect,
+            hdr + MAX_FRAME_LEN,
+        )?;
+        if len <= hdr {
+            self.iov.truncate_to(mark);
+            return Err(ChainError::TooShort);
+        }
+        if !self.params.backend_vnet_hdr {
+            self.iov.drop_front_at(first, hdr);
+        }
+        self.tx_frames.push(TxFrame {
+            head,
+            segments: first..self.iov.segments(),
+            len: len - hdr,
+        });
+        Ok(())
+    }
+
+    /// Sends the gathered frames; false if the backend filled up (the frames it did not take
+    /// are back on the avail ring).
+    fn send_frames(&mut self, mem: &GuestMemoryMmap) -> bool {
+        let mut next = 0;
+        let total = self.tx_frames.len();
+        while next < total {
+            let Some(backend) = self.backend.as_mut() else {
+                break;
+            };
+            let mut refs: [&[IoSlice<'_>]; TX_BATCH] = [&[]; TX_BATCH];
+            for (slot, frame) in refs.iter_mut().zip(&self.tx_frames[next..]) {
+                *slot = self.iov.segments_in(frame.segments.clone());
+            }
+            let taken = backend
+                .send_batch(&refs[..total - next])
+                .unwrap_or(0)
+                .min(total - next);
+            self.complete_tx(mem, next..next + taken);
+            next += taken;
+            if next == total {
+                break;
+            }
+            // Frame `next` was not taken: find out why by sending it alone.
+            let frame = self.tx_frames[next].clone();
+            let Some(backend) = self.backend.as_mut() else {
+                break;
+            };
+            match backend.send(self.iov.segments_in(frame.segments.clone())) {
+                Ok(_) => self.complete_tx(mem, next..next + 1),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.tx.rewind((total - next) as u16);
+                    return false;
+                }
+                Err(e) => {
+                    self.tx.push_used(mem, frame.head, 0);
+                    self.counts.tx_dropped_backend_error += 1;
+                    let (index, len) = (self.index, frame.len);
+                    self.log.warn(|| {
+                        format!("pair {index} tx: backend refused a {len}-byte frame: {e}")
+                    });
+                }
+            }
+            next += 1;
+        }
         true
     }
 
-    /// Records the source MAC of the frame in `self.iov` (a unicast address), telling the watcher
-    /// when it changed.
-    fn note_source_mac(&mut self) {
+    /// Marks frames `range` of the batch as sent.
+    fn complete_tx(&mut self, mem: &GuestMemoryMmap, range: Range<usize>) {
+        for i in range {
+            let (head, len, first) = {
+                let f = &self.tx_frames[i];
+                (f.head, f.len, f.segments.start)
+            };
+            if self.learn_mac {
+                self.learn_mac = false;
+                self.note_source_mac(first);
+            }
+            self.counts.tx_frames += 1;
+            self.counts.tx_bytes += len as u64;
+            self.counts.tx_max_frame = self.counts.tx_max_frame.max(len as u64);
+            self.tx.push_used(mem, head, 0);
+        }
+    }
+
+    /// Records the source MAC of the frame whose segments start at `first` (a unicast address),
+    /// telling the watcher when it changed.
+    fn note_source_mac(&mut self, first: usize) {
         let offset = if self.params.backend_vnet_hdr {
             self.params.hdr_len + 6
         } else {
             6
         };
         let mut mac = [0u8; 6];
-        if !self.iov.read_at(offset, &mut mac) || mac[0] & 1 != 0 || mac == [0; 6] {
+        if !self.iov.read_from(first, offset, &mut mac) || mac[0] & 1 != 0 || mac == [0; 6] {
             return;
         }
         if self.guest_mac != Some(mac) {

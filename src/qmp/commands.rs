@@ -299,7 +299,7 @@ mod tests {
     use crate::qmp::protocol::ErrorClass;
 
     fn ctx() -> QmpContext {
-        QmpContext::new(Arc::new(Registry::new(Vec::new(), Vec::new())))
+        QmpContext::new(Arc::new(Registry::new(Vec::new(), Vec::new(), None)))
     }
 
     #[test]
