@@ -137,10 +137,19 @@ impl Port {
         }))
     }
 
-    /// Administrative link state, and whether a backend is bound.
+    /// Administrative link state, and whether a backend is bound and has a carrier.
     pub fn link_state(&self) -> (bool, bool) {
         let b = self.binding();
-        (b.link_up, b.backend.is_some())
+        (b.link_up, b.backend.as_ref().is_some_and(|x| x.carrier()))
+    }
+
+    /// The bound backend's own counters.
+    pub fn backend_counters(&self) -> Vec<(&'static str, u64)> {
+        self.binding()
+            .backend
+            .as_ref()
+            .map(|b| b.counters())
+            .unwrap_or_default()
     }
 
     fn binding(&self) -> std::sync::MutexGuard<'_, Binding> {

@@ -10,10 +10,16 @@
 //! - [`netdev`]: the `Netdev` union (one typed config per `-netdev` type) and the backend factory.
 //! - [`tap`]: the Linux tap backend (`-netdev tap`).
 //! - [`stream`]: QEMU's length-prefixed stream format over unix/TCP (`-netdev stream`).
+//! - [`dgram`]: one frame per UDP/unix datagram, unicast or multicast (`-netdev dgram`).
+//! - [`l2tpv3`]: RFC 3931 Ethernet pseudowires over IP or UDP (`-netdev l2tpv3`).
+//! - [`datagram`]: the batched datagram datapath the two above share.
 //! - [`socket_address`]: QEMU's `SocketAddress` for the socket netdevs.
 //! - [`socketpair`]: a test-only backend over a `SOCK_SEQPACKET` pair, for unprivileged tests.
 //! - [`sys`]: thin checked wrappers over the few raw system calls the backends need.
 
+pub mod datagram;
+pub mod dgram;
+pub mod l2tpv3;
 pub mod netdev;
 pub mod options;
 pub mod socket_address;
@@ -137,6 +143,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// changes ignores this. If the carrier is up when the watch is installed, the watch is
     /// called with [`LinkEvent::Up`] at once.
     fn watch_link(&self, _watch: LinkWatch) {}
+
+    /// Backend-specific counters (frames it refused and why), for the stats query.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// A carrier change a backend reports on its own.

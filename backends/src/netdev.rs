@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::dgram::{DgramBackend, DgramOptions};
+use crate::l2tpv3::{L2tpv3Backend, L2tpv3Options};
 use crate::options::{OptionError, Opts};
 use crate::stream::{StreamBackend, StreamOptions};
 use crate::sys;
@@ -49,6 +51,8 @@ pub struct NetdevConfig {
 pub enum NetdevKind {
     Tap(TapOptions),
     Stream(StreamOptions),
+    Dgram(DgramOptions),
+    L2tpv3(L2tpv3Options),
 }
 
 impl NetdevKind {
@@ -57,6 +61,8 @@ impl NetdevKind {
         match self {
             NetdevKind::Tap(_) => "tap",
             NetdevKind::Stream(_) => "stream",
+            NetdevKind::Dgram(_) => "dgram",
+            NetdevKind::L2tpv3(_) => "l2tpv3",
         }
     }
 
@@ -77,6 +83,8 @@ impl NetdevConfig {
         let kind = match type_name.as_str() {
             "tap" => NetdevKind::Tap(TapOptions::from_opts(&mut opts)?),
             "stream" => NetdevKind::Stream(StreamOptions::from_opts(&mut opts)?),
+            "dgram" => NetdevKind::Dgram(DgramOptions::from_opts(&mut opts)?),
+            "l2tpv3" => NetdevKind::L2tpv3(L2tpv3Options::from_opts(&mut opts)?),
             other if QEMU_NETDEV_TYPES.contains(&other) => {
                 return Err(OptionError::Invalid(format!(
                     "netdev type '{other}' is not supported by vhost-user-netd yet"
@@ -103,6 +111,8 @@ impl NetdevConfig {
         let mut m = match &self.kind {
             NetdevKind::Tap(t) => t.to_json(),
             NetdevKind::Stream(s) => s.to_json(),
+            NetdevKind::Dgram(d) => d.to_json(),
+            NetdevKind::L2tpv3(l) => l.to_json(),
         };
         m.insert("id".into(), Value::String(self.id.clone()));
         m.insert("type".into(), Value::String(self.kind.type_name().into()));
@@ -114,6 +124,8 @@ impl NetdevConfig {
         match &self.kind {
             NetdevKind::Tap(t) => Ok(Arc::new(TapBackend::open(t, fds)?)),
             NetdevKind::Stream(s) => Ok(Arc::new(StreamBackend::open(s, fds)?)),
+            NetdevKind::Dgram(d) => Ok(Arc::new(DgramBackend::open(d, fds)?)),
+            NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds)?)),
         }
     }
 }

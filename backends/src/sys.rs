@@ -250,3 +250,113 @@ pub fn socket_domain(fd: RawFd) -> io::Result<libc::c_int> {
     })?;
     Ok(value)
 }
+
+/// A socket address in the kernel's form.
+pub fn sockaddr_from(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// A unix socket path in the kernel's form.
+pub fn sockaddr_unix(path: &str) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data; zero is a valid value.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    if bytes.is_empty() || bytes.len() >= sun.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("UNIX socket path '{path}' is empty or too long"),
+        ));
+    }
+    for (dst, src) in sun.sun_path.iter_mut().zip(bytes) {
+        *dst = libc::c_char::from_ne_bytes([*src]);
+    }
+    // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un.
+    unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sun) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Ok((storage, len as libc::socklen_t))
+}
+
+/// A new non-blocking, close-on-exec socket.
+pub fn socket(
+    domain: libc::c_int,
+    kind: libc::c_int,
+    protocol: libc::c_int,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; returns a new descriptor or -1.
+    let fd = check(unsafe {
+        libc::socket(
+            domain,
+            kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            protocol,
+        )
+    })?;
+    // SAFETY: `fd` was just created by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `bind(2)` to an address in the kernel's form.
+pub fn bind(fd: RawFd, addr: &(libc::sockaddr_storage, libc::socklen_t)) -> io::Result<()> {
+    // SAFETY: the address is a live sockaddr_storage and `addr.1` does not exceed its size.
+    check(unsafe {
+        libc::bind(
+            fd,
+            (&addr.0 as *const libc::sockaddr_storage).cast(),
+            addr.1,
+        )
+    })?;
+    Ok(())
+}
+
+/// Sets a socket option whose value is a plain C struct.
+pub fn setsockopt_struct<T: Copy>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live T and its size is passed with it.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}

@@ -24,6 +24,11 @@ pub fn port_stats(port: &Port) -> Value {
             Value::Object(m)
         })
         .collect();
+    let backend: Map<String, Value> = port
+        .backend_counters()
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), json!(value)))
+        .collect();
     json!({
         "port-id": port.id(),
         "netdev-id": port.config.netdev,
@@ -31,6 +36,7 @@ pub fn port_stats(port: &Port) -> Value {
                 "link-up": link && bound,
         "vhost-user-failed-requests": device.as_ref().map_or(0, |d| lock(d).failed_requests()),
         "queue-pairs": pairs,
+        "backend": backend,
     })
 }
 

@@ -1,0 +1,329 @@
+//! The datapath shared by the datagram netdevs (`dgram`, `l2tpv3`): one frame per datagram,
+//! many datagrams per system call (`recvmmsg` into a ring of buffers, `sendmmsg` of a whole tx
+//! batch), with an optional encapsulation header in front of each frame.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::{sys, BackendQueue, Offloads};
+
+/// Datagrams read per `recvmmsg`, and frames sent per `sendmmsg`.
+pub const BATCH: usize = 32;
+/// Largest datagram taken in (a UDP payload's maximum).
+const MAX_DATAGRAM: usize = 65_535 + 512;
+/// Largest encapsulation header.
+pub const MAX_HEADER: usize = 512;
+/// Most iovecs per sent frame (header included).
+const MAX_IOV_PER_FRAME: usize = 64;
+
+/// What wraps each frame on the wire.
+pub trait Encap: Send + std::fmt::Debug {
+    /// Writes the header for the next frame sent into `out` and returns its length.
+    fn tx_header(&mut self, out: &mut [u8; MAX_HEADER]) -> usize;
+
+    /// Checks a received datagram's header; returns where the frame starts, or `None` to drop
+    /// it (counted and logged by the implementation).
+    fn rx_frame_start(&mut self, datagram: &[u8]) -> Option<usize>;
+}
+
+/// No encapsulation: the datagram is the frame.
+#[derive(Debug, Default)]
+pub struct Bare;
+
+impl Encap for Bare {
+    fn tx_header(&mut self, _out: &mut [u8; MAX_HEADER]) -> usize {
+        0
+    }
+
+    fn rx_frame_start(&mut self, _datagram: &[u8]) -> Option<usize> {
+        Some(0)
+    }
+}
+
+/// Counters of a datagram netdev, shared by its queue handles.
+#[derive(Debug, Default)]
+pub struct DatagramCounters {
+    /// Datagrams longer than a frame may be.
+    pub truncated: AtomicU64,
+    /// Datagrams the encapsulation refused (kinds counted by the encapsulation itself).
+    pub refused: AtomicU64,
+}
+
+/// A socket address for `sendmmsg`'s `msg_name`.
+#[derive(Clone, Copy)]
+pub struct Destination {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Destination({} bytes)", self.len)
+    }
+}
+
+impl Destination {
+    /// An IPv4/IPv6 destination.
+    pub fn inet(addr: std::net::SocketAddr) -> Self {
+        let (storage, len) = sys::sockaddr_from(addr);
+        Destination { storage, len }
+    }
+
+    /// A unix socket path.
+    pub fn unix(path: &str) -> io::Result<Self> {
+        let (storage, len) = sys::sockaddr_unix(path)?;
+        Ok(Destination { storage, len })
+    }
+}
+
+/// One queue's view of a datagram socket.
+pub struct DatagramQueue<E: Encap> {
+    fd: Arc<OwnedFd>,
+    /// Where frames go; `None` for a connected socket.
+    dest: Option<Destination>,
+    encap: E,
+    counters: Arc<DatagramCounters>,
+    rx: RxRing,
+    tx: TxScratch,
+}
+
+impl<E: Encap> std::fmt::Debug for DatagramQueue<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatagramQueue")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("encap", &self.encap)
+            .finish()
+    }
+}
+
+/// Received datagrams not handed out yet.
+struct RxRing {
+    buffers: Vec<Box<[u8]>>,
+    lengths: [usize; BATCH],
+    truncated: [bool; BATCH],
+    count: usize,
+    next: usize,
+}
+
+/// Reused per `sendmmsg`.
+struct TxScratch {
+    headers: Vec<[u8; MAX_HEADER]>,
+    iovecs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers in the scratch vectors are filled and used within one call while the
+// memory they point at is borrowed; between calls they are never dereferenced.
+unsafe impl Send for TxScratch {}
+
+impl<E: Encap> DatagramQueue<E> {
+    /// A queue over `fd` (non-blocking), sending to `dest`.
+    pub fn new(
+        fd: Arc<OwnedFd>,
+        dest: Option<Destination>,
+        encap: E,
+        counters: Arc<DatagramCounters>,
+    ) -> Self {
+        DatagramQueue {
+            fd,
+            dest,
+            encap,
+            counters,
+            rx: RxRing {
+                buffers: Vec::new(),
+                lengths: [0; BATCH],
+                truncated: [false; BATCH],
+                count: 0,
+                next: 0,
+            },
+            tx: TxScratch {
+                headers: vec![[0u8; MAX_HEADER]; BATCH],
+                iovecs: Vec::with_capacity(BATCH * 4),
+                // SAFETY: mmsghdr is plain data; zero is a valid value for every field.
+                msgs: vec![unsafe { std::mem::zeroed() }; BATCH],
+            },
+        }
+    }
+
+    /// Reads up to [`BATCH`] datagrams with one `recvmmsg`.
+    fn refill(&mut self) -> io::Result<()> {
+        if self.rx.buffers.is_empty() {
+            self.rx.buffers = (0..BATCH)
+                .map(|_| vec![0u8; MAX_DATAGRAM].into_boxed_slice())
+                .collect();
+        }
+        let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; BATCH];
+        // SAFETY: mmsghdr is plain data; zero is a valid value for every field.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..BATCH {
+            iovecs[i] = libc::iovec {
+                iov_base: self.rx.buffers[i].as_mut_ptr().cast(),
+                iov_len: self.rx.buffers[i].len(),
+            };
+            msgs[i].msg_hdr.msg_iov = &mut iovecs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let n = loop {
+            // SAFETY: every message points at one iovec over a live buffer of ours; the arrays
+            // outlive the call and the count matches them.
+            let ret = unsafe {
+                libc::recvmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    BATCH as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            match sys::check(ret) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other? as usize,
+            }
+        };
+        for (i, msg) in msgs.iter().enumerate().take(n) {
+            self.rx.lengths[i] = msg.msg_len as usize;
+            self.rx.truncated[i] = msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        }
+        self.rx.count = n;
+        self.rx.next = 0;
+        Ok(())
+    }
+}
+
+impl<E: Encap + 'static> BackendQueue for DatagramQueue<E> {
+    fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        loop {
+            if self.rx.next == self.rx.count {
+                self.refill()?;
+                if self.rx.count == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WouldBlock));
+                }
+            }
+            let i = self.rx.next;
+            self.rx.next += 1;
+            if self.rx.truncated[i] {
+                self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let datagram = &self.rx.buffers[i][..self.rx.lengths[i]];
+            let Some(start) = self.encap.rx_frame_start(datagram) else {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let mut frame = &datagram[start..];
+            if frame.is_empty() {
+                continue;
+            }
+            let len = frame.len();
+            for buf in bufs.iter_mut() {
+                let n = buf.len().min(frame.len());
+                buf[..n].copy_from_slice(&frame[..n]);
+                frame = &frame[n..];
+                if frame.is_empty() {
+                    break;
+                }
+            }
+            return Ok(len - frame.len());
+        }
+    }
+
+    fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self.send_batch(&[bufs])? {
+            0 => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+            _ => Ok(bufs.iter().map(|s| s.len()).sum()),
+        }
+    }
+
+    fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
+        let frames = &frames[..frames.len().min(BATCH)];
+        let tx = &mut self.tx;
+        tx.iovecs.clear();
+        // Headers first (the counter advances only for frames that are sent: see below).
+        let mut header_lens = [0usize; BATCH];
+        for (i, len) in header_lens.iter_mut().enumerate().take(frames.len()) {
+            *len = self.encap.tx_header(&mut tx.headers[i]);
+        }
+        let mut starts = [0usize; BATCH];
+        let mut count = 0;
+        for (i, frame) in frames.iter().enumerate() {
+            if frame.len() + 1 > MAX_IOV_PER_FRAME {
+                break;
+            }
+            starts[i] = tx.iovecs.len();
+            if header_lens[i] > 0 {
+                tx.iovecs.push(libc::iovec {
+                    iov_base: tx.headers[i].as_mut_ptr().cast(),
+                    iov_len: header_lens[i],
+                });
+            }
+            for s in frame.iter() {
+                tx.iovecs.push(libc::iovec {
+                    iov_base: s.as_ptr() as *mut libc::c_void,
+                    iov_len: s.len(),
+                });
+            }
+            count += 1;
+        }
+        if count == 0 {
+            return Err(io::Error::other("frame has too many segments"));
+        }
+        // The iovec vector is complete: only now take pointers into it.
+        for i in 0..count {
+            let end = if i + 1 < count {
+                starts[i + 1]
+            } else {
+                tx.iovecs.len()
+            };
+            let hdr = &mut tx.msgs[i].msg_hdr;
+            hdr.msg_iov = tx.iovecs[starts[i]..end].as_mut_ptr();
+            hdr.msg_iovlen = end - starts[i];
+            match &mut self.dest {
+                Some(d) => {
+                    hdr.msg_name = (&mut d.storage as *mut libc::sockaddr_storage).cast();
+                    hdr.msg_namelen = d.len;
+                }
+                None => {
+                    hdr.msg_name = std::ptr::null_mut();
+                    hdr.msg_namelen = 0;
+                }
+            }
+        }
+        loop {
+            // SAFETY: each message points at iovecs over our header buffers or the caller's
+            // borrowed slices, and at our destination address; all live for the call.
+            let ret = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    tx.msgs.as_mut_ptr(),
+                    count as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match sys::check(ret) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // No buffer space counts as full, as QEMU treats it.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    break Err(io::Error::from(io::ErrorKind::WouldBlock))
+                }
+                other => break other.map(|n| n as usize),
+            }
+        }
+    }
+
+    fn set_offloads(&mut self, _offloads: Offloads) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn pending_input(&self) -> bool {
+        self.rx.next < self.rx.count
+    }
+}
