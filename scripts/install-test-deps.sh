@@ -27,7 +27,7 @@ qemu_ok() {
 }
 
 for p in busybox-static linux-image-amd64 iproute2 iputils-ping dpdk-dev librte-net-virtio23 \
-         librte-net-vhost23; do
+         librte-net-vhost23 passt; do
   pkg_installed "$p" || need+=("$p")
 done
 
