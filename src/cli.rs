@@ -64,6 +64,11 @@ pub struct Args {
     /// Print the vhost-user backend capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,
+
+    /// One system call per frame on the socket backends (no recvmmsg/sendmmsg batches, no
+    /// coalesced writes or multi-frame reads). Only useful as the benchmarks' reference.
+    #[arg(long)]
+    pub no_batching: bool,
 }
 
 impl TryFrom<Args> for Config {

@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         println!("{}", capabilities_json());
         return ExitCode::SUCCESS;
     }
+    if args.no_batching {
+        vhost_user_netd_backends::batching::disable();
+    }
     let config = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {

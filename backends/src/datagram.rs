@@ -175,7 +175,7 @@ impl<E: Encap> DatagramQueue<E> {
                 libc::recvmmsg(
                     self.fd.as_raw_fd(),
                     msgs.as_mut_ptr(),
-                    BATCH as libc::c_uint,
+                    crate::batching::limit(BATCH) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
@@ -244,7 +244,7 @@ impl<E: Encap + 'static> BackendQueue for DatagramQueue<E> {
     }
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
-        let frames = &frames[..frames.len().min(BATCH)];
+        let frames = &frames[..frames.len().min(crate::batching::limit(BATCH))];
         let tx = &mut self.tx;
         tx.iovecs.clear();
         // Headers first (the counter advances only for frames that are sent: see below).

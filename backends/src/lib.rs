@@ -17,6 +17,7 @@
 //! - [`socketpair`]: a test-only backend over a `SOCK_SEQPACKET` pair, for unprivileged tests.
 //! - [`sys`]: thin checked wrappers over the few raw system calls the backends need.
 
+pub mod batching;
 pub mod datagram;
 pub mod dgram;
 pub mod l2tpv3;

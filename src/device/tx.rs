@@ -117,7 +117,8 @@ impl QueuePair {
         self.iov.clear();
         self.tx_frames.clear();
         let mut end = BatchEnd::More;
-        while self.tx_frames.len() < TX_BATCH && self.iov.segments() < BATCH_SEGMENTS {
+        let batch = vhost_user_netd_backends::batching::limit(TX_BATCH);
+        while self.tx_frames.len() < batch && self.iov.segments() < BATCH_SEGMENTS {
             let head = match self.tx.pop_head(mem) {
                 Ok(Some(h)) => h,
                 Ok(None) => {

@@ -96,7 +96,21 @@ impl RxFramer {
             self.end -= self.start;
             self.start = 0;
         }
-        let n = crate::sys::read(fd, &mut self.buf[self.end..])?;
+        // Unbatched (the benchmark reference): read exactly the next prefix or frame body.
+        let want = if crate::batching::limit(2) == 1 {
+            let have = self.end - self.start;
+            if have < PREFIX {
+                PREFIX - have
+            } else {
+                let mut len = [0u8; PREFIX];
+                len.copy_from_slice(&self.buf[self.start..self.start + PREFIX]);
+                (PREFIX + (u32::from_be_bytes(len) as usize).min(MAX_STREAM_FRAME)) - have
+            }
+        } else {
+            self.buf.len() - self.end
+        };
+        let end = self.end + want.min(self.buf.len() - self.end);
+        let n = crate::sys::read(fd, &mut self.buf[self.end..end])?;
         self.end += n;
         Ok(n)
     }

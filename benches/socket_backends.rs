@@ -1,0 +1,422 @@
+//! Throughput of the socket netdevs (stream, dgram, l2tpv3), batched and with `--no-batching`
+//! (one system call per frame) as the in-run reference.
+//!
+//! The frontend is DPDK's `dpdk-testpmd` with `net_virtio_user` (`txonly` for guest → peer,
+//! `rxonly` for peer → guest) on lcores 0,1; the daemon (release build) is pinned to core 0 with
+//! the bench's own peer thread. Rates come from the daemon's `x-query-port-stats` counters over a
+//! timed window; each figure is the median of `BENCH_RUNS` runs (default 3) with min–max.
+//!
+//! Run as root after `bash scripts/install-test-deps.sh`:
+//! `cargo bench --bench socket_backends` (see docs/performance.md).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::UdpSocket;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Stream,
+    Dgram,
+    L2tpv3,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Direction {
+    /// Guest (testpmd txonly) → daemon → peer.
+    Tx,
+    /// Peer → daemon → guest (testpmd rxonly).
+    Rx,
+}
+
+/// The bench's end of the backend: it discards what it gets (tx) or sends as fast as it can (rx).
+struct Peer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const L2TP_HEADER: [u8; 8] = [0, 3, 0, 0, 0, 0, 0, 1];
+
+fn ether_frame(size: usize) -> Vec<u8> {
+    let mut f = vec![0u8; size];
+    f[..6].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 2]);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f
+}
+
+/// Sets up the peer and returns the daemon's `--netdev` for it.
+fn start_peer(kind: Kind, dir: Direction, size: usize, scratch: &Path) -> (Peer, String) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    match kind {
+        Kind::Stream => {
+            let path = scratch.join("peer.sock");
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).unwrap();
+            let netdev = format!(
+                "stream,id=n0,server=off,reconnect=1,addr.type=unix,addr.path={}",
+                path.display()
+            );
+            let thread = std::thread::spawn(move || {
+                pin_to_core(1);
+                let (mut s, _) = listener.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                s.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut wire = Vec::new();
+                for _ in 0..256 {
+                    wire.extend_from_slice(&(size as u32).to_be_bytes());
+                    wire.extend_from_slice(&ether_frame(size));
+                }
+                while !flag.load(Ordering::Relaxed) {
+                    let _ = match dir {
+                        Direction::Tx => s.read(&mut buf).map(|_| ()),
+                        Direction::Rx => s.write_all(&wire),
+                    };
+                }
+            });
+            (
+                Peer {
+                    stop,
+                    thread: Some(thread),
+                },
+                netdev,
+            )
+        }
+        Kind::Dgram | Kind::L2tpv3 => {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let peer_port = sock.local_addr().unwrap().port();
+            let ours = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let our_port = ours.local_addr().unwrap().port();
+            drop(ours);
+            sock.connect(("127.0.0.1", our_port)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let netdev = match kind {
+                Kind::Dgram => format!(
+                    "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={our_port},remote.type=inet,remote.host=127.0.0.1,remote.port={peer_port}"
+                ),
+                _ => format!(
+                    "l2tpv3,id=n0,src=127.0.0.1,dst=127.0.0.1,udp=on,srcport={our_port},dstport={peer_port},txsession=1"
+                ),
+            };
+            let mut datagram = Vec::new();
+            if kind == Kind::L2tpv3 {
+                datagram.extend_from_slice(&L2TP_HEADER);
+            }
+            datagram.extend_from_slice(&ether_frame(size));
+            let thread = std::thread::spawn(move || {
+                pin_to_core(1);
+                let mut bufs = vec![vec![0u8; 65_536]; PEER_BATCH];
+                while !flag.load(Ordering::Relaxed) {
+                    match dir {
+                        Direction::Tx => mmsg(&sock, &mut bufs, false),
+                        Direction::Rx => {
+                            for b in bufs.iter_mut() {
+                                b.clear();
+                                b.extend_from_slice(&datagram);
+                            }
+                            mmsg(&sock, &mut bufs, true);
+                        }
+                    }
+                }
+            });
+            (
+                Peer {
+                    stop,
+                    thread: Some(thread),
+                },
+                netdev,
+            )
+        }
+    }
+}
+
+/// Datagrams per peer system call: the peer must not be what is measured.
+const PEER_BATCH: usize = 64;
+
+/// Keeps the calling thread on `core` (the daemon has core 0 to itself).
+fn pin_to_core(core: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity only touch the set we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// One `sendmmsg` of every buffer, or one `recvmmsg` into them, on a connected socket.
+fn mmsg(sock: &UdpSocket, bufs: &mut [Vec<u8>], send: bool) {
+    use std::os::fd::AsRawFd;
+    let mut iovecs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: if send { b.len() } else { b.capacity() },
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data; zero is valid.
+    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; bufs.len()];
+    for (m, iov) in msgs.iter_mut().zip(iovecs.iter_mut()) {
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every message points at one iovec over a live buffer; the vectors outlive the call.
+    unsafe {
+        if send {
+            libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0);
+        } else {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                msgs.len() as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Self {
+        wait_for_file(path);
+        let s = UnixStream::connect(path).unwrap();
+        let mut q = Qmp {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        };
+        q.line();
+        q.execute("qmp_capabilities");
+        q
+    }
+
+    fn line(&mut self) -> Value {
+        let mut l = String::new();
+        self.reader.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap()
+    }
+
+    fn execute(&mut self, command: &str) -> Value {
+        self.writer
+            .write_all(json!({ "execute": command }).to_string().as_bytes())
+            .unwrap();
+        loop {
+            let v = self.line();
+            if v.get("event").is_none() {
+                return v["return"].clone();
+            }
+        }
+    }
+
+    fn frames(&mut self, dir: Direction) -> u64 {
+        let stats = self.execute("x-query-port-stats");
+        let key = match dir {
+            Direction::Tx => "tx-frames",
+            Direction::Rx => "rx-frames",
+        };
+        stats[0]["queue-pairs"][0][key].as_u64().unwrap_or(0)
+    }
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let f = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    f(11) + f(12)
+}
+
+struct Sample {
+    frames_per_sec: f64,
+    cpu_percent: f64,
+}
+
+fn run_once(
+    kind: Kind,
+    dir: Direction,
+    size: usize,
+    batching: bool,
+    window: Duration,
+    scratch: &Path,
+) -> Sample {
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch).unwrap();
+    let (peer, netdev) = start_peer(kind, dir, size, scratch);
+    let socket = scratch.join("vm.sock");
+    let qmp_path = scratch.join("qmp.sock");
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", DAEMON, "--netdev", &netdev])
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--qmp")
+        .arg(&qmp_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if !batching {
+        cmd.arg("--no-batching");
+    }
+    let daemon = Proc(cmd.spawn().expect("spawn daemon"));
+    let mut qmp = Qmp::connect(&qmp_path);
+    wait_for_file(&socket);
+    let mode = match dir {
+        Direction::Tx => "txonly",
+        Direction::Rx => "rxonly",
+    };
+    let prefix = format!("vunetd-bench-{}", std::process::id());
+    let testpmd = Proc(
+        Command::new("dpdk-testpmd")
+            .args(["-l", "0,1", "--no-huge", "-m", "512", "--no-pci", "--no-shconf"])
+            .args(["--file-prefix", &prefix, "--log-level", "error"])
+            .arg("--vdev")
+            .arg(format!(
+                "net_virtio_user0,path={},queues=1,queue_size=256",
+                socket.display()
+            ))
+            .args(["--", "--stats-period", "1", "--total-num-mbufs", "8192"])
+            .arg(format!("--forward-mode={mode}"))
+            .arg(format!("--txpkts={size}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dpdk-testpmd (run scripts/install-test-deps.sh)"),
+    );
+    // Warm up: until frames flow.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while qmp.frames(dir) == 0 {
+        assert!(Instant::now() < deadline, "no frames flow for {kind:?} {dir:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The measurement window (timing, not synchronisation).
+    let (f0, c0, t0) = (qmp.frames(dir), cpu_ticks(daemon.0.id()), Instant::now());
+    std::thread::sleep(window);
+    let (f1, c1, t1) = (qmp.frames(dir), cpu_ticks(daemon.0.id()), Instant::now());
+    drop(testpmd);
+    drop(peer);
+    drop(daemon);
+    // Linux reports /proc CPU times in USER_HZ, 100 on every common configuration.
+    let ticks = 100.0;
+    let secs = (t1 - t0).as_secs_f64();
+    Sample {
+        frames_per_sec: (f1 - f0) as f64 / secs,
+        cpu_percent: (c1 - c0) as f64 / ticks / secs * 100.0,
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let window = Duration::from_secs_f64(
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2.0),
+    );
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let scratch: PathBuf = std::env::temp_dir().join(format!("vunetd-bench-{}", std::process::id()));
+    println!(
+        "{:<8} {:<3} {:>5} {:<9} {:>12} {:>21} {:>9} {:>6}",
+        "backend", "dir", "size", "mode", "frames/s", "min-max", "Gbit/s", "cpu%"
+    );
+    for kind in [Kind::Stream, Kind::Dgram, Kind::L2tpv3] {
+        let name = format!("{kind:?}").to_lowercase();
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+            continue;
+        }
+        for dir in [Direction::Tx, Direction::Rx] {
+            for size in [64usize, 1500] {
+                let mut medians = Vec::new();
+                for batching in [true, false] {
+                    let mut rates = Vec::new();
+                    let mut cpu = Vec::new();
+                    for _ in 0..runs {
+                        let s = run_once(kind, dir, size, batching, window, &scratch);
+                        rates.push(s.frames_per_sec);
+                        cpu.push(s.cpu_percent);
+                    }
+                    let m = median(&mut rates.clone());
+                    let (lo, hi) = (
+                        rates.iter().cloned().fold(f64::INFINITY, f64::min),
+                        rates.iter().cloned().fold(0.0, f64::max),
+                    );
+                    println!(
+                        "{:<8} {:<3} {:>5} {:<9} {:>12.0} {:>21} {:>9.3} {:>6.0}",
+                        name,
+                        format!("{dir:?}").to_lowercase(),
+                        size,
+                        if batching { "batched" } else { "unbatched" },
+                        m,
+                        format!("{:.0}-{:.0}", lo, hi),
+                        m * size as f64 * 8.0 / 1e9,
+                        median(&mut cpu)
+                    );
+                    medians.push(m);
+                }
+                println!(
+                    "{:<8} {:<3} {:>5} ratio     {:>12.2}x",
+                    name,
+                    format!("{dir:?}").to_lowercase(),
+                    size,
+                    medians[0] / medians[1].max(1.0)
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
