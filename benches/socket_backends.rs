@@ -81,8 +81,10 @@ fn start_peer(kind: Kind, dir: Direction, size: usize, scratch: &Path) -> (Peer,
             let thread = std::thread::spawn(move || {
                 pin_to_core(1);
                 let (mut s, _) = listener.accept().unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-                s.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                s.set_write_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
                 let mut buf = vec![0u8; 1 << 20];
                 let mut wire = Vec::new();
                 for _ in 0..256 {
@@ -111,7 +113,8 @@ fn start_peer(kind: Kind, dir: Direction, size: usize, scratch: &Path) -> (Peer,
             let our_port = ours.local_addr().unwrap().port();
             drop(ours);
             sock.connect(("127.0.0.1", our_port)).unwrap();
-            sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             let netdev = match kind {
                 Kind::Dgram => format!(
                     "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={our_port},remote.type=inet,remote.host=127.0.0.1,remote.port={peer_port}"
@@ -210,7 +213,11 @@ impl Drop for Proc {
 fn wait_for_file(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -266,7 +273,12 @@ fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let f = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let f = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     f(11) + f(12)
 }
 
@@ -310,7 +322,15 @@ fn run_once(
     let prefix = format!("vunetd-bench-{}", std::process::id());
     let testpmd = Proc(
         Command::new("dpdk-testpmd")
-            .args(["-l", "0,1", "--no-huge", "-m", "512", "--no-pci", "--no-shconf"])
+            .args([
+                "-l",
+                "0,1",
+                "--no-huge",
+                "-m",
+                "512",
+                "--no-pci",
+                "--no-shconf",
+            ])
             .args(["--file-prefix", &prefix, "--log-level", "error"])
             .arg("--vdev")
             .arg(format!(
@@ -329,7 +349,10 @@ fn run_once(
     // Warm up: until frames flow.
     let deadline = Instant::now() + Duration::from_secs(30);
     while qmp.frames(dir) == 0 {
-        assert!(Instant::now() < deadline, "no frames flow for {kind:?} {dir:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no frames flow for {kind:?} {dir:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -369,7 +392,8 @@ fn main() {
             .unwrap_or(2.0),
     );
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let scratch: PathBuf = std::env::temp_dir().join(format!("vunetd-bench-{}", std::process::id()));
+    let scratch: PathBuf =
+        std::env::temp_dir().join(format!("vunetd-bench-{}", std::process::id()));
     println!(
         "{:<8} {:<3} {:>5} {:<9} {:>12} {:>21} {:>9} {:>6}",
         "backend", "dir", "size", "mode", "frames/s", "min-max", "Gbit/s", "cpu%"
