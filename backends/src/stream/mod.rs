@@ -2,7 +2,7 @@
 //! format, as a server (one peer at a time) or a client (reconnecting if asked).
 //!
 //! A connection thread per netdev listens, accepts, connects and notices hang-ups; the datapath
-//! ([`queue`]) runs on the device's worker. The carrier is up exactly while a peer is connected,
+//! (`queue.rs`) runs on the device's worker. The carrier is up exactly while a peer is connected,
 //! and every change reaches the daemon through the [`LinkWatch`].
 
 pub mod framing;
