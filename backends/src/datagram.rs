@@ -219,28 +219,16 @@ impl<E: Encap + 'static> BackendQueue for DatagramQueue<E> {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let mut frame = &datagram[start..];
+            let frame = &datagram[start..];
             if frame.is_empty() {
                 continue;
             }
-            let len = frame.len();
-            for buf in bufs.iter_mut() {
-                let n = buf.len().min(frame.len());
-                buf[..n].copy_from_slice(&frame[..n]);
-                frame = &frame[n..];
-                if frame.is_empty() {
-                    break;
-                }
-            }
-            return Ok(len - frame.len());
+            return Ok(crate::copy_frame(frame, bufs));
         }
     }
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self.send_batch(&[bufs])? {
-            0 => Err(io::Error::from(io::ErrorKind::WouldBlock)),
-            _ => Ok(bufs.iter().map(|s| s.len()).sum()),
-        }
+        crate::send_one(self, bufs)
     }
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {

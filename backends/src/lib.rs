@@ -96,6 +96,53 @@ pub struct Capabilities {
     pub queue_pairs: u16,
 }
 
+impl Capabilities {
+    /// One queue pair of plain Ethernet frames, no vnet header, no offloads: the socket netdevs.
+    pub const PLAIN_ONE_QUEUE: Capabilities = Capabilities {
+        vnet_hdr: false,
+        offloads: Offloads {
+            csum: false,
+            tso4: false,
+            tso6: false,
+            ecn: false,
+            ufo: false,
+        },
+        queue_pairs: 1,
+    };
+}
+
+/// Refuses any queue pair but the first (backends with one queue pair).
+pub(crate) fn only_queue_zero(index: u16) -> Result<(), Error> {
+    if index == 0 {
+        Ok(())
+    } else {
+        Err(Error::NoSuchQueue(index))
+    }
+}
+
+/// Copies one frame into the caller's buffers; returns the bytes copied (all of them unless the
+/// buffers are too small).
+pub(crate) fn copy_frame(mut frame: &[u8], bufs: &mut [IoSliceMut<'_>]) -> usize {
+    let len = frame.len();
+    for buf in bufs.iter_mut() {
+        let n = buf.len().min(frame.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        frame = &frame[n..];
+        if frame.is_empty() {
+            break;
+        }
+    }
+    len - frame.len()
+}
+
+/// `send` for queues whose real work is `send_batch`: a batch of one.
+pub(crate) fn send_one(queue: &mut dyn BackendQueue, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    match queue.send_batch(&[bufs])? {
+        0 => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+        _ => Ok(bufs.iter().map(|s| s.len()).sum()),
+    }
+}
+
 /// Errors of the backends.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

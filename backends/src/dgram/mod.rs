@@ -143,17 +143,11 @@ fn multicast_socket(
 
 impl Backend for DgramBackend {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            vnet_hdr: false,
-            offloads: crate::Offloads::default(),
-            queue_pairs: 1,
-        }
+        Capabilities::PLAIN_ONE_QUEUE
     }
 
     fn queue(&self, index: u16) -> Result<Box<dyn BackendQueue>, Error> {
-        if index != 0 {
-            return Err(Error::NoSuchQueue(index));
-        }
+        crate::only_queue_zero(index)?;
         Ok(Box::new(DatagramQueue::new(
             self.fd.clone(),
             self.dest,

@@ -96,17 +96,11 @@ fn resolve(
 
 impl Backend for L2tpv3Backend {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            vnet_hdr: false,
-            offloads: crate::Offloads::default(),
-            queue_pairs: 1,
-        }
+        Capabilities::PLAIN_ONE_QUEUE
     }
 
     fn queue(&self, index: u16) -> Result<Box<dyn BackendQueue>, Error> {
-        if index != 0 {
-            return Err(Error::NoSuchQueue(index));
-        }
+        crate::only_queue_zero(index)?;
         Ok(Box::new(DatagramQueue::new(
             self.fd.clone(),
             Some(self.dest),

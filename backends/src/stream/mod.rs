@@ -284,17 +284,11 @@ impl StreamBackend {
 
 impl Backend for StreamBackend {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            vnet_hdr: false,
-            offloads: crate::Offloads::default(),
-            queue_pairs: 1,
-        }
+        Capabilities::PLAIN_ONE_QUEUE
     }
 
     fn queue(&self, index: u16) -> Result<Box<dyn BackendQueue>, Error> {
-        if index != 0 {
-            return Err(Error::NoSuchQueue(index));
-        }
+        crate::only_queue_zero(index)?;
         let conn = self.shared.state().conn.clone();
         match conn {
             Some(io) => Ok(Box::new(StreamQueue::new(io))),

@@ -63,19 +63,7 @@ impl StreamIo {
     fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         loop {
             match self.rx.next_frame() {
-                Ok(Some(range)) => {
-                    let mut frame = &self.rx.bytes()[range];
-                    let len = frame.len();
-                    for buf in bufs.iter_mut() {
-                        let n = buf.len().min(frame.len());
-                        buf[..n].copy_from_slice(&frame[..n]);
-                        frame = &frame[n..];
-                        if frame.is_empty() {
-                            break;
-                        }
-                    }
-                    return Ok(len - frame.len());
-                }
+                Ok(Some(range)) => return Ok(crate::copy_frame(&self.rx.bytes()[range], bufs)),
                 Ok(None) => {}
                 Err(e) => {
                     self.lost(&e);
@@ -197,10 +185,7 @@ impl BackendQueue for StreamQueue {
     }
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self.io().send_batch(&[bufs])? {
-            0 => Err(io::Error::from(io::ErrorKind::WouldBlock)),
-            _ => Ok(bufs.iter().map(|s| s.len()).sum()),
-        }
+        crate::send_one(self, bufs)
     }
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
