@@ -51,6 +51,13 @@ fn peer_to_guest(t: &mut TestFrontend, peer: &mut impl Write, slot: u16, seed: u
     assert_eq!(got, f, "frame {seed} reached the guest");
 }
 
+/// The daemon with one port on `netdev` and a QMP socket; returns once both listen.
+fn start_daemon(netdev: &str, socket: &std::path::Path, qmp: &std::path::Path) -> Daemon {
+    let mut cmd = Daemon::command(&["--netdev", netdev]);
+    cmd.arg("--socket-path").arg(socket).arg("--qmp").arg(qmp);
+    Daemon::start(cmd, 2)
+}
+
 fn link_up(qmp: &mut Qmp) -> bool {
     qmp.execute("x-query-port-stats", json!({})).unwrap()[0]["link-up"]
         .as_bool()
@@ -68,17 +75,7 @@ fn stream_client_follows_its_server_away_and_back() {
         "stream,id=s0,server=off,reconnect=1,addr.type=unix,addr.path={}",
         peer_path.display()
     );
-    let daemon = Daemon::start(
-        Daemon::command(&[
-            "--netdev",
-            &netdev,
-            "--socket-path",
-            socket.to_str().unwrap(),
-            "--qmp",
-            qmp_path.to_str().unwrap(),
-        ]),
-        2,
-    );
+    let daemon = start_daemon(&netdev, &socket, &qmp_path);
     let (mut peer, _) = listener.accept().unwrap();
     let mut qmp = Qmp::connect(&qmp_path);
     let mut t = TestFrontend::connect(&socket, 1, F_EVENT_IDX);
@@ -154,17 +151,7 @@ fn stream_server_takes_one_client_at_a_time_and_batches_many_frames() {
         .port();
     let netdev =
         format!("stream,id=s0,server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}");
-    let _daemon = Daemon::start(
-        Daemon::command(&[
-            "--netdev",
-            &netdev,
-            "--socket-path",
-            socket.to_str().unwrap(),
-            "--qmp",
-            qmp_path.to_str().unwrap(),
-        ]),
-        2,
-    );
+    let _daemon = start_daemon(&netdev, &socket, &qmp_path);
     let mut qmp = Qmp::connect(&qmp_path);
     let mut t = TestFrontend::connect(&socket, 1, F_EVENT_IDX);
     assert!(!link_up(&mut qmp), "no client yet: link down");

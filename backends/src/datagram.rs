@@ -47,8 +47,6 @@ impl Encap for Bare {
 pub struct DatagramCounters {
     /// Datagrams longer than a frame may be.
     pub truncated: AtomicU64,
-    /// Datagrams the encapsulation refused (kinds counted by the encapsulation itself).
-    pub refused: AtomicU64,
 }
 
 /// A socket address for `sendmmsg`'s `msg_name`.
@@ -215,8 +213,8 @@ impl<E: Encap + 'static> BackendQueue for DatagramQueue<E> {
                 continue;
             }
             let datagram = &self.rx.buffers[i][..self.rx.lengths[i]];
+            // A refused datagram is counted by kind in the encapsulation.
             let Some(start) = self.encap.rx_frame_start(datagram) else {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             let frame = &datagram[start..];

@@ -2,11 +2,9 @@
 //! netdevs take it: parsed from options, written back for `query-netdev`, resolved and opened.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::OwnedFd;
 
 use serde_json::{json, Map, Value};
 
-use crate::netdev::FdSource;
 use crate::options::{OptionError, Opts};
 use crate::Error;
 
@@ -140,11 +138,6 @@ impl SocketAddress {
             SocketAddress::Inet(_) => "inet",
             SocketAddress::Fd(_) => "fd",
         }
-    }
-
-    /// Takes the descriptor an `fd` address names.
-    pub fn take_fd(name: &str, fds: &mut dyn FdSource) -> Result<OwnedFd, Error> {
-        fds.take_fd(name)
     }
 }
 

@@ -221,17 +221,7 @@ pub fn setsockopt_int(
     name: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: the option value is a live c_int and its size is passed with it.
-    check(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
+    setsockopt_struct(fd, level, name, &value)
 }
 
 /// The address family of a socket (`SO_DOMAIN`), e.g. `AF_UNIX` or `AF_INET`.

@@ -88,22 +88,11 @@ impl Guest {
             args.push("-qmp".into());
             args.push(format!("unix:{},server=on,wait=off", path.display()));
         }
-        Self::boot_with_args(version, kernel, initrd, smp, &args)
+        Self::boot_in(None, version, kernel, initrd, smp, &args)
     }
 
-    /// Boots with the NICs (and anything else) given as QEMU arguments. Guest memory is a
-    /// shared memfd, as vhost-user needs.
-    pub fn boot_with_args(
-        version: QemuVersion,
-        kernel: &Path,
-        initrd: &Path,
-        smp: u16,
-        args: &[String],
-    ) -> Self {
-        Self::boot_in(None, version, kernel, initrd, smp, args)
-    }
-
-    /// As [`Self::boot_with_args`], inside a network namespace if one is given.
+    /// Boots with the NICs (and anything else) given as QEMU arguments, inside a network
+    /// namespace if one is given. Guest memory is a shared memfd, as vhost-user needs.
     pub fn boot_in(
         netns: Option<&Netns>,
         version: QemuVersion,

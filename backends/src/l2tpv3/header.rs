@@ -39,7 +39,7 @@ pub struct HeaderLayout {
 
 impl HeaderLayout {
     /// Bytes before the frame on the wire (IP header not included).
-    pub fn len(&self) -> usize {
+    pub fn header_len(&self) -> usize {
         let cookie = match self.cookies {
             Some((_, _, true)) => 8,
             Some(_) => 4,
@@ -50,11 +50,6 @@ impl HeaderLayout {
             + cookie
             + usize::from(self.counter) * 4
             + self.offset as usize
-    }
-
-    /// Always false: a header has at least a session id.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -143,7 +138,7 @@ pub fn decode(layout: &HeaderLayout, datagram: &[u8]) -> Result<usize, Refused> 
     } else {
         0
     };
-    let start = ip + layout.len();
+    let start = ip + layout.header_len();
     if datagram.len() <= start {
         return Err(Refused::Short);
     }
@@ -219,7 +214,7 @@ mod tests {
         let mut out = [0xaau8; MAX_HEADER];
         // UDP, 64-bit cookie, counter, 2 offset bytes.
         let l = layout(true, Some((0x0102030405060708, 0, true)), true, 2);
-        assert_eq!(l.len(), 4 + 4 + 8 + 4 + 2);
+        assert_eq!(l.header_len(), 4 + 4 + 8 + 4 + 2);
         let n = encode(&l, 7, &mut out);
         assert_eq!(
             &out[..n],

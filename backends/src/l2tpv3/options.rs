@@ -153,7 +153,7 @@ mod tests {
         .unwrap();
         let l = o.layout().unwrap();
         assert_eq!(
-            (l.rx_session, l.tx_session, l.len()),
+            (l.rx_session, l.tx_session, l.header_len()),
             (9, 1, 4 + 4 + 8 + 4 + 256)
         );
         // QEMU's quirk: cookie64 given as off still means 64-bit cookies.
