@@ -9,6 +9,9 @@ use crate::config::{build_port, parse_port, Config, ConfigError, Listen};
 
 const EXAMPLES: &str = "\
 Examples:
+  # Zero configuration: one port on the user-mode stack (QEMU's -netdev user), no root:
+  vhost-user-netd --socket-path /tmp/vm0.sock
+
   # One port, one tap (created if missing), two queue pairs:
   vhost-user-netd --socket-path /run/vm0.sock --netdev tap,id=n0,ifname=tap0,queues=2
 
@@ -69,6 +72,10 @@ pub struct Args {
     /// coalesced writes or multi-frame reads). Only useful as the benchmarks' reference.
     #[arg(long)]
     pub no_batching: bool,
+
+    /// Where the user-mode stack finds the host's resolvers for its virtual name server.
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
 }
 
 impl TryFrom<Args> for Config {
@@ -97,14 +104,14 @@ impl TryFrom<Args> for Config {
                     "cannot be combined with --port",
                 ));
             }
+            if netdevs.is_empty() {
+                // No netdev: the user-mode stack with QEMU's defaults, as `-nic user` is.
+                netdevs.push(NetdevConfig::parse_cli("user,id=net0").map_err(|e| {
+                    ConfigError::new("--netdev", format!("default user netdev: {e}"))
+                })?);
+            }
             let netdev = match netdevs.as_slice() {
                 [n] => n.id.clone(),
-                [] => {
-                    return Err(ConfigError::new(
-                        "--netdev",
-                        "no netdev given (e.g. --netdev tap,id=n0,ifname=tap0)",
-                    ))
-                }
                 _ => {
                     return Err(ConfigError::new(
                         "--socket-path",
@@ -162,6 +169,15 @@ mod tests {
     }
 
     #[test]
+    fn socket_path_alone_serves_the_user_stack() {
+        let c = config(&["--socket-path", "/tmp/vm0.sock"]).unwrap();
+        assert_eq!(c.netdevs.len(), 1);
+        assert_eq!(c.netdevs[0].id, "net0");
+        assert_eq!(c.netdevs[0].kind.type_name(), "user");
+        assert_eq!(c.ports[0].netdev, "net0");
+    }
+
+    #[test]
     fn single_port_is_implied() {
         let c = config(&[
             "--socket-path",
@@ -190,8 +206,15 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.option, "--mac");
-        let e = config(&["--socket-path", "/a"]).unwrap_err();
+        let e = config(&[
+            "--socket-path",
+            "/a",
+            "--netdev",
+            "user,id=u,ipv4=off,ipv6=off",
+        ])
+        .unwrap_err();
         assert_eq!(e.option, "--netdev");
+        assert!(e.message.contains("IPv4 and IPv6 disabled"), "{e}");
         let e = config(&["--netdev", "tap,id=n0"]).unwrap_err();
         assert_eq!(e.option, "--socket-path");
         let e = config(&["--netdev", "tap,id=n0", "--mac", "52:54:00:00:00:01"]).unwrap_err();

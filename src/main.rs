@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     if args.no_batching {
         vhost_user_netd_backends::batching::disable();
     }
+    vhost_user_netd_backends::user::set_resolv_conf(args.resolv_conf.clone());
     let config = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {

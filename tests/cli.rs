@@ -76,7 +76,15 @@ fn bad_input_exits_2_and_names_the_option_and_value() {
             ],
             "n9",
         ),
-        (&["--socket-path", "/tmp/x.sock"], "--netdev"),
+        (
+            &[
+                "--socket-path",
+                "/tmp/x.sock",
+                "--netdev",
+                "user,id=u,hostfwd=foo",
+            ],
+            "Invalid host forwarding rule 'foo' (No : separators)",
+        ),
         (&["--no-such-option"], "--no-such-option"),
         (
             &["--socket-path", "/a", "--fd", "3", "--netdev", "tap,id=n0"],

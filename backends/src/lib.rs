@@ -13,6 +13,7 @@
 //! - [`dgram`]: one frame per UDP/unix datagram, unicast or multicast (`-netdev dgram`).
 //! - [`l2tpv3`]: RFC 3931 Ethernet pseudowires over IP or UDP (`-netdev l2tpv3`).
 //! - [`datagram`]: the batched datagram datapath the two above share.
+//! - [`user`]: the user-mode network stack (`-netdev user`), the daemon's default.
 //! - [`socket_address`]: QEMU's `SocketAddress` for the socket netdevs.
 //! - [`socketpair`]: a test-only backend over a `SOCK_SEQPACKET` pair, for unprivileged tests.
 //! - [`sys`]: thin checked wrappers over the few raw system calls the backends need.
@@ -28,6 +29,7 @@ pub mod socketpair;
 pub mod stream;
 pub mod sys;
 pub mod tap;
+pub mod user;
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::RawFd;

@@ -14,6 +14,7 @@ use crate::options::{OptionError, Opts};
 use crate::stream::{StreamBackend, StreamOptions};
 use crate::sys;
 use crate::tap::{TapBackend, TapOptions};
+use crate::user::{UserBackend, UserOptions};
 use crate::{Backend, Error};
 
 /// Netdev types QEMU knows; the ones not listed in [`NetdevKind`] are refused by name.
@@ -53,6 +54,7 @@ pub enum NetdevKind {
     Stream(StreamOptions),
     Dgram(DgramOptions),
     L2tpv3(L2tpv3Options),
+    User(Box<UserOptions>),
 }
 
 impl NetdevKind {
@@ -63,6 +65,7 @@ impl NetdevKind {
             NetdevKind::Stream(_) => "stream",
             NetdevKind::Dgram(_) => "dgram",
             NetdevKind::L2tpv3(_) => "l2tpv3",
+            NetdevKind::User(_) => "user",
         }
     }
 
@@ -85,6 +88,7 @@ impl NetdevConfig {
             "stream" => NetdevKind::Stream(StreamOptions::from_opts(&mut opts)?),
             "dgram" => NetdevKind::Dgram(DgramOptions::from_opts(&mut opts)?),
             "l2tpv3" => NetdevKind::L2tpv3(L2tpv3Options::from_opts(&mut opts)?),
+            "user" => NetdevKind::User(Box::new(UserOptions::from_opts(&mut opts)?)),
             other if QEMU_NETDEV_TYPES.contains(&other) => {
                 return Err(OptionError::Invalid(format!(
                     "netdev type '{other}' is not supported by vhost-user-netd yet"
@@ -113,6 +117,7 @@ impl NetdevConfig {
             NetdevKind::Stream(s) => s.to_json(),
             NetdevKind::Dgram(d) => d.to_json(),
             NetdevKind::L2tpv3(l) => l.to_json(),
+            NetdevKind::User(u) => u.to_json(),
         };
         m.insert("id".into(), Value::String(self.id.clone()));
         m.insert("type".into(), Value::String(self.kind.type_name().into()));
@@ -126,6 +131,7 @@ impl NetdevConfig {
             NetdevKind::Stream(s) => Ok(Arc::new(StreamBackend::open(s, fds)?)),
             NetdevKind::Dgram(d) => Ok(Arc::new(DgramBackend::open(d, fds)?)),
             NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds)?)),
+            NetdevKind::User(u) => Ok(Arc::new(UserBackend::open(u)?)),
         }
     }
 }

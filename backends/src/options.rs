@@ -119,7 +119,7 @@ impl Opts {
 
     /// Takes a string member.
     pub fn take_str(&mut self, key: &str) -> Result<Option<String>, OptionError> {
-        match self.map.remove(key) {
+        match self.remove_scalar(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(self.wrong_type(key, "string")),
@@ -134,7 +134,7 @@ impl Opts {
 
     /// Takes a boolean member (`on`/`off`, `yes`/`no`, `true`/`false` in key=value form).
     pub fn take_bool(&mut self, key: &str) -> Result<Option<bool>, OptionError> {
-        match self.map.remove(key) {
+        match self.remove_scalar(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(b)),
             Some(Value::String(s)) if self.source == OptionSource::KeyVal => match s.as_str() {
@@ -156,7 +156,7 @@ impl Opts {
         max: u64,
         type_name: &'static str,
     ) -> Result<Option<u64>, OptionError> {
-        let value = match self.map.remove(key) {
+        let value = match self.remove_scalar(key) {
             None => return Ok(None),
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(v) => v,
@@ -174,6 +174,28 @@ impl Opts {
         Ok(Some(value))
     }
 
+    /// Takes an `int` member (signed 64-bit).
+    pub fn take_i64(&mut self, key: &str) -> Result<Option<i64>, OptionError> {
+        match self.remove_scalar(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.bad_value(key, "int64_t")),
+            Some(Value::String(s)) if self.source == OptionSource::KeyVal => {
+                let (negative, digits) = match s.strip_prefix('-') {
+                    Some(rest) => (true, rest),
+                    None => (false, s.as_str()),
+                };
+                let magnitude = parse_uint_text(digits)
+                    .and_then(|m| i64::try_from(m).ok())
+                    .ok_or_else(|| self.bad_value(key, "an int64 value"))?;
+                Ok(Some(if negative { -magnitude } else { magnitude }))
+            }
+            Some(_) => Err(self.bad_value(key, "int64")),
+        }
+    }
+
     /// Takes a `uint32` member.
     pub fn take_u32(&mut self, key: &str) -> Result<Option<u32>, OptionError> {
         Ok(self
@@ -189,15 +211,15 @@ impl Opts {
     /// Takes a `size` member: a number, or in key=value form a number with a `[KMGTPE]` suffix
     /// (`b` for bytes), powers of 1024 as QEMU's `qemu_strtosz`.
     pub fn take_size(&mut self, key: &str) -> Result<Option<u64>, OptionError> {
-        match self.map.get(key) {
-            Some(Value::String(s)) if self.source == OptionSource::KeyVal => {
-                let parsed = parse_size_text(s);
-                self.map.remove(key);
-                parsed
-                    .map(Some)
-                    .ok_or_else(|| self.bad_value(key, "a size value"))
+        match self.remove_scalar(key) {
+            Some(Value::String(s)) if self.source == OptionSource::KeyVal => parse_size_text(&s)
+                .map(Some)
+                .ok_or_else(|| self.bad_value(key, "a size value")),
+            Some(other) => {
+                self.map.insert(key.to_string(), other);
+                self.take_u64(key)
             }
-            _ => self.take_u64(key),
+            None => Ok(None),
         }
     }
 
@@ -209,6 +231,48 @@ impl Opts {
             Ok(id)
         } else {
             Err(self.bad_value(key, "an identifier"))
+        }
+    }
+
+    /// Takes a list of strings: QEMU's `['String']` members such as `hostfwd`. In key=value text
+    /// the key is repeated (`hostfwd=a,hostfwd=b`) or indexed (`hostfwd.0.str=a`); in JSON it is
+    /// an array of `{"str": ...}` objects.
+    pub fn take_str_list(&mut self, key: &str) -> Result<Vec<String>, OptionError> {
+        let keyval = self.source == OptionSource::KeyVal;
+        let error = self.wrong_type(key, "array of String");
+        let wrong = || error.clone();
+        let item = |v: &Value| match v {
+            Value::String(s) if keyval => Some(s.clone()),
+            Value::Object(m) if m.len() == 1 => {
+                m.get("str").and_then(Value::as_str).map(str::to_string)
+            }
+            _ => None,
+        };
+        match self.map.remove(key) {
+            None => Ok(Vec::new()),
+            Some(Value::String(s)) if keyval => Ok(vec![s]),
+            Some(Value::Array(items)) => items.iter().map(|v| item(v).ok_or_else(wrong)).collect(),
+            Some(Value::Object(indexed)) if keyval => {
+                let mut entries = indexed
+                    .iter()
+                    .map(|(index, v)| Some((index.parse::<usize>().ok()?, item(v)?)))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(wrong)?;
+                entries.sort_by_key(|(index, _)| *index);
+                Ok(entries.into_iter().map(|(_, s)| s).collect())
+            }
+            Some(_) => Err(wrong()),
+        }
+    }
+
+    /// Removes a scalar member. A key repeated in key=value text keeps its last value, as in
+    /// QEMU, unless the member is a list ([`Self::take_str_list`]).
+    fn remove_scalar(&mut self, key: &str) -> Option<Value> {
+        match self.map.remove(key) {
+            Some(Value::Array(mut repeated)) if self.source == OptionSource::KeyVal => {
+                repeated.pop()
+            }
+            other => other,
         }
     }
 
@@ -284,10 +348,26 @@ fn insert_dotted(
             if map.contains_key(key) {
                 // QEMU's keyval: the last value wins for scalars, but a key that is both a scalar
                 // and an object is an error.
-                if map.get(key).is_some_and(Value::is_object) {
-                    return Err(OptionError::Invalid(format!(
-                        "Parameters '{key}.*' used inconsistently"
-                    )));
+                match map.get_mut(key) {
+                    Some(Value::Object(_)) => {
+                        return Err(OptionError::Invalid(format!(
+                            "Parameters '{key}.*' used inconsistently"
+                        )))
+                    }
+                    // Repeats are kept in order; scalar accessors take the last one.
+                    Some(Value::Array(repeats)) => {
+                        repeats.push(Value::String(value));
+                        return Ok(());
+                    }
+                    Some(first) => {
+                        let first = first.take();
+                        map.insert(
+                            key.to_string(),
+                            Value::Array(vec![first, Value::String(value)]),
+                        );
+                        return Ok(());
+                    }
+                    None => {}
                 }
             }
             map.insert(key.to_string(), Value::String(value));

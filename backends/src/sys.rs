@@ -350,3 +350,63 @@ pub fn setsockopt_struct<T: Copy>(
     })?;
     Ok(())
 }
+
+/// A non-blocking TCP socket with a connection to `addr` under way: poll it for writability,
+/// then [`take_socket_error`] tells how the connection went.
+pub fn connect_nonblocking(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = socket(domain, libc::SOCK_STREAM, 0)?;
+    let (storage, len) = sockaddr_from(addr);
+    // SAFETY: `storage` is a live sockaddr_storage and `len` does not exceed its size.
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    match check(ret) {
+        Ok(_) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(fd),
+        Err(e) => Err(e),
+    }
+}
+
+/// The pending error of a socket (`SO_ERROR`), cleared by reading it.
+pub fn take_socket_error(fd: RawFd) -> io::Result<()> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live and describe a c_int-sized buffer.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    match value {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Makes the next `close` of a TCP socket send a reset instead of a FIN.
+pub fn set_linger_reset(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = setsockopt_struct(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
+}
+
+/// `shutdown(2)` of the sending direction: the peer reads end-of-file.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain integer arguments; an unconnected socket only yields an error.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}

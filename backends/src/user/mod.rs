@@ -1,0 +1,161 @@
+//! The user-mode network stack (`-netdev user`): the guest gets a network with a gateway, DHCP
+//! and DNS, and its connections become ordinary host sockets — no root, no tap.
+//!
+//! Module map:
+//! - [`options`]: `NetdevUserOptions`, QEMU's defaults and checks.
+//! - `stack`: the dispatcher from guest frames to the handlers below and back.
+//! - `guest_frames`: the queue of frames for the guest and the frame builders.
+//! - `neighbors`: ARP, IPv6 neighbour and router advertisements.
+//! - `dhcp`: the DHCPv4 server.
+//! - `resolver`: which host resolver the virtual name server relays to.
+//! - `tcp_flows` (on `tcp_device`, a `smoltcp` device), `udp_flows`, `icmp_echo`: the flows.
+//! - `poller`: the one epoll set for all host sockets and the TCP timer.
+
+mod dhcp;
+mod guest_frames;
+mod icmp_echo;
+mod neighbors;
+pub mod options;
+mod poller;
+mod resolver;
+mod stack;
+mod tcp_device;
+mod tcp_flows;
+mod udp_flows;
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use options::UserOptions;
+pub use resolver::set_resolv_conf;
+
+use crate::{only_queue_zero, Backend, BackendQueue, Capabilities, Error, Offloads};
+use stack::Stack;
+
+/// A `user` netdev: one stack, served by the queue pair's worker.
+#[derive(Debug)]
+pub struct UserBackend {
+    stack: Arc<Mutex<Stack>>,
+    description: String,
+}
+
+fn lock(stack: &Mutex<Stack>) -> MutexGuard<'_, Stack> {
+    stack.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl UserBackend {
+    /// Builds the stack and binds the `hostfwd` sockets (failing like QEMU if one cannot be).
+    pub fn open(options: &UserOptions) -> Result<Self, Error> {
+        let mut description = String::from("user");
+        if let Some(n) = options.ipv4 {
+            description += &format!(" net={}/{} host={}", n.network, n.prefix_len(), n.host);
+        }
+        if let Some(n) = options.ipv6 {
+            description += &format!(" ipv6-prefix={}/{}", n.prefix, n.prefix_len);
+        }
+        if options.restrict {
+            description += " restrict=on";
+        }
+        let stack = Stack::new(options.clone())?;
+        Ok(UserBackend {
+            stack: Arc::new(Mutex::new(stack)),
+            description,
+        })
+    }
+
+    /// The host addresses the `hostfwd` rules are bound to, in rule order.
+    pub fn forward_addrs(&self) -> Vec<std::net::SocketAddr> {
+        lock(&self.stack).forward_addrs()
+    }
+}
+
+impl Backend for UserBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::PLAIN_ONE_QUEUE
+    }
+
+    fn queue(&self, index: u16) -> Result<Box<dyn BackendQueue>, Error> {
+        only_queue_zero(index)?;
+        let fd = lock(&self.stack).fd();
+        Ok(Box::new(UserQueue {
+            stack: Arc::clone(&self.stack),
+            fd,
+            gather: Vec::new(),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn shutdown(&self) {
+        lock(&self.stack).shutdown();
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.stack).counter_list()
+    }
+}
+
+/// The queue pair's handle on the stack.
+#[derive(Debug)]
+pub struct UserQueue {
+    stack: Arc<Mutex<Stack>>,
+    fd: RawFd,
+    /// Where a frame scattered over several buffers is put together.
+    gather: Vec<u8>,
+}
+
+impl UserQueue {
+    fn take(stack: &mut Stack, gather: &mut Vec<u8>, bufs: &[IoSlice<'_>]) -> usize {
+        match bufs {
+            [one] => {
+                stack.guest_frame(one);
+                one.len()
+            }
+            _ => {
+                gather.clear();
+                for b in bufs {
+                    gather.extend_from_slice(b);
+                }
+                stack.guest_frame(gather);
+                gather.len()
+            }
+        }
+    }
+}
+
+impl BackendQueue for UserQueue {
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        lock(&self.stack).next_frame(bufs)
+    }
+
+    fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut stack = lock(&self.stack);
+        let n = Self::take(&mut stack, &mut self.gather, bufs);
+        stack.guest_frames_done();
+        Ok(n)
+    }
+
+    fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
+        let mut stack = lock(&self.stack);
+        for frame in frames {
+            Self::take(&mut stack, &mut self.gather, frame);
+        }
+        stack.guest_frames_done();
+        Ok(frames.len())
+    }
+
+    fn pending_input(&self) -> bool {
+        lock(&self.stack).has_output()
+    }
+
+    fn set_offloads(&mut self, _offloads: Offloads) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,972 @@
+//! The user-mode stack: guest frames in, host sockets out, and back.
+//!
+//! Everything runs on the queue worker's thread, driven by two calls: guest frames arrive
+//! through [`Stack::guest_frame`], and [`Stack::next_frame`] services host sockets (one epoll set,
+//! [`Poller`]) when the guest queue is empty. Only TCP goes through `smoltcp`; ARP, neighbour
+//! discovery, DHCP, DNS, UDP and ICMP are answered or translated here directly.
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr, IpListenEndpoint, IpProtocol,
+    Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
+};
+
+use super::dhcp::DhcpServer;
+use super::guest_frames::{GuestFrames, LinkAddrs};
+use super::icmp_echo::{push_echo_reply, EchoFlows};
+use super::neighbors::{answer_arp, answer_ndp, ROUTER_LINK_LOCAL};
+use super::options::{GuestFwdTarget, HostFwd, UserOptions};
+use super::poller::{Interest, Poller, Ready, Token};
+use super::resolver::host_resolver;
+use super::tcp_device::TcpDevice;
+use super::tcp_flows::{FlowFate, TcpFlows};
+use super::udp_flows::UdpFlows;
+use crate::{sys, Error, OptionError};
+
+/// How often idle UDP/ICMP flows and stuck handshakes are looked for while any exist.
+const MAINTENANCE: Duration = Duration::from_secs(5);
+/// Source ports the stack uses toward the guest for `hostfwd` connections.
+const FORWARD_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+/// Frames and flows the stack refused, by reason (the netdev's `backend` counters).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StackCounters {
+    pub malformed: u64,
+    pub unsupported: u64,
+    pub fragments: u64,
+    pub restricted: u64,
+    pub tcp_refused: u64,
+    pub flow_limit: u64,
+}
+
+/// A `hostfwd` rule's host socket.
+#[derive(Debug)]
+enum Forward {
+    Tcp(TcpListener, SocketAddr),
+    Udp(UdpForward),
+}
+
+/// A UDP `hostfwd` rule: host clients are told apart by the source port the guest sees.
+#[derive(Debug)]
+struct UdpForward {
+    socket: UdpSocket,
+    guest: SocketAddr,
+    /// Host client → the port the guest sees it from.
+    ports: HashMap<SocketAddr, u16>,
+}
+
+/// The stack's whole state.
+pub struct Stack {
+    options: UserOptions,
+    link: LinkAddrs,
+    out: GuestFrames,
+    poller: Poller,
+    ready: Vec<Ready>,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    tcp: TcpFlows,
+    udp: UdpFlows,
+    echo: EchoFlows,
+    dhcp: Option<DhcpServer>,
+    forwards: Vec<Forward>,
+    /// Guest-side (guest, remote) pairs of UDP `hostfwd` clients → (rule, host client).
+    udp_forwarded: HashMap<(SocketAddr, SocketAddr), (usize, SocketAddr)>,
+    children: Vec<Child>,
+    scratch: Vec<u8>,
+    dirty: Vec<u64>,
+    dead: Vec<(u64, bool)>,
+    next_port: u16,
+    epoch: Instant,
+    next_maintenance: Option<Instant>,
+    logged: u32,
+    pub counters: StackCounters,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("tcp_flows", &self.tcp.len())
+            .field("udp_flows", &self.udp.len())
+            .field("queued", &self.out.len())
+            .finish()
+    }
+}
+
+fn forward_error(rule: &HostFwd, e: io::Error) -> Error {
+    log::error!("hostfwd '{}': {e}", rule.text);
+    Error::Option(OptionError::Invalid(format!(
+        "Could not set up host forwarding rule '{}'",
+        rule.text
+    )))
+}
+
+impl Stack {
+    pub fn new(options: UserOptions) -> Result<Stack, Error> {
+        let poller = Poller::new().map_err(|e| Error::io("epoll", e))?;
+        let link = LinkAddrs::new(options.ipv4.map(|n| n.host));
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5eed);
+        let epoch = Instant::now();
+        let mut scratch_frames = GuestFrames::default();
+        let mut device = TcpDevice {
+            ingress: None,
+            out: &mut scratch_frames,
+            link: &link,
+        };
+        let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
+        iface.set_any_ip(true);
+        iface.update_ip_addrs(|addrs| {
+            if let Some(n) = options.ipv4 {
+                let _ = addrs.push(IpCidr::new(n.host.into(), n.prefix_len()));
+            }
+            if let Some(n) = options.ipv6 {
+                let _ = addrs.push(IpCidr::new(n.host.into(), n.prefix_len));
+            }
+        });
+        if let Some(n) = options.ipv4 {
+            let _ = iface.routes_mut().add_default_ipv4_route(n.host);
+        }
+        if let Some(n) = options.ipv6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(n.host);
+        }
+        let mut forwards = Vec::new();
+        for (index, rule) in options.hostfwd.iter().enumerate() {
+            let Some(net) = options.ipv4 else {
+                return Err(forward_error(rule, io::Error::other("IPv4 is off")));
+            };
+            let host = SocketAddr::new(rule.host_addr.into(), rule.host_port);
+            let guest = SocketAddr::new(
+                rule.guest_addr.unwrap_or(net.dhcp_start).into(),
+                rule.guest_port,
+            );
+            let token = Token::HostFwd(index as u64);
+            let forward = if rule.udp {
+                let socket = UdpSocket::bind(host).map_err(|e| forward_error(rule, e))?;
+                socket
+                    .set_nonblocking(true)
+                    .map_err(|e| forward_error(rule, e))?;
+                poller
+                    .add(socket.as_raw_fd(), token, Interest::READ)
+                    .map_err(|e| forward_error(rule, e))?;
+                Forward::Udp(UdpForward {
+                    socket,
+                    guest,
+                    ports: HashMap::new(),
+                })
+            } else {
+                let listener = TcpListener::bind(host).map_err(|e| forward_error(rule, e))?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|e| forward_error(rule, e))?;
+                poller
+                    .add(listener.as_raw_fd(), token, Interest::READ)
+                    .map_err(|e| forward_error(rule, e))?;
+                Forward::Tcp(listener, guest)
+            };
+            forwards.push(forward);
+        }
+        let dhcp = options.ipv4.map(|n| DhcpServer::new(n, &options));
+        Ok(Stack {
+            options,
+            link,
+            out: GuestFrames::default(),
+            poller,
+            ready: Vec::new(),
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            tcp: TcpFlows::default(),
+            udp: UdpFlows::default(),
+            echo: EchoFlows::default(),
+            dhcp,
+            forwards,
+            udp_forwarded: HashMap::new(),
+            children: Vec::new(),
+            scratch: vec![0; 65536],
+            dirty: Vec::new(),
+            dead: Vec::new(),
+            next_port: *FORWARD_PORTS.start(),
+            epoch,
+            next_maintenance: None,
+            logged: 0,
+            counters: StackCounters::default(),
+        })
+    }
+
+    /// The descriptor that is readable when host sockets or timers need service.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.poller.fd()
+    }
+
+    /// The local addresses of the `hostfwd` rules, in rule order (port 0 rules get theirs).
+    pub fn forward_addrs(&self) -> Vec<SocketAddr> {
+        self.forwards
+            .iter()
+            .filter_map(|f| match f {
+                Forward::Tcp(l, _) => l.local_addr().ok(),
+                Forward::Udp(u) => u.socket.local_addr().ok(),
+            })
+            .collect()
+    }
+
+    /// Whether frames wait for the guest.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    fn now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    fn note(&mut self, bit: u32, what: &str) {
+        if self.logged & (1 << bit) == 0 {
+            self.logged |= 1 << bit;
+            log::warn!("user netdev: {what} (logged once; see the netdev's counters)");
+        }
+    }
+
+    /// Takes one frame from the guest. Call [`Self::guest_frames_done`] after a batch.
+    pub fn guest_frame(&mut self, frame: &[u8]) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let src = eth.src_addr();
+        if src.is_unicast() {
+            self.link.guest = src;
+        }
+        match eth.ethertype() {
+            EthernetProtocol::Arp => {
+                if let Some(net) = self.options.ipv4 {
+                    let guestfwd = &self.options.guestfwd;
+                    let ours = |a: Ipv4Addr| {
+                        a == net.host || a == net.dns || guestfwd.iter().any(|g| g.addr == a)
+                    };
+                    answer_arp(eth.payload(), ours, &self.link, &mut self.out);
+                }
+            }
+            EthernetProtocol::Ipv4 if self.options.ipv4.is_some() => self.ipv4(eth.payload()),
+            EthernetProtocol::Ipv6 if self.options.ipv6.is_some() => self.ipv6(eth.payload()),
+            _ => self.counters.unsupported += 1,
+        }
+    }
+
+    fn ipv4(&mut self, packet: &[u8]) {
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            self.counters.fragments += 1;
+            self.note(0, "dropping fragmented IPv4 from the guest");
+            return;
+        }
+        let len = usize::from(ip.total_len());
+        let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
+        match ip.next_header() {
+            IpProtocol::Tcp => self.tcp_from_guest(src, dst, &packet[..len], ip.payload()),
+            IpProtocol::Udp => self.udp_from_guest(src, dst, ip.payload()),
+            IpProtocol::Icmp => self.icmp_from_guest(src, dst, ip.payload()),
+            _ => self.counters.unsupported += 1,
+        }
+    }
+
+    fn ipv6(&mut self, packet: &[u8]) {
+        let Ok(ip) = Ipv6Packet::new_checked(packet) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let len = 40 + usize::from(ip.payload_len());
+        let (src, dst) = (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()));
+        match ip.next_header() {
+            IpProtocol::Tcp => self.tcp_from_guest(src, dst, &packet[..len], ip.payload()),
+            IpProtocol::Udp => self.udp_from_guest(src, dst, ip.payload()),
+            IpProtocol::Icmpv6 => self.icmp_from_guest(src, dst, ip.payload()),
+            // Multicast listener reports come with a hop-by-hop header; nothing to do.
+            IpProtocol::HopByHop => {}
+            _ => self.counters.unsupported += 1,
+        }
+    }
+
+    /// Where the host reaches what the guest calls `remote`; `None` if the guest may not.
+    fn outbound_target(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        if self.options.restrict {
+            return None;
+        }
+        let ip = remote.ip();
+        if ip.is_multicast() || ip.is_unspecified() {
+            return None;
+        }
+        if let Some(n) = self.options.ipv4 {
+            if ip == IpAddr::V4(n.host) {
+                return Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), remote.port()));
+            }
+            if ip == IpAddr::V4(n.dns) || ip == IpAddr::V4(n.broadcast()) {
+                return (ip == IpAddr::V4(n.dns) && remote.port() == 53)
+                    .then(|| host_resolver(53))
+                    .flatten();
+            }
+            if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+                return None;
+            }
+        }
+        if let Some(n) = self.options.ipv6 {
+            if ip == IpAddr::V6(n.host) || ip == IpAddr::V6(ROUTER_LINK_LOCAL) {
+                return Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), remote.port()));
+            }
+            if ip == IpAddr::V6(n.dns) {
+                return (remote.port() == 53).then(|| host_resolver(53)).flatten();
+            }
+        }
+        Some(remote)
+    }
+
+    fn udp_from_guest(&mut self, src: IpAddr, dst: IpAddr, bytes: &[u8]) {
+        let Ok(udp) = UdpPacket::new_checked(bytes) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let guest = SocketAddr::new(src, udp.src_port());
+        let remote = SocketAddr::new(dst, udp.dst_port());
+        let payload = udp.payload();
+        if udp.dst_port() == 67 && src.is_ipv4() {
+            if let (Some(dhcp), Some(net)) = (self.dhcp.as_mut(), self.options.ipv4) {
+                if let Some(reply) = dhcp.handle(payload) {
+                    self.out.push_udp(
+                        &self.link,
+                        SocketAddr::new(net.host.into(), 67),
+                        SocketAddr::new(reply.dst.into(), 68),
+                        &reply.payload,
+                    );
+                }
+            }
+            return;
+        }
+        if let Some((rule, client)) = self.udp_forwarded.get(&(guest, remote)) {
+            if let Some(Forward::Udp(f)) = self.forwards.get(*rule) {
+                let _ = f.socket.send_to(payload, client);
+            }
+            return;
+        }
+        let Some(target) = self.outbound_target(remote) else {
+            self.counters.restricted += 1;
+            return;
+        };
+        if let Err(e) = self.udp.send(&self.poller, guest, remote, target, payload) {
+            log::debug!("udp {guest} -> {target}: {e}");
+        }
+    }
+
+    fn icmp_from_guest(&mut self, src: IpAddr, dst: IpAddr, message: &[u8]) {
+        if let (IpAddr::V6(s), Some(net)) = (src, self.options.ipv6) {
+            if answer_ndp(
+                s,
+                message,
+                &net,
+                self.options.restrict,
+                &self.link,
+                &mut self.out,
+            ) {
+                return;
+            }
+        }
+        let echo_request = match src {
+            IpAddr::V4(_) => 8,
+            IpAddr::V6(_) => 128,
+        };
+        if message.len() < 8 || message[0] != echo_request || message[1] != 0 {
+            return;
+        }
+        let ident = u16::from_be_bytes([message[4], message[5]]);
+        let local = match (dst, self.options.ipv4, self.options.ipv6) {
+            (IpAddr::V4(d), Some(n), _) => d == n.host || d == n.dns,
+            (IpAddr::V6(d), _, Some(n)) => d == n.host || d == n.dns || d == ROUTER_LINK_LOCAL,
+            _ => false,
+        };
+        if local {
+            push_echo_reply(&mut self.out, &self.link, dst, src, ident, message);
+            return;
+        }
+        let Some(target) = self.outbound_target(SocketAddr::new(dst, 0)) else {
+            self.counters.restricted += 1;
+            return;
+        };
+        if let Err(e) = self
+            .echo
+            .send(&self.poller, src, dst, target.ip(), ident, message)
+        {
+            self.counters.unsupported += 1;
+            self.note(
+                1,
+                &format!("cannot forward ping: {e} (see net.ipv4.ping_group_range)"),
+            );
+        }
+    }
+
+    fn feed_tcp(&mut self, packet: &[u8]) {
+        let now = self.now();
+        let mut device = TcpDevice {
+            ingress: Some(packet),
+            out: &mut self.out,
+            link: &self.link,
+        };
+        self.iface
+            .poll_ingress_single(now, &mut device, &mut self.sockets);
+    }
+
+    fn tcp_from_guest(&mut self, src: IpAddr, dst: IpAddr, packet: &[u8], bytes: &[u8]) {
+        let Ok(segment) = TcpPacket::new_checked(bytes) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let guest = SocketAddr::new(src, segment.src_port());
+        let remote = SocketAddr::new(dst, segment.dst_port());
+        if let Some(id) = self.tcp.find(guest, remote) {
+            let connecting = self.tcp.get(id).is_some_and(|f| f.handle.is_none());
+            if !connecting {
+                self.feed_tcp(packet);
+                self.dirty.push(id);
+            } else if segment.rst() {
+                self.dead.push((id, true));
+            }
+            // Retransmitted SYNs wait with the first one.
+            return;
+        }
+        if segment.syn() && !segment.ack() {
+            self.tcp_open(guest, remote, packet);
+        } else {
+            // No such connection: smoltcp answers with a reset.
+            self.feed_tcp(packet);
+        }
+    }
+
+    /// Starts the host side of a guest connection, holding its SYN until it is made.
+    fn tcp_open(&mut self, guest: SocketAddr, remote: SocketAddr, syn: &[u8]) {
+        if self.tcp.is_full() {
+            self.counters.flow_limit += 1;
+            self.note(2, "TCP flow limit reached; refusing connections");
+            self.feed_tcp(syn);
+            return;
+        }
+        let guestfwd = self
+            .options
+            .guestfwd
+            .iter()
+            .find(|g| SocketAddr::new(g.addr.into(), g.port) == remote)
+            .map(|g| g.target.clone());
+        let mut child = None;
+        let host = match guestfwd {
+            Some(GuestFwdTarget::Command(command)) => match spawn_command(&command) {
+                Ok((fd, c)) => {
+                    child = Some(c);
+                    Ok(fd)
+                }
+                Err(e) => Err(e),
+            },
+            Some(GuestFwdTarget::Connect { host, port }) => {
+                use std::net::ToSocketAddrs;
+                (host.as_str(), port)
+                    .to_socket_addrs()
+                    .and_then(|mut a| a.next().ok_or_else(|| io::Error::other("no address")))
+                    .and_then(sys::connect_nonblocking)
+            }
+            None => match self.outbound_target(remote) {
+                Some(target) => sys::connect_nonblocking(target),
+                None => {
+                    self.counters.restricted += 1;
+                    return;
+                }
+            },
+        };
+        let host = match host {
+            Ok(h) => h,
+            Err(e) => {
+                log::debug!("tcp {guest} -> {remote}: {e}");
+                self.counters.tcp_refused += 1;
+                self.feed_tcp(syn);
+                return;
+            }
+        };
+        match self.tcp.insert(&self.poller, host, guest, remote, true) {
+            Ok(id) => {
+                if let Some(flow) = self.tcp.get_mut(id) {
+                    flow.syn = syn.to_vec();
+                    flow.child = child;
+                }
+            }
+            Err(e) => log::warn!("tcp {guest} -> {remote}: {e}"),
+        }
+    }
+
+    /// The host connection of flow `id` is made (or failed): let the guest's SYN through.
+    fn tcp_connected(&mut self, id: u64) {
+        let Some(flow) = self.tcp.get_mut(id) else {
+            return;
+        };
+        let syn = std::mem::take(&mut flow.syn);
+        let remote = flow.remote;
+        if let Err(e) = sys::take_socket_error(flow.host.as_raw_fd()) {
+            log::debug!("tcp -> {remote}: {e}");
+            self.counters.tcp_refused += 1;
+            self.remove_flow(id, false);
+            self.feed_tcp(&syn);
+            return;
+        }
+        let mut socket = self.tcp.new_socket();
+        if socket
+            .listen(IpListenEndpoint {
+                addr: Some(remote.ip().into()),
+                port: remote.port(),
+            })
+            .is_err()
+        {
+            self.remove_flow(id, true);
+            return;
+        }
+        let handle = self.sockets.add(socket);
+        if let Some(flow) = self.tcp.get_mut(id) {
+            flow.handle = Some(handle);
+        }
+        self.feed_tcp(&syn);
+        self.dirty.push(id);
+    }
+
+    fn remove_flow(&mut self, id: u64, reset_host: bool) {
+        if let Some(child) = self.tcp.remove(id, &mut self.sockets, reset_host) {
+            self.children.push(child);
+        }
+    }
+
+    /// Next source port toward the guest for a forwarded connection.
+    fn forward_port(&mut self, guest: SocketAddr, remote_ip: IpAddr) -> u16 {
+        for _ in FORWARD_PORTS {
+            let port = self.next_port;
+            self.next_port = if port == *FORWARD_PORTS.end() {
+                *FORWARD_PORTS.start()
+            } else {
+                port + 1
+            };
+            let remote = SocketAddr::new(remote_ip, port);
+            if !self.tcp.in_use(guest, remote) && !self.udp_forwarded.contains_key(&(guest, remote))
+            {
+                return port;
+            }
+        }
+        *FORWARD_PORTS.start()
+    }
+
+    fn forward_accept(&mut self, index: usize) {
+        let Some(net) = self.options.ipv4 else {
+            return;
+        };
+        for _ in 0..16 {
+            let (stream, guest) = match self.forwards.get(index) {
+                Some(Forward::Tcp(listener, guest)) => match listener.accept() {
+                    Ok((stream, _)) => (stream, *guest),
+                    Err(_) => return,
+                },
+                _ => return,
+            };
+            if self.tcp.is_full() {
+                self.counters.flow_limit += 1;
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let port = self.forward_port(guest, net.host.into());
+            let remote = SocketAddr::new(net.host.into(), port);
+            let id =
+                match self
+                    .tcp
+                    .insert(&self.poller, OwnedFd::from(stream), guest, remote, false)
+                {
+                    Ok(id) => id,
+                    Err(_) => continue,
+                };
+            let mut socket = self.tcp.new_socket();
+            if socket.connect(self.iface.context(), guest, remote).is_err() {
+                self.remove_flow(id, true);
+                continue;
+            }
+            let handle = self.sockets.add(socket);
+            if let Some(flow) = self.tcp.get_mut(id) {
+                flow.handle = Some(handle);
+            }
+            self.dirty.push(id);
+        }
+    }
+
+    fn forward_datagrams(&mut self, index: usize) {
+        let Some(net) = self.options.ipv4 else {
+            return;
+        };
+        loop {
+            if self.out.is_full() {
+                return;
+            }
+            let (n, client, guest) = match self.forwards.get(index) {
+                Some(Forward::Udp(f)) => match f.socket.recv_from(&mut self.scratch) {
+                    Ok((n, client)) => (n, client, f.guest),
+                    Err(_) => return,
+                },
+                _ => return,
+            };
+            let known = match self.forwards.get(index) {
+                Some(Forward::Udp(f)) => f.ports.get(&client).copied(),
+                _ => None,
+            };
+            let port = match known {
+                Some(p) => p,
+                None => {
+                    let p = self.forward_port(guest, net.host.into());
+                    if let Some(Forward::Udp(f)) = self.forwards.get_mut(index) {
+                        f.ports.insert(client, p);
+                    }
+                    self.udp_forwarded.insert(
+                        (guest, SocketAddr::new(net.host.into(), p)),
+                        (index, client),
+                    );
+                    p
+                }
+            };
+            let from = SocketAddr::new(net.host.into(), port);
+            if !self
+                .out
+                .push_udp(&self.link, from, guest, &self.scratch[..n])
+            {
+                self.udp.drops.too_big += 1;
+            }
+        }
+    }
+
+    /// Ends a batch of guest frames: moves data, sends what smoltcp has, re-arms the timer.
+    pub fn guest_frames_done(&mut self) {
+        self.settle();
+    }
+
+    fn settle(&mut self) {
+        self.dirty.sort_unstable();
+        self.dirty.dedup();
+        for id in std::mem::take(&mut self.dirty) {
+            match self.tcp.pump(id, &mut self.sockets, &self.poller) {
+                FlowFate::Alive => {}
+                FlowFate::Finished => self.dead.push((id, false)),
+                FlowFate::Aborted => self.dead.push((id, true)),
+            }
+        }
+        let now = self.now();
+        let mut device = TcpDevice {
+            ingress: None,
+            out: &mut self.out,
+            link: &self.link,
+        };
+        self.iface.poll_egress(now, &mut device, &mut self.sockets);
+        for (id, reset) in std::mem::take(&mut self.dead) {
+            self.remove_flow(id, reset);
+        }
+        self.arm_timer();
+    }
+
+    fn arm_timer(&mut self) {
+        let now = self.now();
+        let tcp_delay = self
+            .iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()));
+        let busy = self.tcp.len() > 0 || self.udp.len() > 0 || !self.children.is_empty();
+        if busy && self.next_maintenance.is_none() {
+            self.next_maintenance = Some(Instant::now() + MAINTENANCE);
+        }
+        let maintenance = self
+            .next_maintenance
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        let delay = match (tcp_delay, maintenance) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.poller.arm_timer(delay);
+    }
+
+    fn maintain(&mut self) {
+        if self.next_maintenance.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        self.next_maintenance = None;
+        let udp_left = self.udp.expire();
+        let echo_left = self.echo.expire();
+        for id in self.tcp.stale_handshakes() {
+            self.counters.tcp_refused += 1;
+            self.remove_flow(id, true);
+        }
+        self.children
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        // Every flow is looked at: timers may have closed some.
+        self.dirty.extend(self.tcp.ids());
+        if udp_left || echo_left || self.tcp.len() > 0 || !self.children.is_empty() {
+            self.next_maintenance = Some(Instant::now() + MAINTENANCE);
+        }
+    }
+
+    /// Handles what the host sockets and the timer have.
+    fn service(&mut self) {
+        let mut ready = std::mem::take(&mut self.ready);
+        if self.poller.poll_now(&mut ready).is_err() {
+            ready.clear();
+        }
+        for event in &ready {
+            match event.token {
+                Token::Timer => {
+                    self.dirty.extend(self.tcp.ids());
+                    self.maintain();
+                }
+                Token::Tcp(id) => {
+                    let connecting = self.tcp.get(id).is_some_and(|f| f.handle.is_none());
+                    if connecting {
+                        if event.writable || event.failed {
+                            self.tcp_connected(id);
+                        }
+                    } else {
+                        self.dirty.push(id);
+                    }
+                }
+                Token::Udp(id) => {
+                    self.udp
+                        .receive(id, &mut self.out, &self.link, &mut self.scratch)
+                }
+                Token::Icmp(id) => {
+                    self.echo
+                        .receive(id, &mut self.out, &self.link, &mut self.scratch)
+                }
+                Token::HostFwd(index) => match self.forwards.get(index as usize) {
+                    Some(Forward::Tcp(..)) => self.forward_accept(index as usize),
+                    Some(Forward::Udp(_)) => self.forward_datagrams(index as usize),
+                    None => {}
+                },
+            }
+        }
+        self.ready = ready;
+        self.settle();
+    }
+
+    /// The next frame for the guest, servicing the host first if none is waiting.
+    pub fn next_frame(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        if self.out.is_empty() {
+            self.service();
+        }
+        self.out
+            .pop_into(bufs)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))
+    }
+
+    /// The counters, named for the stats query.
+    pub fn counter_list(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        vec![
+            ("malformed", c.malformed),
+            ("unsupported", c.unsupported),
+            ("fragments", c.fragments),
+            ("restricted", c.restricted),
+            ("tcp_refused", c.tcp_refused),
+            ("flow_limit", c.flow_limit),
+            ("udp_too_big", self.udp.drops.too_big),
+            ("udp_send_failed", self.udp.drops.send_failed),
+            ("queue_overflow", self.out.overflowed()),
+            ("tcp_flows", self.tcp.len() as u64),
+            ("udp_flows", self.udp.len() as u64),
+        ]
+    }
+
+    /// Closes every flow (the netdev goes away).
+    pub fn shutdown(&mut self) {
+        for id in self.tcp.ids() {
+            self.remove_flow(id, true);
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+/// Runs a `guestfwd` command with one end of a socket pair as its stdin and stdout.
+fn spawn_command(command: &str) -> io::Result<(OwnedFd, Child)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    let theirs_out = theirs.try_clone()?;
+    let child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+        .spawn()?;
+    Ok((OwnedFd::from(ours), child))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Opts;
+    use smoltcp::wire::{IpAddress, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+
+    fn stack(extra: &str) -> Stack {
+        let mut opts = Opts::parse_keyval(&format!("user{extra}")).unwrap();
+        opts.take_str("type").unwrap();
+        Stack::new(UserOptions::from_opts(&mut opts).unwrap()).unwrap()
+    }
+
+    const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn syn_frame(dst: Ipv4Addr, port: u16) -> Vec<u8> {
+        let src = Ipv4Addr::new(10, 0, 2, 15);
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: port,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: None,
+            window_len: 64240,
+            window_scale: None,
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut frame = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
+        super::super::guest_frames::write_eth(
+            &mut frame,
+            smoltcp::wire::EthernetAddress(GUEST_MAC),
+            smoltcp::wire::EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
+            EthernetProtocol::Ipv4,
+        );
+        let caps = smoltcp::phy::ChecksumCapabilities::default();
+        let mut packet = Ipv4Packet::new_unchecked(&mut frame[14..]);
+        ip.emit(&mut packet, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &caps,
+        );
+        frame
+    }
+
+    fn take_frames(s: &mut Stack) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 1514];
+        while let Ok(n) = s.next_frame(&mut [IoSliceMut::new(&mut buf)]) {
+            frames.push(buf[..n].to_vec());
+        }
+        frames
+    }
+
+    fn tcp_flags(frame: &[u8]) -> (bool, bool, bool) {
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        (tcp.syn(), tcp.ack(), tcp.rst())
+    }
+
+    /// Services the stack until it has a frame for the guest (waiting on its descriptor).
+    fn wait_frames(s: &mut Stack) -> Vec<Vec<u8>> {
+        for _ in 0..50 {
+            let frames = take_frames(s);
+            if !frames.is_empty() {
+                return frames;
+            }
+            let mut pfd = [libc::pollfd {
+                fd: s.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            sys::poll(&mut pfd, 100).unwrap();
+        }
+        Vec::new()
+    }
+
+    #[test]
+    fn a_refused_host_port_is_a_reset_and_an_open_one_a_syn_ack() {
+        let mut s = stack("");
+        // Nothing listens on this loopback port (bound and closed to find a free one).
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        s.guest_frame(&syn_frame(Ipv4Addr::new(10, 0, 2, 2), closed));
+        s.guest_frames_done();
+        let frames = wait_frames(&mut s);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(tcp_flags(&frames[0]), (false, true, true), "RST+ACK");
+        assert_eq!(s.counters.tcp_refused, 1);
+        assert_eq!(s.tcp.len(), 0);
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap().port();
+        s.guest_frame(&syn_frame(Ipv4Addr::new(10, 0, 2, 2), open));
+        s.guest_frames_done();
+        let frames = wait_frames(&mut s);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(tcp_flags(&frames[0]), (true, true, false), "SYN+ACK");
+        assert!(listener.accept().is_ok(), "the host side connected");
+    }
+
+    #[test]
+    fn restrict_drops_outbound_connections() {
+        let mut s = stack(",restrict=on");
+        s.guest_frame(&syn_frame(Ipv4Addr::new(10, 0, 2, 2), 80));
+        s.guest_frames_done();
+        assert!(take_frames(&mut s).is_empty());
+        assert_eq!(s.counters.restricted, 1);
+    }
+
+    #[test]
+    fn hostile_frames_are_counted_never_fatal() {
+        let mut s = stack("");
+        let valid = syn_frame(Ipv4Addr::new(10, 0, 2, 2), 9);
+        let mut x: u32 = 0x9e37_79b9;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for round in 0..20_000 {
+            let mut frame = valid.clone();
+            // Truncate and flip bytes anywhere past the Ethernet addresses.
+            frame.truncate(12 + (next() as usize % (valid.len() - 11)));
+            for _ in 0..(round % 4) {
+                let at = 12 + next() as usize % (frame.len().max(13) - 12);
+                if at < frame.len() {
+                    frame[at] = next() as u8;
+                }
+            }
+            s.guest_frame(&frame);
+            if round % 64 == 0 {
+                s.guest_frames_done();
+                take_frames(&mut s);
+            }
+        }
+        s.guest_frames_done();
+        assert!(s.counters.malformed > 0);
+        assert!(s.tcp.len() <= super::super::tcp_flows::MAX_FLOWS);
+    }
+}
