@@ -8,7 +8,8 @@
 //!   namespace's loopback through 10.0.2.2 (IPv4) and fec0::2 (IPv6, SLAAC address), a DNS
 //!   lookup relayed to a resolver on loopback, and a ping to an outside address (ping socket).
 //! - eth1 is `restrict=on` with QEMU's DHCP options and a `hostfwd`: the lease carries them,
-//!   outbound connections are blocked, and a host client reaches a listener in the guest.
+//!   outbound connections are blocked, a host client reaches a listener in the guest, and
+//!   `guestfwd` connections reach a command and a host port.
 
 #![allow(clippy::unwrap_used)]
 
@@ -53,6 +54,8 @@ chmod +x /etc/udhcpc/default.script
 # busybox-static's wget crashes in this initramfs: fetch with nc, keep the body (the last bytes).
 printf '#!/bin/sh\nprintf "GET /file HTTP/1.0\\r\\n\\r\\n"\ncat > /tmp/response\n' > /bin/httpget
 chmod +x /bin/httpget
+printf '#!/bin/sh\ncat > /tmp/guestfwd\n' > /bin/readall
+chmod +x /bin/readall
 fetch() {{ rm -f /tmp/response; nc -w 20 "$1" {HTTP_PORT} -e /bin/httpget; tail -c {FILE_LEN} /tmp/response > "$2"; }}
 ip link set lo up
 ip link set eth0 up
@@ -65,6 +68,8 @@ if ping -c 2 -W 3 {OUTSIDE} | grep -q " 0% packet loss"; then echo "RESULT ping-
 fetch 10.0.2.2 /tmp/f4 && echo "RESULT http4 $(md5sum /tmp/f4 | cut -c1-32) $(wc -c < /tmp/f4)"
 echo "RESULT dns $(nslookup {DNS_NAME} 10.0.2.3 2>&1 | tr '\n' ' ')"
 if nc -w 5 10.0.5.2 {HTTP_PORT} -e /bin/httpget; then echo "RESULT restrict open"; else echo "RESULT restrict blocked"; fi
+nc -w 10 10.0.5.100 4321 -e /bin/readall; echo "RESULT guestfwd-cmd $(cat /tmp/guestfwd)"
+fetch 10.0.5.101 /tmp/fg && echo "RESULT guestfwd-tcp $(md5sum /tmp/fg | cut -c1-32) $(wc -c < /tmp/fg)"
 (echo HOSTFWD-HELLO; sleep 10) | nc -l -p 7777 > /tmp/hostfwd &
 n=0; until netstat -ltn | grep -q ':7777 '; do n=$((n+1)); [ $n -ge 50 ] && break; sleep 0.1; done
 echo "RESULT hostfwd-listening"
@@ -202,7 +207,8 @@ fn guest_gets_network_from_the_default_user_stack() {
         .arg(
             "user,id=r,ipv4=on,net=10.0.5.0/24,restrict=on,hostname=vmtest,domainname=example.test,\
              dnssearch=a.example,bootfile=boot.img,tftp-server-name=tftp.example,\
-             hostfwd=tcp:127.0.0.1:2222-:7777",
+             hostfwd=tcp:127.0.0.1:2222-:7777,guestfwd=tcp:10.0.5.100:4321-cmd:echo GUESTFWD-CMD,\
+             guestfwd=tcp:10.0.5.101:8080-tcp:127.0.0.1:8080",
         )
         .arg("--port")
         .arg(format!("socket-path={d}/restricted.sock,netdev=r"));
@@ -264,6 +270,10 @@ fn guest_gets_network_from_the_default_user_stack() {
     let restrict = c.wait_for("RESULT restrict", STEP);
     assert!(restrict.ends_with(" blocked"), "{restrict}");
 
+    let gf = c.wait_for("RESULT guestfwd-cmd", STEP);
+    assert_eq!(gf, "RESULT guestfwd-cmd GUESTFWD-CMD");
+    let gf = c.wait_for("RESULT guestfwd-tcp", STEP);
+    assert_eq!(gf, format!("RESULT guestfwd-tcp {want_md5} {FILE_LEN}"));
     c.wait_for("RESULT hostfwd-listening", STEP);
     let client = ns.spawn(|| {
         let mut s = TcpStream::connect("127.0.0.1:2222").unwrap();
