@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         vhost_user_netd_backends::batching::disable();
     }
     vhost_user_netd_backends::user::set_resolv_conf(args.resolv_conf.clone());
+    vhost_user_netd_backends::sys::raise_fd_limit();
     let config = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {

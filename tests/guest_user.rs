@@ -9,7 +9,8 @@
 //!   lookup relayed to a resolver on loopback, and a ping to an outside address (ping socket).
 //! - eth1 is `restrict=on` with QEMU's DHCP options and a `hostfwd`: the lease carries them,
 //!   outbound connections are blocked, a host client reaches a listener in the guest, and
-//!   `guestfwd` connections reach a command and a host port.
+//!   `guestfwd` connections reach a command and a host port; its TFTP root serves a boot file
+//!   and refuses a name outside the root.
 
 #![allow(clippy::unwrap_used)]
 
@@ -70,6 +71,8 @@ echo "RESULT dns $(nslookup {DNS_NAME} 10.0.2.3 2>&1 | tr '\n' ' ')"
 if nc -w 5 10.0.5.2 {HTTP_PORT} -e /bin/httpget; then echo "RESULT restrict open"; else echo "RESULT restrict blocked"; fi
 nc -w 10 10.0.5.100 4321 -e /bin/readall; echo "RESULT guestfwd-cmd $(cat /tmp/guestfwd)"
 fetch 10.0.5.101 /tmp/fg && echo "RESULT guestfwd-tcp $(md5sum /tmp/fg | cut -c1-32) $(wc -c < /tmp/fg)"
+tftp -g -b 1400 -r boot.img -l /tmp/boot.img 10.0.5.2 && echo "RESULT tftp $(md5sum /tmp/boot.img | cut -c1-32) $(wc -c < /tmp/boot.img)"
+if tftp -g -r ../resolv.conf -l /tmp/escape 10.0.5.2 2>/dev/null; then echo "RESULT tftp-escape open"; else echo "RESULT tftp-escape refused"; fi
 (echo HOSTFWD-HELLO; sleep 10) | nc -l -p 7777 > /tmp/hostfwd &
 n=0; until netstat -ltn | grep -q ':7777 '; do n=$((n+1)); [ $n -ge 50 ] && break; sleep 0.1; done
 echo "RESULT hostfwd-listening"
@@ -191,6 +194,10 @@ fn guest_gets_network_from_the_default_user_stack() {
     });
     http_ready.recv().unwrap();
     dns_ready.recv().unwrap();
+    let tftp_root = dir.path("tftp");
+    std::fs::create_dir(&tftp_root).unwrap();
+    std::fs::write(tftp_root.join("boot.img"), &file_body()[..300_000]).unwrap();
+    let boot_md5 = md5_of(&tftp_root.join("boot.img"));
     let resolv = dir.path("resolv.conf");
     std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
 
@@ -204,12 +211,12 @@ fn guest_gets_network_from_the_default_user_stack() {
     // eth1: restricted, with DHCP options and a host forward.
     let mut cmd = ns.command(common::daemon::BINARY);
     cmd.arg("--netdev")
-        .arg(
+        .arg(format!(
             "user,id=r,ipv4=on,net=10.0.5.0/24,restrict=on,hostname=vmtest,domainname=example.test,\
-             dnssearch=a.example,bootfile=boot.img,tftp-server-name=tftp.example,\
+             dnssearch=a.example,bootfile=boot.img,tftp={d}/tftp,tftp-server-name=tftp.example,\
              hostfwd=tcp:127.0.0.1:2222-:7777,guestfwd=tcp:10.0.5.100:4321-cmd:echo GUESTFWD-CMD,\
              guestfwd=tcp:10.0.5.101:8080-tcp:127.0.0.1:8080",
-        )
+        ))
         .arg("--port")
         .arg(format!("socket-path={d}/restricted.sock,netdev=r"));
     let _restricted = Daemon::start(cmd, 1);
@@ -274,6 +281,10 @@ fn guest_gets_network_from_the_default_user_stack() {
     assert_eq!(gf, "RESULT guestfwd-cmd GUESTFWD-CMD");
     let gf = c.wait_for("RESULT guestfwd-tcp", STEP);
     assert_eq!(gf, format!("RESULT guestfwd-tcp {want_md5} {FILE_LEN}"));
+    let tftp = c.wait_for("RESULT tftp ", STEP);
+    assert_eq!(tftp, format!("RESULT tftp {boot_md5} 300000"));
+    let escape = c.wait_for("RESULT tftp-escape", STEP);
+    assert!(escape.ends_with(" refused"), "{escape}");
     c.wait_for("RESULT hostfwd-listening", STEP);
     let client = ns.spawn(|| {
         let mut s = TcpStream::connect("127.0.0.1:2222").unwrap();

@@ -410,3 +410,20 @@ pub fn shutdown_write(fd: RawFd) {
     // SAFETY: plain integer arguments; an unconnected socket only yields an error.
     let _ = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
+
+/// Raises the soft limit on open descriptors to the hard limit: a stack with many flows holds
+/// one socket per flow, beyond the usual soft limit of 1024.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live rlimit the kernel fills in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
+        && limit.rlim_cur < limit.rlim_max
+    {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit; failure leaves the old limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+}

@@ -7,6 +7,7 @@
 //! - `guest_frames`: the queue of frames for the guest and the frame builders.
 //! - `neighbors`: ARP, IPv6 neighbour and router advertisements.
 //! - `dhcp`: the DHCPv4 server.
+//! - `tftp`: the read-only TFTP server (`tftp=ROOT`).
 //! - `resolver`: which host resolver the virtual name server relays to.
 //! - `tcp_flows` (on `tcp_device`, a `smoltcp` device), `udp_flows`, `icmp_echo`: the flows.
 //! - `poller`: the one epoll set for all host sockets and the TCP timer.
@@ -21,6 +22,7 @@ mod resolver;
 mod stack;
 mod tcp_device;
 mod tcp_flows;
+mod tftp;
 mod udp_flows;
 
 use std::io::{self, IoSlice, IoSliceMut};

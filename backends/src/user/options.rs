@@ -193,12 +193,13 @@ impl UserOptions {
                 "'smb' is not supported by vhost-user-netd: share files with virtiofs or 9p",
             ));
         }
-        if tftp.is_some() {
-            // Refused rather than accepted and ignored: the guest would wait for a server.
-            return Err(invalid(
-                "'tftp' is not supported by vhost-user-netd yet: serve boot files over HTTP \
-                 through the gateway address",
-            ));
+        if let Some(root) = &tftp {
+            if !root.is_dir() {
+                return Err(invalid(format!(
+                    "tftp root '{}' is not a directory",
+                    root.display()
+                )));
+            }
         }
         if bootfile.is_some() && tftp.is_none() {
             log::warn!("bootfile without tftp: the guest is told a file nobody serves");
@@ -678,7 +679,7 @@ mod tests {
     #[test]
     fn unsupported_services_are_refused_by_name() {
         assert!(error("smb=/tmp").contains("'smb' is not supported"));
-        assert!(error("tftp=/srv/tftp").contains("'tftp' is not supported"));
+        assert!(error("tftp=/nonexistent/dir").contains("is not a directory"));
         assert_eq!(error("bogus=1"), "Invalid parameter 'bogus'");
     }
 

@@ -28,6 +28,7 @@ use super::poller::{Interest, Poller, Ready, Token};
 use super::resolver::host_resolver;
 use super::tcp_device::TcpDevice;
 use super::tcp_flows::{FlowFate, TcpFlows};
+use super::tftp::{self, TftpServer};
 use super::udp_flows::UdpFlows;
 use crate::{sys, Error, OptionError};
 
@@ -76,6 +77,7 @@ pub struct Stack {
     udp: UdpFlows,
     echo: EchoFlows,
     dhcp: Option<DhcpServer>,
+    tftp: Option<TftpServer>,
     forwards: Vec<Forward>,
     /// Guest-side (guest, remote) pairs of UDP `hostfwd` clients → (rule, host client).
     udp_forwarded: HashMap<(SocketAddr, SocketAddr), (usize, SocketAddr)>,
@@ -177,6 +179,7 @@ impl Stack {
             forwards.push(forward);
         }
         let dhcp = options.ipv4.map(|n| DhcpServer::new(n, &options));
+        let tftp = options.ipv4.and(options.tftp.clone()).map(TftpServer::new);
         Ok(Stack {
             options,
             link,
@@ -189,6 +192,7 @@ impl Stack {
             udp: UdpFlows::default(),
             echo: EchoFlows::default(),
             dhcp,
+            tftp,
             forwards,
             udp_forwarded: HashMap::new(),
             children: Vec::new(),
@@ -351,6 +355,18 @@ impl Stack {
                 }
             }
             return;
+        }
+        if let (Some(server), Some(net)) = (self.tftp.as_mut(), self.options.ipv4) {
+            if dst == IpAddr::V4(net.host) && udp.dst_port() == tftp::PORT {
+                let mut reply = std::mem::take(&mut self.scratch);
+                server.handle(guest, payload, &mut reply);
+                if !reply.is_empty() {
+                    self.out.push_udp(&self.link, remote, guest, &reply);
+                }
+                reply.resize(65536, 0);
+                self.scratch = reply;
+                return;
+            }
         }
         if let Some((rule, client)) = self.udp_forwarded.get(&(guest, remote)) {
             if let Some(Forward::Udp(f)) = self.forwards.get(*rule) {
@@ -704,6 +720,9 @@ impl Stack {
         }
         self.next_maintenance = None;
         let udp_left = self.udp.expire();
+        if let Some(t) = self.tftp.as_mut() {
+            t.expire();
+        }
         let echo_left = self.echo.expire();
         for id in self.tcp.stale_handshakes() {
             self.counters.tcp_refused += 1;
@@ -927,6 +946,32 @@ mod tests {
         assert_eq!(frames.len(), 1);
         assert_eq!(tcp_flags(&frames[0]), (true, true, false), "SYN+ACK");
         assert!(listener.accept().is_ok(), "the host side connected");
+    }
+
+    #[test]
+    fn a_guest_opening_connections_without_end_is_capped() {
+        crate::sys::raise_fd_limit();
+        let mut s = stack("");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let max = super::super::tcp_flows::MAX_FLOWS;
+        for i in 0..max + 50 {
+            let mut syn = syn_frame(Ipv4Addr::new(10, 0, 2, 2), port);
+            // A different guest source port per connection (bytes 34..36: TCP source port).
+            syn[34..36].copy_from_slice(&(10_000 + i as u16).to_be_bytes());
+            s.guest_frame(&syn);
+        }
+        s.guest_frames_done();
+        assert_eq!(s.tcp.len(), max);
+        assert_eq!(s.counters.flow_limit, 50);
+        // The refused ones got resets, not silence.
+        let resets = take_frames(&mut s)
+            .iter()
+            .filter(|f| tcp_flags(f).2)
+            .count();
+        assert!(resets >= 50, "{resets} resets");
+        s.shutdown();
+        assert_eq!(s.tcp.len(), 0);
     }
 
     #[test]
