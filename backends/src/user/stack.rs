@@ -796,13 +796,13 @@ impl Stack {
             ("unsupported", c.unsupported),
             ("fragments", c.fragments),
             ("restricted", c.restricted),
-            ("tcp_refused", c.tcp_refused),
-            ("flow_limit", c.flow_limit),
-            ("udp_too_big", self.udp.drops.too_big),
-            ("udp_send_failed", self.udp.drops.send_failed),
-            ("queue_overflow", self.out.overflowed()),
-            ("tcp_flows", self.tcp.len() as u64),
-            ("udp_flows", self.udp.len() as u64),
+            ("tcp-refused", c.tcp_refused),
+            ("flow-limit", c.flow_limit),
+            ("udp-too-big", self.udp.drops.too_big),
+            ("udp-send-failed", self.udp.drops.send_failed),
+            ("queue-overflow", self.out.overflowed()),
+            ("tcp-flows", self.tcp.len() as u64),
+            ("udp-flows", self.udp.len() as u64),
         ]
     }
 
