@@ -224,8 +224,8 @@ pub fn setsockopt_int(
     setsockopt_struct(fd, level, name, &value)
 }
 
-/// The address family of a socket (`SO_DOMAIN`), e.g. `AF_UNIX` or `AF_INET`.
-pub fn socket_domain(fd: RawFd) -> io::Result<libc::c_int> {
+/// Reads an integer `SOL_SOCKET` option.
+fn getsockopt_int(fd: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are live and describe a c_int-sized buffer.
@@ -233,12 +233,17 @@ pub fn socket_domain(fd: RawFd) -> io::Result<libc::c_int> {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
+            name,
             (&mut value as *mut libc::c_int).cast(),
             &mut len,
         )
     })?;
     Ok(value)
+}
+
+/// The address family of a socket (`SO_DOMAIN`), e.g. `AF_UNIX` or `AF_INET`.
+pub fn socket_domain(fd: RawFd) -> io::Result<libc::c_int> {
+    getsockopt_int(fd, libc::SO_DOMAIN)
 }
 
 /// A socket address in the kernel's form.
@@ -378,19 +383,7 @@ pub fn connect_nonblocking(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
 
 /// The pending error of a socket (`SO_ERROR`), cleared by reading it.
 pub fn take_socket_error(fd: RawFd) -> io::Result<()> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are live and describe a c_int-sized buffer.
-    check(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    })?;
-    match value {
+    match getsockopt_int(fd, libc::SO_ERROR)? {
         0 => Ok(()),
         e => Err(io::Error::from_raw_os_error(e)),
     }

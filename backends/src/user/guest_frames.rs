@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
-    Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
 };
 
 /// Ethernet header length.
@@ -130,48 +130,40 @@ impl GuestFrames {
             dst_port: dst.port(),
         };
         let udp_len = udp.header_len() + payload.len();
-        let caps = ChecksumCapabilities::default();
-        match (src.ip(), dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                if 20 + udp_len > MTU {
-                    return false;
-                }
-                self.push_ip(link, 20 + udp_len, |ip| {
-                    let mut packet = Ipv4Packet::new_unchecked(&mut *ip);
-                    ipv4_repr(s, d, IpProtocol::Udp, udp_len).emit(&mut packet, &caps);
-                    let mut dgram = UdpPacket::new_unchecked(packet.payload_mut());
-                    udp.emit(
-                        &mut dgram,
-                        &s.into(),
-                        &d.into(),
-                        payload.len(),
-                        |b| b.copy_from_slice(payload),
-                        &caps,
-                    );
-                });
-                true
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                if 40 + udp_len > MTU {
-                    return false;
-                }
-                self.push_ip(link, 40 + udp_len, |ip| {
-                    let mut packet = Ipv6Packet::new_unchecked(&mut *ip);
-                    ipv6_repr(s, d, IpProtocol::Udp, udp_len).emit(&mut packet);
-                    let mut dgram = UdpPacket::new_unchecked(packet.payload_mut());
-                    udp.emit(
-                        &mut dgram,
-                        &s.into(),
-                        &d.into(),
-                        payload.len(),
-                        |b| b.copy_from_slice(payload),
-                        &caps,
-                    );
-                });
-                true
-            }
-            _ => false,
+        let (ip_header, is_v4) = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => (20, true),
+            (IpAddr::V6(_), IpAddr::V6(_)) => (40, false),
+            _ => return false,
+        };
+        if ip_header + udp_len > MTU {
+            return false;
         }
+        let (s, d) = (IpAddress::from(src.ip()), IpAddress::from(dst.ip()));
+        self.push_ip(link, ip_header + udp_len, |ip| {
+            let caps = ChecksumCapabilities::default();
+            let body = match (src.ip(), dst.ip()) {
+                (IpAddr::V4(s4), IpAddr::V4(d4)) if is_v4 => {
+                    let mut packet = Ipv4Packet::new_unchecked(&mut *ip);
+                    ipv4_repr(s4, d4, IpProtocol::Udp, udp_len).emit(&mut packet, &caps);
+                    &mut ip[20..]
+                }
+                (IpAddr::V6(s6), IpAddr::V6(d6)) => {
+                    let mut packet = Ipv6Packet::new_unchecked(&mut *ip);
+                    ipv6_repr(s6, d6, IpProtocol::Udp, udp_len).emit(&mut packet);
+                    &mut ip[40..]
+                }
+                _ => return,
+            };
+            udp.emit(
+                &mut UdpPacket::new_unchecked(body),
+                &s,
+                &d,
+                payload.len(),
+                |b| b.copy_from_slice(payload),
+                &caps,
+            );
+        });
+        true
     }
 }
 
