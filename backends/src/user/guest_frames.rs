@@ -130,9 +130,9 @@ impl GuestFrames {
             dst_port: dst.port(),
         };
         let udp_len = udp.header_len() + payload.len();
-        let (ip_header, is_v4) = match (src.ip(), dst.ip()) {
-            (IpAddr::V4(_), IpAddr::V4(_)) => (20, true),
-            (IpAddr::V6(_), IpAddr::V6(_)) => (40, false),
+        let ip_header = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => 20,
+            (IpAddr::V6(_), IpAddr::V6(_)) => 40,
             _ => return false,
         };
         if ip_header + udp_len > MTU {
@@ -142,7 +142,7 @@ impl GuestFrames {
         self.push_ip(link, ip_header + udp_len, |ip| {
             let caps = ChecksumCapabilities::default();
             let body = match (src.ip(), dst.ip()) {
-                (IpAddr::V4(s4), IpAddr::V4(d4)) if is_v4 => {
+                (IpAddr::V4(s4), IpAddr::V4(d4)) => {
                     let mut packet = Ipv4Packet::new_unchecked(&mut *ip);
                     ipv4_repr(s4, d4, IpProtocol::Udp, udp_len).emit(&mut packet, &caps);
                     &mut ip[20..]

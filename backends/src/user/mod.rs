@@ -65,11 +65,6 @@ impl UserBackend {
             description,
         })
     }
-
-    /// The host addresses the `hostfwd` rules are bound to, in rule order.
-    pub fn forward_addrs(&self) -> Vec<std::net::SocketAddr> {
-        lock(&self.stack).forward_addrs()
-    }
 }
 
 impl Backend for UserBackend {

@@ -87,13 +87,6 @@ pub struct Ipv6Net {
     pub dns: Ipv6Addr,
 }
 
-impl Ipv6Net {
-    /// Whether `addr` is inside the prefix.
-    pub fn contains(&self, addr: Ipv6Addr) -> bool {
-        same_prefix(self.prefix, addr, self.prefix_len)
-    }
-}
-
 fn same_prefix(a: Ipv6Addr, b: Ipv6Addr, len: u8) -> bool {
     let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
     u128::from(a) & mask == u128::from(b) & mask

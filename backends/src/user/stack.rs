@@ -55,6 +55,14 @@ enum Forward {
     Udp(UdpForward),
 }
 
+/// Where a `guestfwd` address leads, resolved when the netdev is created (never on the
+/// datapath).
+#[derive(Debug)]
+enum GuestFwdPeer {
+    Command(String),
+    Connect(SocketAddr),
+}
+
 /// A UDP `hostfwd` rule: host clients are told apart by the source port the guest sees.
 #[derive(Debug)]
 struct UdpForward {
@@ -79,6 +87,8 @@ pub struct Stack {
     dhcp: Option<DhcpServer>,
     tftp: Option<TftpServer>,
     forwards: Vec<Forward>,
+    /// `guestfwd` rules: the guest-side address and where it leads.
+    guest_forwards: Vec<(SocketAddr, GuestFwdPeer)>,
     /// Guest-side (guest, remote) pairs of UDP `hostfwd` clients → (rule, host client).
     udp_forwarded: HashMap<(SocketAddr, SocketAddr), (usize, SocketAddr)>,
     children: Vec<Child>,
@@ -178,6 +188,31 @@ impl Stack {
             };
             forwards.push(forward);
         }
+        let guest_forwards = options
+            .guestfwd
+            .iter()
+            .map(|rule| {
+                let peer = match &rule.target {
+                    GuestFwdTarget::Command(c) => GuestFwdPeer::Command(c.clone()),
+                    GuestFwdTarget::Connect { host, port } => {
+                        use std::net::ToSocketAddrs;
+                        let addr = (host.as_str(), *port)
+                            .to_socket_addrs()
+                            .ok()
+                            .and_then(|mut a| a.next())
+                            .ok_or_else(|| {
+                                Error::Option(OptionError::Invalid(format!(
+                                    "Could not open guest forwarding device for '{}': \
+                                     cannot resolve '{host}'",
+                                    rule.text
+                                )))
+                            })?;
+                        GuestFwdPeer::Connect(addr)
+                    }
+                };
+                Ok((SocketAddr::new(rule.addr.into(), rule.port), peer))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         let dhcp = options.ipv4.map(|n| DhcpServer::new(n, &options));
         let tftp = options.ipv4.and(options.tftp.clone()).map(TftpServer::new);
         Ok(Stack {
@@ -194,6 +229,7 @@ impl Stack {
             dhcp,
             tftp,
             forwards,
+            guest_forwards,
             udp_forwarded: HashMap::new(),
             children: Vec::new(),
             scratch: vec![0; 65536],
@@ -210,17 +246,6 @@ impl Stack {
     /// The descriptor that is readable when host sockets or timers need service.
     pub fn fd(&self) -> std::os::fd::RawFd {
         self.poller.fd()
-    }
-
-    /// The local addresses of the `hostfwd` rules, in rule order (port 0 rules get theirs).
-    pub fn forward_addrs(&self) -> Vec<SocketAddr> {
-        self.forwards
-            .iter()
-            .filter_map(|f| match f {
-                Forward::Tcp(l, _) => l.local_addr().ok(),
-                Forward::Udp(u) => u.socket.local_addr().ok(),
-            })
-            .collect()
     }
 
     /// Whether frames wait for the guest.
@@ -358,13 +383,10 @@ impl Stack {
         }
         if let (Some(server), Some(net)) = (self.tftp.as_mut(), self.options.ipv4) {
             if dst == IpAddr::V4(net.host) && udp.dst_port() == tftp::PORT {
-                let mut reply = std::mem::take(&mut self.scratch);
-                server.handle(guest, payload, &mut reply);
+                let reply = server.handle(guest, payload);
                 if !reply.is_empty() {
-                    self.out.push_udp(&self.link, remote, guest, &reply);
+                    self.out.push_udp(&self.link, remote, guest, reply);
                 }
-                reply.resize(65536, 0);
-                self.scratch = reply;
                 return;
             }
         }
@@ -374,12 +396,20 @@ impl Stack {
             }
             return;
         }
-        let Some(target) = self.outbound_target(remote) else {
-            self.counters.restricted += 1;
-            return;
+        // The target is worked out (resolv.conf read, restrict checked) only for a new flow.
+        let target = if self.udp.has_flow(guest, remote) {
+            None
+        } else {
+            match self.outbound_target(remote) {
+                Some(t) => Some(t),
+                None => {
+                    self.counters.restricted += 1;
+                    return;
+                }
+            }
         };
         if let Err(e) = self.udp.send(&self.poller, guest, remote, target, payload) {
-            log::debug!("udp {guest} -> {target}: {e}");
+            log::debug!("udp {guest} -> {remote}: {e}");
         }
     }
 
@@ -474,28 +504,18 @@ impl Stack {
             self.feed_tcp(syn);
             return;
         }
-        let guestfwd = self
-            .options
-            .guestfwd
+        let peer = self
+            .guest_forwards
             .iter()
-            .find(|g| SocketAddr::new(g.addr.into(), g.port) == remote)
-            .map(|g| g.target.clone());
+            .find(|(addr, _)| *addr == remote)
+            .map(|(_, peer)| peer);
         let mut child = None;
-        let host = match guestfwd {
-            Some(GuestFwdTarget::Command(command)) => match spawn_command(&command) {
-                Ok((fd, c)) => {
-                    child = Some(c);
-                    Ok(fd)
-                }
-                Err(e) => Err(e),
-            },
-            Some(GuestFwdTarget::Connect { host, port }) => {
-                use std::net::ToSocketAddrs;
-                (host.as_str(), port)
-                    .to_socket_addrs()
-                    .and_then(|mut a| a.next().ok_or_else(|| io::Error::other("no address")))
-                    .and_then(sys::connect_nonblocking)
-            }
+        let host = match peer {
+            Some(GuestFwdPeer::Command(command)) => spawn_command(command).map(|(fd, c)| {
+                child = Some(c);
+                fd
+            }),
+            Some(GuestFwdPeer::Connect(addr)) => sys::connect_nonblocking(*addr),
             None => match self.outbound_target(remote) {
                 Some(target) => sys::connect_nonblocking(target),
                 None => {

@@ -39,6 +39,8 @@ struct Session {
 pub struct TftpServer {
     root: PathBuf,
     sessions: HashMap<SocketAddr, Session>,
+    /// The reply being built, reused from one datagram to the next.
+    reply: Vec<u8>,
 }
 
 impl TftpServer {
@@ -46,11 +48,19 @@ impl TftpServer {
         TftpServer {
             root,
             sessions: HashMap::new(),
+            reply: Vec::with_capacity(4 + MAX_BLOCK),
         }
     }
 
-    /// Handles one datagram from `guest`; the reply (if any) is written to `reply`.
-    pub fn handle(&mut self, guest: SocketAddr, request: &[u8], reply: &mut Vec<u8>) {
+    /// Handles one datagram from `guest`; returns the reply (empty: none).
+    pub fn handle(&mut self, guest: SocketAddr, request: &[u8]) -> &[u8] {
+        let mut reply = std::mem::take(&mut self.reply);
+        self.respond(guest, request, &mut reply);
+        self.reply = reply;
+        &self.reply
+    }
+
+    fn respond(&mut self, guest: SocketAddr, request: &[u8], reply: &mut Vec<u8>) {
         reply.clear();
         if request.len() < 4 {
             return;
@@ -245,19 +255,18 @@ mod tests {
     fn serves_a_file_in_blocks_and_repeats_on_duplicate_ack() {
         let (dir, mut s) = setup();
         let guest: SocketAddr = "10.0.2.15:3000".parse().unwrap();
-        let mut reply = Vec::new();
-        s.handle(guest, &rrq("boot.img", &[]), &mut reply);
+        let reply = s.handle(guest, &rrq("boot.img", &[])).to_vec();
         assert_eq!(&reply[..4], &[0, 3, 0, 1]);
         assert_eq!(reply.len(), 4 + 512);
-        s.handle(guest, &ack(1), &mut reply);
+        let reply = s.handle(guest, &ack(1)).to_vec();
         assert_eq!(&reply[..4], &[0, 3, 0, 2]);
         // The client lost block 2 and repeats its ACK of 1: block 2 again.
-        s.handle(guest, &ack(1), &mut reply);
+        let reply = s.handle(guest, &ack(1)).to_vec();
         assert_eq!(&reply[..4], &[0, 3, 0, 2]);
-        s.handle(guest, &ack(2), &mut reply);
+        let reply = s.handle(guest, &ack(2)).to_vec();
         assert_eq!(&reply[..4], &[0, 3, 0, 3]);
         assert_eq!(reply.len(), 4 + 1300 - 1024, "the short last block");
-        s.handle(guest, &ack(3), &mut reply);
+        let reply = s.handle(guest, &ack(3)).to_vec();
         assert!(reply.is_empty());
         assert!(s.sessions.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
@@ -267,15 +276,15 @@ mod tests {
     fn options_are_acknowledged() {
         let (dir, mut s) = setup();
         let guest: SocketAddr = "10.0.2.15:3001".parse().unwrap();
-        let mut reply = Vec::new();
-        s.handle(
-            guest,
-            &rrq("boot.img", &[("blksize", "1468"), ("tsize", "0")]),
-            &mut reply,
-        );
+        let reply = s
+            .handle(
+                guest,
+                &rrq("boot.img", &[("blksize", "1468"), ("tsize", "0")]),
+            )
+            .to_vec();
         assert_eq!(&reply[..2], &[0, 6]);
         assert_eq!(&reply[2..], b"blksize\x001468\x00tsize\x001300\x00");
-        s.handle(guest, &ack(0), &mut reply);
+        let reply = s.handle(guest, &ack(0)).to_vec();
         assert_eq!(&reply[..4], &[0, 3, 0, 1]);
         assert_eq!(reply.len(), 4 + 1300);
         std::fs::remove_dir_all(dir).unwrap();
@@ -285,12 +294,11 @@ mod tests {
     fn leaving_the_root_and_writing_are_refused() {
         let (dir, mut s) = setup();
         let guest: SocketAddr = "10.0.2.15:3002".parse().unwrap();
-        let mut reply = Vec::new();
         for name in ["../secret", "a/../../secret", "escape", "missing"] {
-            s.handle(guest, &rrq(name, &[]), &mut reply);
+            let reply = s.handle(guest, &rrq(name, &[])).to_vec();
             assert_eq!(&reply[..2], &[0, 5], "{name}");
         }
-        s.handle(guest, &rrq("/boot.img", &[]), &mut reply);
+        let reply = s.handle(guest, &rrq("/boot.img", &[])).to_vec();
         assert_eq!(
             &reply[..2],
             &[0, 3],
@@ -298,7 +306,7 @@ mod tests {
         );
         let mut wrq = rrq("x", &[]);
         wrq[1] = 2;
-        s.handle(guest, &wrq, &mut reply);
+        let reply = s.handle(guest, &wrq).to_vec();
         assert_eq!(&reply[..4], &[0, 5, 0, 2]);
         std::fs::remove_dir_all(dir).unwrap();
     }

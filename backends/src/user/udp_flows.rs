@@ -51,18 +51,25 @@ impl UdpFlows {
         self.flows.len()
     }
 
-    /// Sends a guest datagram from `guest` to `remote`, which the host reaches at `target`.
+    /// Whether a flow exists for the (guest, remote) pair.
+    pub fn has_flow(&self, guest: SocketAddr, remote: SocketAddr) -> bool {
+        self.by_tuple.contains_key(&(guest, remote))
+    }
+
+    /// Sends a guest datagram from `guest` to `remote`. A new flow needs `target`, the address
+    /// the host reaches `remote` at; an existing one has it already.
     pub fn send(
         &mut self,
         poller: &Poller,
         guest: SocketAddr,
         remote: SocketAddr,
-        target: SocketAddr,
+        target: Option<SocketAddr>,
         payload: &[u8],
     ) -> io::Result<()> {
-        let id = match self.by_tuple.get(&(guest, remote)) {
-            Some(id) => *id,
-            None => self.open(poller, guest, remote, target)?,
+        let id = match (self.by_tuple.get(&(guest, remote)), target) {
+            (Some(id), _) => *id,
+            (None, Some(target)) => self.open(poller, guest, remote, target)?,
+            (None, None) => return Ok(()),
         };
         let Some(flow) = self.flows.get_mut(&id) else {
             return Ok(());
@@ -187,10 +194,10 @@ mod tests {
         let mut flows = UdpFlows::default();
         let guest: SocketAddr = "10.0.2.15:5000".parse().unwrap();
         let remote: SocketAddr = "10.0.2.2:7".parse().unwrap();
-        flows.send(&poller, guest, remote, target, b"ping").unwrap();
         flows
-            .send(&poller, guest, remote, target, b"ping2")
+            .send(&poller, guest, remote, Some(target), b"ping")
             .unwrap();
+        flows.send(&poller, guest, remote, None, b"ping2").unwrap();
         assert_eq!(flows.len(), 1, "one flow per endpoint pair");
         let mut buf = [0u8; 64];
         let (n, from) = echo.recv_from(&mut buf).unwrap();
@@ -225,7 +232,13 @@ mod tests {
         for port in 0..(MAX_FLOWS as u16 + 10) {
             let guest = SocketAddr::new("10.0.2.15".parse().unwrap(), 1000 + port);
             flows
-                .send(&poller, guest, "10.0.2.2:9".parse().unwrap(), target, b"x")
+                .send(
+                    &poller,
+                    guest,
+                    "10.0.2.2:9".parse().unwrap(),
+                    Some(target),
+                    b"x",
+                )
                 .unwrap();
         }
         assert_eq!(flows.len(), MAX_FLOWS);
