@@ -11,17 +11,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::UdpSocket;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use common::{
+    pin_to_core, process_cpu_seconds, runs_and_window, summary, wait_for_file, Proc, Qmp,
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
 
@@ -158,16 +162,6 @@ fn start_peer(kind: Kind, dir: Direction, size: usize, scratch: &Path) -> (Peer,
 /// Datagrams per peer system call: the peer must not be what is measured.
 const PEER_BATCH: usize = 64;
 
-/// Keeps the calling thread on `core` (the daemon has core 0 to itself).
-fn pin_to_core(core: usize) {
-    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity only touch the set we own.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// One `sendmmsg` of every buffer, or one `recvmmsg` into them, on a connected socket.
 fn mmsg(sock: &UdpSocket, bufs: &mut [Vec<u8>], send: bool) {
     use std::os::fd::AsRawFd;
@@ -200,64 +194,12 @@ fn mmsg(sock: &UdpSocket, bufs: &mut [Vec<u8>], send: bool) {
     }
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The stats the bench reads.
+trait FrameCount {
+    fn frames(&mut self, dir: Direction) -> u64;
 }
 
-fn wait_for_file(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    fn connect(path: &Path) -> Self {
-        wait_for_file(path);
-        let s = UnixStream::connect(path).unwrap();
-        let mut q = Qmp {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        };
-        q.line();
-        q.execute("qmp_capabilities");
-        q
-    }
-
-    fn line(&mut self) -> Value {
-        let mut l = String::new();
-        self.reader.read_line(&mut l).unwrap();
-        serde_json::from_str(&l).unwrap()
-    }
-
-    fn execute(&mut self, command: &str) -> Value {
-        self.writer
-            .write_all(json!({ "execute": command }).to_string().as_bytes())
-            .unwrap();
-        loop {
-            let v = self.line();
-            if v.get("event").is_none() {
-                return v["return"].clone();
-            }
-        }
-    }
-
+impl FrameCount for Qmp {
     fn frames(&mut self, dir: Direction) -> u64 {
         let stats = self.execute("x-query-port-stats");
         let key = match dir {
@@ -266,20 +208,6 @@ impl Qmp {
         };
         stats[0]["queue-pairs"][0][key].as_u64().unwrap_or(0)
     }
-}
-
-/// CPU time (user + system) of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let f = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    f(11) + f(12)
 }
 
 struct Sample {
@@ -357,40 +285,32 @@ fn run_once(
     }
     std::thread::sleep(Duration::from_millis(500));
     // The measurement window (timing, not synchronisation).
-    let (f0, c0, t0) = (qmp.frames(dir), cpu_ticks(daemon.0.id()), Instant::now());
+    let (f0, c0, t0) = (
+        qmp.frames(dir),
+        process_cpu_seconds(daemon.0.id()),
+        Instant::now(),
+    );
     std::thread::sleep(window);
-    let (f1, c1, t1) = (qmp.frames(dir), cpu_ticks(daemon.0.id()), Instant::now());
+    let (f1, c1, t1) = (
+        qmp.frames(dir),
+        process_cpu_seconds(daemon.0.id()),
+        Instant::now(),
+    );
     drop(testpmd);
     drop(peer);
     drop(daemon);
-    // Linux reports /proc CPU times in USER_HZ, 100 on every common configuration.
-    let ticks = 100.0;
     let secs = (t1 - t0).as_secs_f64();
     Sample {
         frames_per_sec: (f1 - f0) as f64 / secs,
-        cpu_percent: (c1 - c0) as f64 / ticks / secs * 100.0,
+        cpu_percent: (c1 - c0) / secs * 100.0,
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let window = Duration::from_secs_f64(
-        std::env::var("BENCH_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2.0),
-    );
+    let (runs, window) = runs_and_window(3, 2.0);
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let scratch: PathBuf =
         std::env::temp_dir().join(format!("vunetd-bench-{}", std::process::id()));
@@ -414,11 +334,7 @@ fn main() {
                         rates.push(s.frames_per_sec);
                         cpu.push(s.cpu_percent);
                     }
-                    let m = median(&mut rates.clone());
-                    let (lo, hi) = (
-                        rates.iter().cloned().fold(f64::INFINITY, f64::min),
-                        rates.iter().cloned().fold(0.0, f64::max),
-                    );
+                    let (m, lo, hi) = summary(&rates);
                     println!(
                         "{:<8} {:<3} {:>5} {:<9} {:>12.0} {:>21} {:>9.3} {:>6.0}",
                         name,
@@ -428,7 +344,7 @@ fn main() {
                         m,
                         format!("{:.0}-{:.0}", lo, hi),
                         m * size as f64 * 8.0 / 1e9,
-                        median(&mut cpu)
+                        summary(&cpu).0
                     );
                     medians.push(m);
                 }

@@ -30,6 +30,8 @@ const BOOT: Duration = Duration::from_secs(180);
 const STEP: Duration = Duration::from_secs(120);
 const HTTP_PORT: u16 = 8080;
 const FILE_LEN: usize = 1 << 20;
+/// Where the guest uploads its copy of the file (a sink on the namespace's loopback).
+const UPLOAD_PORT: u16 = 8081;
 /// An address outside the guest's network, on the namespace's loopback.
 const OUTSIDE: &str = "198.51.100.1";
 const DNS_NAME: &str = "www.vunetd.test";
@@ -67,6 +69,7 @@ echo "RESULT routes $(ip route | tr '\n' ';')"
 if ping -c 2 -W 3 10.0.2.2 | grep -q " 0% packet loss"; then echo "RESULT ping-gateway ok"; else echo "RESULT ping-gateway fail"; fi
 if ping -c 2 -W 3 {OUTSIDE} | grep -q " 0% packet loss"; then echo "RESULT ping-outside ok"; else echo "RESULT ping-outside fail"; fi
 fetch 10.0.2.2 /tmp/f4 && echo "RESULT http4 $(md5sum /tmp/f4 | cut -c1-32) $(wc -c < /tmp/f4)"
+nc -w 20 10.0.2.2 {UPLOAD_PORT} < /tmp/f4; echo "RESULT upload sent"
 echo "RESULT dns $(nslookup {DNS_NAME} 10.0.2.3 2>&1 | tr '\n' ' ')"
 if nc -w 5 10.0.5.2 {HTTP_PORT} -e /bin/httpget; then echo "RESULT restrict open"; else echo "RESULT restrict blocked"; fi
 nc -w 10 10.0.5.100 4321 -e /bin/readall; echo "RESULT guestfwd-cmd $(cat /tmp/guestfwd)"
@@ -192,8 +195,19 @@ fn guest_gets_network_from_the_default_user_stack() {
         dns_ready_tx.send(()).unwrap();
         serve_dns(socket);
     });
+    let (upload_ready_tx, upload_ready) = std::sync::mpsc::channel();
+    let upload = ns.spawn(move || {
+        let listener = TcpListener::bind(("127.0.0.1", UPLOAD_PORT)).unwrap();
+        upload_ready_tx.send(()).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    });
     http_ready.recv().unwrap();
     dns_ready.recv().unwrap();
+    upload_ready.recv().unwrap();
     let tftp_root = dir.path("tftp");
     std::fs::create_dir(&tftp_root).unwrap();
     std::fs::write(tftp_root.join("boot.img"), &file_body()[..300_000]).unwrap();
@@ -207,7 +221,7 @@ fn guest_gets_network_from_the_default_user_stack() {
         .arg(format!("{d}/default.sock"))
         .arg("--resolv-conf")
         .arg(&resolv);
-    let _default = Daemon::start(cmd, 1);
+    let mut default = Daemon::start(cmd, 1);
     // eth1: restricted, with DHCP options and a host forward.
     let mut cmd = ns.command(common::daemon::BINARY);
     cmd.arg("--netdev")
@@ -272,6 +286,11 @@ fn guest_gets_network_from_the_default_user_stack() {
     assert!(ping.ends_with(" ok"), "{ping}");
     let http4 = c.wait_for("RESULT http4", STEP);
     assert_eq!(http4, format!("RESULT http4 {want_md5} {FILE_LEN}"));
+    c.wait_for("RESULT upload sent", STEP);
+    assert!(
+        upload.join().unwrap() == file_body(),
+        "upload through the stack corrupted"
+    );
     let dns = c.wait_for("RESULT dns", STEP);
     assert!(dns.contains("192.0.2.77"), "{dns}");
     let restrict = c.wait_for("RESULT restrict", STEP);
@@ -304,4 +323,16 @@ fn guest_gets_network_from_the_default_user_stack() {
     assert_eq!(http6, format!("RESULT http6 {want_md5} {FILE_LEN}"));
     c.wait_for("RESULT done", STEP);
     assert!(guest.wait_exit(Duration::from_secs(60)));
+    // Linux's virtio-net takes and sends TSO frames with partial checksums: the downloads came
+    // as GSO frames, the upload left as TSO frames (both well over one 1514-byte frame).
+    let counts = default.pair_counts(0);
+    assert!(
+        counts.rx_max_frame > 1514,
+        "no GSO frame to the guest: {counts:?}"
+    );
+    assert!(
+        counts.tx_max_frame > 1514,
+        "no TSO frame from the guest: {counts:?}"
+    );
+    default.kill();
 }

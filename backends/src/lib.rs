@@ -124,17 +124,33 @@ pub(crate) fn only_queue_zero(index: u16) -> Result<(), Error> {
 
 /// Copies one frame into the caller's buffers; returns the bytes copied (all of them unless the
 /// buffers are too small).
-pub(crate) fn copy_frame(mut frame: &[u8], bufs: &mut [IoSliceMut<'_>]) -> usize {
-    let len = frame.len();
-    for buf in bufs.iter_mut() {
-        let n = buf.len().min(frame.len());
-        buf[..n].copy_from_slice(&frame[..n]);
-        frame = &frame[n..];
-        if frame.is_empty() {
-            break;
+pub(crate) fn copy_frame(frame: &[u8], bufs: &mut [IoSliceMut<'_>]) -> usize {
+    copy_parts(&[frame], bufs)
+}
+
+/// Copies the concatenation of `parts` into the caller's buffers; returns the bytes copied.
+pub(crate) fn copy_parts(parts: &[&[u8]], bufs: &mut [IoSliceMut<'_>]) -> usize {
+    let mut copied = 0;
+    let mut bufs = bufs.iter_mut();
+    let mut current: Option<&mut [u8]> = None;
+    for mut part in parts.iter().copied() {
+        while !part.is_empty() {
+            let buf = match current.take() {
+                Some(b) if !b.is_empty() => b,
+                _ => match bufs.next() {
+                    Some(b) => &mut b[..],
+                    None => return copied,
+                },
+            };
+            let n = buf.len().min(part.len());
+            let (dst, rest) = buf.split_at_mut(n);
+            dst.copy_from_slice(&part[..n]);
+            part = &part[n..];
+            copied += n;
+            current = Some(rest);
         }
     }
-    len - frame.len()
+    copied
 }
 
 /// `send` for queues whose real work is `send_batch`: a batch of one.
@@ -263,5 +279,24 @@ pub trait BackendQueue: Send + std::fmt::Debug {
     /// Whether `recv` returning `Ok(0)` or a hang-up means the host side is gone for good.
     fn is_closed(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_parts_spans_buffers_and_stops_when_they_are_full() {
+        let (mut a, mut b) = ([0u8; 3], [0u8; 4]);
+        let n = copy_parts(
+            &[b"he", b"llo", b"", b"wor"],
+            &mut [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)],
+        );
+        assert_eq!(n, 7);
+        assert_eq!((&a, &b), (b"hel", b"lowo"));
+        let mut c = [0u8; 10];
+        assert_eq!(copy_parts(&[b"ab", b"cd"], &mut [IoSliceMut::new(&mut c)]), 4);
+        assert_eq!(&c[..4], b"abcd");
     }
 }

@@ -24,9 +24,10 @@ pub use test_ring::{DriverRing, GuestRam, RawDescriptor};
 
 /// Where the frontend pretends guest RAM is mapped in its address space.
 pub const USER_BASE: u64 = 0x7f00_0000_0000;
-pub const RAM_SIZE: u64 = 16 << 20;
+pub const RAM_SIZE: u64 = 128 << 20;
 pub const QUEUE_SIZE: u16 = 256;
-pub const RING_STRIDE: u64 = 2 << 20;
+/// Room per ring: the ring and 256 buffers of up to 64 KiB + header (GSO frames).
+pub const RING_STRIDE: u64 = 20 << 20;
 pub const BUF_LEN: u64 = 2048;
 
 pub const F_MRG_RXBUF: u64 = 1 << 15;

@@ -1,7 +1,46 @@
 //! Opening an existing tap from a test, as libvirt does before passing its descriptor.
 
+const IFF_TAP: i16 = 0x0002;
+const IFF_NO_PI: i16 = 0x1000;
+const IFF_VNET_HDR: i16 = 0x4000;
+const IFF_MULTI_QUEUE: i16 = 0x0100;
+
 /// Opens an existing tap (in the calling thread's namespace) with a vnet header.
 pub fn open_tap(name: &str, multi_queue: bool) -> std::os::fd::OwnedFd {
+    let mq = if multi_queue { IFF_MULTI_QUEUE } else { 0 };
+    tunsetiff(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | mq)
+}
+
+/// Opens (creating it if needed) a tap without a vnet header: bare Ethernet frames, as QEMU's
+/// tap netdev uses it when its peer has no offloads.
+pub fn open_plain_tap(name: &str) -> std::os::fd::OwnedFd {
+    tunsetiff(name, IFF_TAP | IFF_NO_PI)
+}
+
+/// Opens (creating it if needed) a tap whose frames carry a 12-byte virtio-net header with
+/// checksum and TSO offloads on, as a virtio-net guest's frames do.
+pub fn open_offload_tap(name: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::AsRawFd;
+    const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+    const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+    const TUN_F_CSUM_TSO4_TSO6: libc::c_uint = 0x01 | 0x02 | 0x04;
+    let fd = tunsetiff(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
+    let hdr_len: libc::c_int = 12;
+    // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which is valid for the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) };
+    assert_eq!(
+        ret,
+        0,
+        "TUNSETVNETHDRSZ: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: TUNSETOFFLOAD takes its argument by value.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, TUN_F_CSUM_TSO4_TSO6) };
+    assert_eq!(ret, 0, "TUNSETOFFLOAD: {}", std::io::Error::last_os_error());
+    fd
+}
+
+fn tunsetiff(name: &str, flags: i16) -> std::os::fd::OwnedFd {
     use std::os::fd::AsRawFd;
     const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
     #[repr(C)]
@@ -15,7 +54,6 @@ pub fn open_tap(name: &str, multi_queue: bool) -> std::os::fd::OwnedFd {
         .write(true)
         .open("/dev/net/tun")
         .unwrap();
-    let flags = 0x0002 | 0x1000 | 0x4000 | if multi_queue { 0x0100 } else { 0 };
     let mut req = IfReq {
         name: [0; 16],
         flags,

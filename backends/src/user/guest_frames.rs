@@ -6,6 +6,8 @@ use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
+
+use crate::Offloads;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
     Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
@@ -13,13 +15,20 @@ use smoltcp::wire::{
 
 /// Ethernet header length.
 pub const ETH_HDR: usize = 14;
-/// The guest-facing IP MTU.
+/// The guest-facing IP MTU (TCP segments beyond it go out as GSO frames or are cut to it).
 pub const MTU: usize = 1500;
+/// Room in front of every queued frame for its virtio-net header.
+pub const HDR_ROOM: usize = crate::VNET_HDR_LEN;
 /// Frames queued for the guest before the stack stops reading host sockets.
 pub const QUEUE_HIGH_WATER: usize = 512;
+/// Bytes queued for the guest before the stack stops reading host sockets (GSO frames are
+/// large: 32 of 64 KiB).
+const QUEUE_HIGH_WATER_BYTES: usize = 2 << 20;
 /// Frames queued at most; beyond this the oldest is dropped (a guest that never takes its
 /// frames cannot make the daemon grow).
 const QUEUE_LIMIT: usize = 4 * QUEUE_HIGH_WATER;
+/// Spare buffer capacity kept for reuse.
+const FREE_BYTES_KEPT: usize = 4 << 20;
 
 /// Link-layer addresses of the virtual link.
 #[derive(Debug, Clone, Copy)]
@@ -42,11 +51,32 @@ impl LinkAddrs {
 }
 
 /// The queue of frames for the guest. Buffers are reused, so a steady flow allocates nothing.
-#[derive(Debug, Default)]
+/// Each buffer is a [`HDR_ROOM`]-byte virtio-net header followed by the Ethernet frame.
+#[derive(Debug)]
 pub struct GuestFrames {
     queued: VecDeque<Vec<u8>>,
+    queued_bytes: usize,
     free: Vec<Vec<u8>>,
+    free_bytes: usize,
     overflowed: u64,
+    /// The virtio-net header length the guest uses (10 or 12).
+    header_len: usize,
+    /// What the guest accepts: partial checksums, TSO.
+    pub offloads: Offloads,
+}
+
+impl Default for GuestFrames {
+    fn default() -> Self {
+        GuestFrames {
+            queued: VecDeque::new(),
+            queued_bytes: 0,
+            free: Vec::new(),
+            free_bytes: 0,
+            overflowed: 0,
+            header_len: HDR_ROOM,
+            offloads: Offloads::default(),
+        }
+    }
 }
 
 impl GuestFrames {
@@ -60,7 +90,7 @@ impl GuestFrames {
 
     /// Whether the guest is behind and the stack should stop producing.
     pub fn is_full(&self) -> bool {
-        self.queued.len() >= QUEUE_HIGH_WATER
+        self.queued.len() >= QUEUE_HIGH_WATER || self.queued_bytes >= QUEUE_HIGH_WATER_BYTES
     }
 
     /// Frames dropped because the queue was at its limit.
@@ -68,33 +98,75 @@ impl GuestFrames {
         self.overflowed
     }
 
-    /// Appends a frame of `len` bytes written by `fill`.
+    /// The guest's virtio-net header length (10 without `VERSION_1`/`MRG_RXBUF`, else 12).
+    pub fn set_header_len(&mut self, len: usize) {
+        self.header_len = len.min(HDR_ROOM);
+    }
+
+    /// Appends a frame of `len` bytes written by `fill` (with an all-zero virtio-net header).
     pub fn push_with<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
         if self.queued.len() >= QUEUE_LIMIT {
             if let Some(oldest) = self.queued.pop_front() {
-                self.free.push(oldest);
+                self.queued_bytes -= oldest.len();
+                self.recycle(oldest);
             }
             self.overflowed += 1;
         }
-        let mut buf = self
-            .free
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(ETH_HDR + MTU));
+        let mut buf = match self.free.pop() {
+            Some(b) => {
+                self.free_bytes -= b.capacity();
+                b
+            }
+            None => Vec::with_capacity(HDR_ROOM + ETH_HDR + MTU),
+        };
         buf.clear();
-        buf.resize(len, 0);
-        let r = fill(&mut buf);
+        buf.resize(HDR_ROOM + len, 0);
+        // num_buffers: one buffer per frame unless the device merges (it rewrites the field).
+        buf[10] = 1;
+        let r = fill(&mut buf[HDR_ROOM..]);
+        self.queued_bytes += buf.len();
         self.queued.push_back(buf);
         r
     }
 
-    /// Moves the oldest frame into `bufs`; returns its length.
-    pub fn pop_into(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Option<usize> {
-        let frame = self.queued.pop_front()?;
-        let n = crate::copy_frame(&frame, bufs);
-        if self.free.len() < QUEUE_HIGH_WATER {
-            self.free.push(frame);
+    /// The virtio-net header and frame of the most recently queued frame.
+    pub fn last_mut(&mut self) -> Option<(&mut [u8], &mut [u8])> {
+        self.queued.back_mut().map(|b| b.split_at_mut(HDR_ROOM))
+    }
+
+    /// Takes the most recently queued frame back out (header room included).
+    pub fn take_last(&mut self) -> Option<Vec<u8>> {
+        let b = self.queued.pop_back()?;
+        self.queued_bytes -= b.len();
+        Some(b)
+    }
+
+    /// Returns a buffer for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.free_bytes + buf.capacity() <= FREE_BYTES_KEPT {
+            self.free_bytes += buf.capacity();
+            self.free.push(buf);
         }
+    }
+
+    /// Moves the oldest frame, behind the guest's virtio-net header, into `bufs`; returns the
+    /// bytes written.
+    pub fn pop_into(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Option<usize> {
+        let buf = self.queued.pop_front()?;
+        self.queued_bytes -= buf.len();
+        let n = crate::copy_parts(&[&buf[..self.header_len], &buf[HDR_ROOM..]], bufs);
+        self.recycle(buf);
         Some(n)
+    }
+
+    /// The oldest frame without its header (for tests).
+    #[cfg(test)]
+    pub fn pop_frame(&mut self) -> Option<Vec<u8>> {
+        let buf = self.queued.pop_front()?;
+        self.queued_bytes -= buf.len();
+        let frame = buf[HDR_ROOM..].to_vec();
+        self.recycle(buf);
+        Some(frame)
     }
 
     /// Appends an Ethernet frame around an IP packet of `ip_len` bytes written by `fill`.
@@ -217,10 +289,15 @@ mod tests {
         let dst: SocketAddr = "10.0.2.15:40000".parse().unwrap();
         assert!(q.push_udp(&link, src, dst, b"hello"));
         assert!(!q.push_udp(&link, src, dst, &[0; 1473]));
-        let mut out = [0u8; 1514];
+        let mut out = [0u8; 1526];
         let n = q.pop_into(&mut [IoSliceMut::new(&mut out)]).unwrap();
-        assert_eq!(n, 14 + 20 + 8 + 5);
-        let eth = EthernetFrame::new_checked(&out[..n]).unwrap();
+        assert_eq!(n, 12 + 14 + 20 + 8 + 5);
+        assert_eq!(
+            out[..12],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            "num_buffers 1"
+        );
+        let eth = EthernetFrame::new_checked(&out[12..n]).unwrap();
         assert_eq!(eth.dst_addr(), link.guest);
         let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
         assert!(ip.verify_checksum());

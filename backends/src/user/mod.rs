@@ -10,6 +10,7 @@
 //! - `tftp`: the read-only TFTP server (`tftp=ROOT`).
 //! - `resolver`: which host resolver the virtual name server relays to.
 //! - `tcp_flows` (on `tcp_device`, a `smoltcp` device), `udp_flows`, `icmp_echo`: the flows.
+//! - `tcp_offload`: TCP segments to the guest as GSO frames with partial checksums, or cut.
 //! - `poller`: the one epoll set for all host sockets and the TCP timer.
 
 mod dhcp;
@@ -22,6 +23,7 @@ mod resolver;
 mod stack;
 mod tcp_device;
 mod tcp_flows;
+mod tcp_offload;
 mod tftp;
 mod udp_flows;
 
@@ -69,7 +71,19 @@ impl UserBackend {
 
 impl Backend for UserBackend {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::PLAIN_ONE_QUEUE
+        // Frames carry a virtio-net header: TCP goes to the guest as GSO frames with partial
+        // checksums when it takes them, and comes from it the same way.
+        Capabilities {
+            vnet_hdr: true,
+            offloads: Offloads {
+                csum: true,
+                tso4: true,
+                tso6: true,
+                ecn: false,
+                ufo: false,
+            },
+            queue_pairs: 1,
+        }
     }
 
     fn queue(&self, index: u16) -> Result<Box<dyn BackendQueue>, Error> {
@@ -79,6 +93,7 @@ impl Backend for UserBackend {
             stack: Arc::clone(&self.stack),
             fd,
             gather: Vec::new(),
+            header_len: crate::VNET_HDR_LEN,
         }))
     }
 
@@ -102,24 +117,28 @@ pub struct UserQueue {
     fd: RawFd,
     /// Where a frame scattered over several buffers is put together.
     gather: Vec<u8>,
+    /// The virtio-net header in front of every frame from the guest.
+    header_len: usize,
 }
 
 impl UserQueue {
-    fn take(stack: &mut Stack, gather: &mut Vec<u8>, bufs: &[IoSlice<'_>]) -> usize {
+    /// Hands one frame from the guest (virtio-net header first) to the stack. The header needs
+    /// no reading: partial checksums are never verified and a TSO frame is one large segment.
+    fn take(&mut self, stack: &mut Stack, bufs: &[IoSlice<'_>]) -> usize {
+        let hdr = self.header_len;
+        let total = bufs.iter().map(|b| b.len()).sum();
         match bufs {
-            [one] => {
-                stack.guest_frame(one);
-                one.len()
-            }
+            [one] if one.len() >= hdr => stack.guest_frame(&one[hdr..]),
+            [head, frame] if head.len() == hdr => stack.guest_frame(frame),
             _ => {
-                gather.clear();
+                self.gather.clear();
                 for b in bufs {
-                    gather.extend_from_slice(b);
+                    self.gather.extend_from_slice(b);
                 }
-                stack.guest_frame(gather);
-                gather.len()
+                stack.guest_frame(self.gather.get(hdr..).unwrap_or_default());
             }
         }
+        total
     }
 }
 
@@ -133,16 +152,18 @@ impl BackendQueue for UserQueue {
     }
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let mut stack = lock(&self.stack);
-        let n = Self::take(&mut stack, &mut self.gather, bufs);
+        let stack = Arc::clone(&self.stack);
+        let mut stack = lock(&stack);
+        let n = self.take(&mut stack, bufs);
         stack.guest_frames_done();
         Ok(n)
     }
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
-        let mut stack = lock(&self.stack);
+        let stack = Arc::clone(&self.stack);
+        let mut stack = lock(&stack);
         for frame in frames {
-            Self::take(&mut stack, &mut self.gather, frame);
+            self.take(&mut stack, frame);
         }
         stack.guest_frames_done();
         Ok(frames.len())
@@ -152,7 +173,14 @@ impl BackendQueue for UserQueue {
         lock(&self.stack).has_output()
     }
 
-    fn set_offloads(&mut self, _offloads: Offloads) -> io::Result<()> {
+    fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
+        lock(&self.stack).set_guest_offloads(offloads);
+        Ok(())
+    }
+
+    fn set_vnet_hdr_len(&mut self, len: usize) -> io::Result<()> {
+        self.header_len = len;
+        lock(&self.stack).set_guest_header_len(len);
         Ok(())
     }
 }

@@ -177,7 +177,6 @@ fn push_neighbor_advert(
 mod tests {
     use super::*;
     use smoltcp::wire::{EthernetFrame, Icmpv6Repr, Ipv6Packet, NdiscRepr};
-    use std::io::IoSliceMut;
 
     fn net() -> Ipv6Net {
         Ipv6Net {
@@ -189,10 +188,7 @@ mod tests {
     }
 
     fn pop(out: &mut GuestFrames) -> Vec<u8> {
-        let mut buf = vec![0u8; 1514];
-        let n = out.pop_into(&mut [IoSliceMut::new(&mut buf)]).unwrap();
-        buf.truncate(n);
-        buf
+        out.pop_frame().unwrap()
     }
 
     #[test]

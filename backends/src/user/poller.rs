@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::Instant;
 
 use crate::sys;
 
@@ -87,6 +87,8 @@ pub struct Ready {
 pub struct Poller {
     epoll: OwnedFd,
     timer: OwnedFd,
+    /// When the timer is set to fire (`None`: disarmed or already fired).
+    armed: Option<Instant>,
     events: Vec<libc::epoll_event>,
 }
 
@@ -108,6 +110,7 @@ impl Poller {
         let poller = Poller {
             epoll,
             timer,
+            armed: None,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
         };
         poller.ctl(
@@ -142,8 +145,14 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
     }
 
-    /// Arms the timer to fire once after `delay` (`None` disarms it).
-    pub fn arm_timer(&self, delay: Option<Duration>) {
+    /// Arms the timer to fire once at `deadline` (`None` disarms it). Re-arming for the
+    /// deadline already set costs nothing: no system call.
+    pub fn arm_timer(&mut self, deadline: Option<Instant>) {
+        if deadline == self.armed {
+            return;
+        }
+        self.armed = deadline;
+        let delay = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let value = match delay {
             // A zero it_value would disarm: fire as soon as possible instead.
             Some(d) => libc::timespec {
@@ -187,6 +196,7 @@ impl Poller {
         for e in &self.events[..n as usize] {
             let token = Token::decode(e.u64);
             if token == Token::Timer {
+                self.armed = None;
                 self.drain_timer();
             }
             let bits = e.events;
@@ -223,7 +233,7 @@ mod tests {
         let mut ready = Vec::new();
         p.poll_now(&mut ready).unwrap();
         assert!(ready.is_empty());
-        p.arm_timer(Some(Duration::ZERO));
+        p.arm_timer(Some(Instant::now()));
         let r = sys::poll_one(&p.epoll, libc::POLLIN, 1000).unwrap();
         assert!(r & libc::POLLIN != 0);
         p.poll_now(&mut ready).unwrap();

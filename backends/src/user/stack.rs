@@ -707,7 +707,12 @@ impl Stack {
             out: &mut self.out,
             link: &self.link,
         };
-        self.iface.poll_egress(now, &mut device, &mut self.sockets);
+        // smoltcp sends at most one segment per socket per pass: pass again while it has more
+        // and the guest queue has room.
+        while !device.out.is_full()
+            && self.iface.poll_egress(now, &mut device, &mut self.sockets)
+                == smoltcp::iface::PollResult::SocketStateChanged
+        {}
         for (id, reset) in std::mem::take(&mut self.dead) {
             self.remove_flow(id, reset);
         }
@@ -716,22 +721,23 @@ impl Stack {
 
     fn arm_timer(&mut self) {
         let now = self.now();
-        let tcp_delay = self
+        // An absolute deadline (the same one on every pass while smoltcp's timers are unchanged,
+        // so the poller skips re-arming). "Now" while frames wait for the guest means "when the
+        // guest has taken them": the device comes back for those, so no timer is needed.
+        let tcp_deadline = self
             .iface
             .poll_delay(now, &self.sockets)
-            .map(|d| Duration::from_micros(d.total_micros()));
+            .filter(|d| *d > smoltcp::time::Duration::ZERO || self.out.is_empty())
+            .map(|d| self.epoch + Duration::from_micros((now + d).total_micros() as u64));
         let busy = self.tcp.len() > 0 || self.udp.len() > 0 || !self.children.is_empty();
         if busy && self.next_maintenance.is_none() {
             self.next_maintenance = Some(Instant::now() + MAINTENANCE);
         }
-        let maintenance = self
-            .next_maintenance
-            .map(|t| t.saturating_duration_since(Instant::now()));
-        let delay = match (tcp_delay, maintenance) {
+        let deadline = match (tcp_deadline, self.next_maintenance) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.poller.arm_timer(delay);
+        self.poller.arm_timer(deadline);
     }
 
     fn maintain(&mut self) {
@@ -798,7 +804,18 @@ impl Stack {
         self.settle();
     }
 
-    /// The next frame for the guest, servicing the host first if none is waiting.
+    /// What the guest's virtio-net driver accepts (TCP goes to it as GSO frames if it can).
+    pub fn set_guest_offloads(&mut self, offloads: crate::Offloads) {
+        self.out.offloads = offloads;
+    }
+
+    /// The guest's virtio-net header length (10 or 12).
+    pub fn set_guest_header_len(&mut self, len: usize) {
+        self.out.set_header_len(len);
+    }
+
+    /// The next frame for the guest (virtio-net header first), servicing the host first if none
+    /// is waiting.
     pub fn next_frame(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         if self.out.is_empty() {
             self.service();
@@ -911,9 +928,9 @@ mod tests {
 
     fn take_frames(s: &mut Stack) -> Vec<Vec<u8>> {
         let mut frames = Vec::new();
-        let mut buf = vec![0u8; 1514];
+        let mut buf = vec![0u8; 70_000];
         while let Ok(n) = s.next_frame(&mut [IoSliceMut::new(&mut buf)]) {
-            frames.push(buf[..n].to_vec());
+            frames.push(buf[12..n].to_vec());
         }
         frames
     }

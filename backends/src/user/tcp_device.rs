@@ -1,10 +1,13 @@
 //! The `smoltcp` device the TCP engine runs on: IP packets in (one at a time, straight from the
 //! guest's frame), IP packets out (wrapped in Ethernet into the guest queue).
 
+use std::num::{NonZeroU16, NonZeroUsize};
+
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use super::guest_frames::{GuestFrames, LinkAddrs, MTU};
+use super::tcp_offload;
 
 /// A device over one ingress packet (or none) and the guest queue.
 pub struct TcpDevice<'a> {
@@ -27,10 +30,16 @@ pub fn capabilities() -> DeviceCapabilities {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ip;
     caps.max_transmission_unit = MTU;
-    // Guest memory does not corrupt frames: checksums are written, not verified.
+    // IPv4 segments of up to 64 KiB: `tcp_offload` hands them to the guest whole (TSO) or cuts
+    // them. Not IPv6: smoltcp 0.14 drops an IPv6 packet over the MTU even when the device
+    // segments (`dispatch_ip` checks the MTU before looking at the segmentation request), so
+    // IPv6 segments stay at the MSS.
+    caps.segmentation.tcpv4 = NonZeroUsize::new(usize::from(u16::MAX));
+    // Guest memory does not corrupt frames: checksums are written, not verified. TCP's are
+    // written by `tcp_offload` (partial when the guest offloads them).
     let mut checksum = ChecksumCapabilities::default();
     checksum.ipv4 = Checksum::Tx;
-    checksum.tcp = Checksum::Tx;
+    checksum.tcp = Checksum::None;
     checksum.udp = Checksum::Tx;
     checksum.icmpv4 = Checksum::Tx;
     checksum.icmpv6 = Checksum::Tx;
@@ -51,11 +60,19 @@ impl smoltcp::phy::RxToken for Ingress<'_> {
 pub struct Egress<'a> {
     out: &'a mut GuestFrames,
     link: &'a LinkAddrs,
+    /// The segment size `smoltcp` asked for, when the payload exceeds it.
+    mss: Option<u16>,
 }
 
 impl smoltcp::phy::TxToken for Egress<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        self.out.push_ip(self.link, len, f)
+        let r = self.out.push_ip(self.link, len, f);
+        tcp_offload::finish_last(self.out, self.mss);
+        r
+    }
+
+    fn set_meta(&mut self, meta: smoltcp::phy::PacketMeta) {
+        self.mss = meta.segmentation_offload_size.map(NonZeroU16::get);
     }
 }
 
@@ -76,6 +93,7 @@ impl Device for TcpDevice<'_> {
             Egress {
                 out: self.out,
                 link: self.link,
+                mss: None,
             },
         ))
     }
@@ -85,6 +103,7 @@ impl Device for TcpDevice<'_> {
         (!self.out.is_full()).then_some(Egress {
             out: self.out,
             link: self.link,
+            mss: None,
         })
     }
 

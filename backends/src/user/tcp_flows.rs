@@ -22,9 +22,13 @@ use crate::sys;
 
 /// Most TCP flows at once; a SYN beyond this is answered with a reset.
 pub const MAX_FLOWS: usize = 1024;
-/// Flows that get large buffers; later ones get small ones, bounding memory overall.
-const LARGE_BUFFER_FLOWS: usize = 64;
-const LARGE_BUFFER: usize = 256 * 1024;
+/// Buffer size per direction by how many flows exist: the first few get room for a bulk
+/// transfer at full speed (the buffer bounds the data in flight toward and from the guest),
+/// later ones less, bounding memory overall (4 × 2 × 2 MiB + 60 × 2 × 256 KiB + 960 × 2 × 16 KiB,
+/// about 76 MiB at the flow limit; pages are only resident once a transfer touches them). With
+/// the guest a ring and a wakeup away, 2 MiB in flight is what a 64 KiB-frame transfer needs to
+/// run at over 10 Gbit/s (docs/performance.md); 256 KiB caps it near 4.
+const BUFFER_TIERS: [(usize, usize); 2] = [(4, 2 << 20), (64, 256 << 10)];
 const SMALL_BUFFER: usize = 16 * 1024;
 /// A flow that does not reach the established state within this is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -136,11 +140,10 @@ impl TcpFlows {
 
     /// A guest-facing socket with buffers sized by how many flows exist.
     pub fn new_socket(&self) -> tcp::Socket<'static> {
-        let size = if self.flows.len() <= LARGE_BUFFER_FLOWS {
-            LARGE_BUFFER
-        } else {
-            SMALL_BUFFER
-        };
+        let size = BUFFER_TIERS
+            .iter()
+            .find(|(flows, _)| self.flows.len() <= *flows)
+            .map_or(SMALL_BUFFER, |(_, size)| *size);
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; size]),
             tcp::SocketBuffer::new(vec![0; size]),
