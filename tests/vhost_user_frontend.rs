@@ -248,7 +248,7 @@ const NEED_REPLY: u32 = 8;
 
 #[test]
 fn hostile_vhost_user_messages_get_errors_not_crashes() {
-    let (mut sock, _peers, port, server) = start_device(1);
+    let (mut sock, _peers, port, server) = start_device(1, None);
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     // Negotiate REPLY_ACK so failures are reported.
@@ -323,7 +323,7 @@ fn hostile_vhost_user_messages_get_errors_not_crashes() {
 
 #[test]
 fn bad_header_version_ends_the_connection_cleanly() {
-    let (mut sock, _peers, _port, server) = start_device(1);
+    let (mut sock, _peers, _port, server) = start_device(1, None);
     raw(&mut sock, 1, 0x2, &[]);
     server
         .join()
@@ -449,4 +449,160 @@ fn set_link_changes_the_config_status_and_notifies_the_frontend() {
         ours.read(&mut [0u8; 12]).is_err(),
         "no message without a change"
     );
+}
+
+/// The port's MAC in [`start_device`].
+const PORT_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const OTHER_MAC: [u8; 6] = [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc];
+
+/// A frame to `dst`, VLAN-tagged if `vid` is given, whose last byte is `tag`.
+fn addressed(dst: [u8; 6], vid: Option<u16>, tag: u8) -> Vec<u8> {
+    let mut f = hdr();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 9]);
+    if let Some(v) = vid {
+        f.extend_from_slice(&[0x81, 0x00]);
+        f.extend_from_slice(&v.to_be_bytes());
+    }
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.extend_from_slice(&[0u8; 45]);
+    f.push(tag);
+    f
+}
+
+/// Sends `dropped` then `kept`; the next used rx buffer must hold `kept` (frames are delivered
+/// in order, so had `dropped` passed it would be there instead).
+fn expect_filtered(t: &mut TestFrontend, dropped: &[u8], kept: &[u8]) {
+    t.peer_send(0, dropped);
+    t.peer_send(0, kept);
+    let used = t.wait_used(0, 1);
+    let (id, len) = used[0];
+    assert_eq!(len as usize, kept.len());
+    let addr = t.rings[0].buffer_addr(id as u16, BUF_LEN);
+    assert_eq!(
+        t.ram.read(addr + 12, len as usize - 12),
+        &kept[12..],
+        "filtered frame passed"
+    );
+    // Give the buffer back.
+    t.rings[0].make_available(&t.ram, &[id as u16]);
+    t.kick(0);
+}
+
+fn delivered(t: &mut TestFrontend, frame: &[u8]) {
+    t.peer_send(0, frame);
+    let (id, len) = t.wait_used(0, 1)[0];
+    assert_eq!(len as usize, frame.len());
+    t.rings[0].make_available(&t.ram, &[id as u16]);
+    t.kick(0);
+}
+
+#[test]
+fn control_queue_commands_set_the_filter_the_rx_path_applies() {
+    use std::sync::{Arc, Mutex};
+    use vhost_user_netd::qmp::events::{EventBus, SessionOut};
+
+    /// Collects what the event bus writes.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let events = Arc::new(EventBus::default());
+    let sink = Sink::default();
+    let session = SessionOut::new(Box::new(sink.clone()));
+    events.subscribe(&session);
+    let changes = || {
+        String::from_utf8_lossy(&sink.0.lock().unwrap())
+            .matches("NIC_RX_FILTER_CHANGED")
+            .count()
+    };
+
+    let features = F_MRG_RXBUF
+        | F_EVENT_IDX
+        | F_CTRL_VQ
+        | F_CTRL_RX
+        | F_CTRL_RX_EXTRA
+        | F_CTRL_VLAN
+        | F_CTRL_MAC_ADDR;
+    let mut t = TestFrontend::new_with_events(1, features, Some(events.clone()));
+    assert_eq!(t.acked & F_CTRL_VQ, F_CTRL_VQ, "control queue offered");
+    let ctrl = t.setup_ctrl();
+    assert_eq!(ctrl, 2);
+    let port = t.port.clone().unwrap();
+    t.rings[0].post_buffers(&t.ram, 0, 32, BUF_LEN as u32, true);
+    t.kick(0);
+
+    // From reset the device is promiscuous, and query-rx-filter says what the daemon knows.
+    delivered(&mut t, &addressed(OTHER_MAC, None, 1));
+    let q = vhost_user_netd::qmp::stats::rx_filter(&port);
+    assert_eq!(q["promiscuous"], true);
+
+    // Promiscuous off: only our MAC and broadcast get through.
+    assert_eq!(t.ctrl_command(ctrl, 0, 0, &[0]), 0);
+    expect_filtered(
+        &mut t,
+        &addressed(OTHER_MAC, None, 2),
+        &addressed(PORT_MAC, None, 3),
+    );
+    delivered(&mut t, &addressed([0xff; 6], None, 4));
+    let q = vhost_user_netd::qmp::stats::rx_filter(&port);
+    assert_eq!(q["promiscuous"], false, "{q}");
+    assert_eq!(q["unicast"], "normal");
+    assert_eq!(q["main-mac"], "52:54:00:12:34:56");
+    assert_eq!(changes(), 1, "NIC_RX_FILTER_CHANGED once");
+
+    // The MAC table lets another unicast address in (and, unqueried, no second event).
+    let mut table = 1u32.to_le_bytes().to_vec();
+    table.extend_from_slice(&OTHER_MAC);
+    table.extend_from_slice(&0u32.to_le_bytes());
+    assert_eq!(t.ctrl_command(ctrl, 1, 0, &table), 0);
+    delivered(&mut t, &addressed(OTHER_MAC, None, 5));
+    assert_eq!(changes(), 1, "no second event before query-rx-filter");
+    port.rx_filter_queried();
+    let q = vhost_user_netd::qmp::stats::rx_filter(&port);
+    assert_eq!(q["unicast-table"], serde_json::json!(["52:54:00:aa:bb:cc"]));
+
+    // VLAN filtering: only VLANs added pass.
+    assert_eq!(t.ctrl_command(ctrl, 2, 0, &5u16.to_le_bytes()), 0);
+    assert_eq!(changes(), 2, "event again after the query");
+    expect_filtered(
+        &mut t,
+        &addressed(PORT_MAC, Some(6), 6),
+        &addressed(PORT_MAC, Some(5), 7),
+    );
+    let q = vhost_user_netd::qmp::stats::rx_filter(&port);
+    assert_eq!(q["vlan-table"], serde_json::json!([5]));
+    assert_eq!(q["vlan"], "normal");
+
+    // Refused commands answer VIRTIO_NET_ERR and change nothing.
+    assert_eq!(t.ctrl_command(ctrl, 0, 0, &[]), 1, "no payload");
+    assert_eq!(t.ctrl_command(ctrl, 9, 9, &[0]), 1, "unknown class");
+    assert_eq!(
+        t.ctrl_command(ctrl, 1, 0, &[200, 0, 0, 0]),
+        1,
+        "short table"
+    );
+    assert_eq!(
+        t.ctrl_command(ctrl, 2, 0, &5000u16.to_le_bytes()),
+        1,
+        "VLAN id"
+    );
+    expect_filtered(
+        &mut t,
+        &addressed([0x52, 0x54, 0, 1, 1, 1], None, 8),
+        &addressed(PORT_MAC, None, 9),
+    );
+
+    let device = port.device().unwrap();
+    let counts = vhost_user_netd::vhost_user::handler::lock(&device).counters()[0];
+    assert_eq!(counts.rx_dropped_filtered, 3);
+    assert_eq!(counts.ctrl_commands, 3);
+    assert_eq!(counts.ctrl_errors, 4);
 }

@@ -296,7 +296,10 @@ mod tests {
         assert_eq!(n, 7);
         assert_eq!((&a, &b), (b"hel", b"lowo"));
         let mut c = [0u8; 10];
-        assert_eq!(copy_parts(&[b"ab", b"cd"], &mut [IoSliceMut::new(&mut c)]), 4);
+        assert_eq!(
+            copy_parts(&[b"ab", b"cd"], &mut [IoSliceMut::new(&mut c)]),
+            4
+        );
         assert_eq!(&c[..4], b"abcd");
     }
 }

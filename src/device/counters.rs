@@ -63,6 +63,8 @@ counters! {
     rx_dropped_link_down,
     /// rx frames larger than any buffer the guest could offer.
     rx_dropped_too_big,
+    /// rx frames the guest's receive filter (control queue) does not want.
+    rx_dropped_filtered,
     /// tx frames dropped because the link is down, the ring is disabled or no backend is bound.
     tx_dropped_link_down,
     /// tx frames the backend refused with an error other than "full".
@@ -87,6 +89,10 @@ counters! {
     kicks,
     /// Interrupts sent to the guest.
     interrupts,
+    /// Control-queue commands applied (counted on the first pair).
+    ctrl_commands,
+    /// Control-queue commands refused (unknown, malformed, not negotiated).
+    ctrl_errors,
     }
     maxima {
     /// Largest frame delivered to the guest (bytes, without header): above the MTU means

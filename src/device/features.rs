@@ -16,6 +16,11 @@ pub const VIRTIO_NET_F_HOST_ECN: u64 = 1 << 13;
 pub const VIRTIO_NET_F_HOST_UFO: u64 = 1 << 14;
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+pub const VIRTIO_NET_F_CTRL_VQ: u64 = 1 << 17;
+pub const VIRTIO_NET_F_CTRL_RX: u64 = 1 << 18;
+pub const VIRTIO_NET_F_CTRL_VLAN: u64 = 1 << 19;
+pub const VIRTIO_NET_F_CTRL_RX_EXTRA: u64 = 1 << 20;
+pub const VIRTIO_NET_F_CTRL_MAC_ADDR: u64 = 1 << 23;
 pub const VIRTIO_NET_F_GUEST_ANNOUNCE: u64 = 1 << 21;
 pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
@@ -38,6 +43,12 @@ pub fn offered(caps: &Capabilities, queue_pairs: u16, has_mac: bool, has_mtu: bo
         | VIRTIO_RING_F_INDIRECT_DESC
         | VIRTIO_NET_F_STATUS
         | VIRTIO_NET_F_GUEST_ANNOUNCE
+        // The control queue, for frontends that hand it over (QEMU keeps its own).
+        | VIRTIO_NET_F_CTRL_VQ
+        | VIRTIO_NET_F_CTRL_RX
+        | VIRTIO_NET_F_CTRL_RX_EXTRA
+        | VIRTIO_NET_F_CTRL_VLAN
+        | VIRTIO_NET_F_CTRL_MAC_ADDR
         | VHOST_F_LOG_ALL
         | VHOST_USER_F_PROTOCOL_FEATURES;
     if queue_pairs > 1 {
@@ -80,6 +91,19 @@ pub fn guest_offloads(acked: u64) -> Offloads {
         ecn: has(VIRTIO_NET_F_GUEST_ECN),
         ufo: has(VIRTIO_NET_F_GUEST_UFO),
     }
+}
+
+/// What the control queue's commands depend on; `None` unless the driver acked `CTRL_VQ`.
+pub fn ctrl_features(acked: u64, queue_pairs: u16) -> Option<super::rx_filter::CtrlFeatures> {
+    let has = |bit| acked & bit != 0;
+    has(VIRTIO_NET_F_CTRL_VQ).then_some(super::rx_filter::CtrlFeatures {
+        rx: has(VIRTIO_NET_F_CTRL_RX),
+        rx_extra: has(VIRTIO_NET_F_CTRL_RX_EXTRA),
+        vlan: has(VIRTIO_NET_F_CTRL_VLAN),
+        mac_addr: has(VIRTIO_NET_F_CTRL_MAC_ADDR),
+        mq: has(VIRTIO_NET_F_MQ),
+        max_pairs: queue_pairs,
+    })
 }
 
 /// The virtio-net header length the guest and device agreed on.

@@ -25,6 +25,9 @@ pub enum Direction {
     DeviceReads,
     /// Device writes (rx): every descriptor must be device-writable.
     DeviceWrites,
+    /// A request and its reply (the control queue): device-readable descriptors, then
+    /// device-writable ones. [`GuestIov::readable_len`] tells where the reply starts.
+    DeviceReadsThenWrites,
 }
 
 /// Why a descriptor chain was refused. Each kind has its own counter.
@@ -83,6 +86,8 @@ pub struct GuestIov {
     bytes: usize,
     /// The guest-physical ranges behind the iovecs, one per descriptor (for dirty logging).
     ranges: Vec<(u64, u32)>,
+    /// Bytes before the first device-writable descriptor (`DeviceReadsThenWrites`).
+    readable: usize,
 }
 
 // SAFETY: the iovecs are plain addresses into guest memory mappings; they are only dereferenced
@@ -95,6 +100,7 @@ impl Default for GuestIov {
             iovecs: Vec::with_capacity(64),
             bytes: 0,
             ranges: Vec::with_capacity(64),
+            readable: 0,
         }
     }
 }
@@ -105,6 +111,13 @@ impl GuestIov {
         self.iovecs.clear();
         self.ranges.clear();
         self.bytes = 0;
+        self.readable = 0;
+    }
+
+    /// For a single `DeviceReadsThenWrites` chain: the request's length (where the writable
+    /// part starts).
+    pub fn readable_len(&self) -> usize {
+        self.readable
     }
 
     /// Guest-physical ranges of the descriptors walked so far, in order.
@@ -218,7 +231,13 @@ impl GuestIov {
                 continue;
             }
             let writable = desc.flags & VRING_DESC_F_WRITE != 0;
-            if writable != (direction == Direction::DeviceWrites) {
+            let allowed = match direction {
+                Direction::DeviceReads => !writable,
+                Direction::DeviceWrites => writable,
+                // Readable after writable is out of order.
+                Direction::DeviceReadsThenWrites => writable || self.bytes == self.readable,
+            };
+            if !allowed {
                 return Err(ChainError::WrongDirection);
             }
             let total = (self.bytes - start_bytes)
@@ -228,6 +247,9 @@ impl GuestIov {
                 return Err(ChainError::TooLong);
             }
             self.push_buffer(mem, desc.addr, desc.len as usize)?;
+            if !writable {
+                self.readable = self.bytes;
+            }
             if desc.len > 0 {
                 self.ranges.push((desc.addr, desc.len));
             }
@@ -623,5 +645,38 @@ mod tests {
             .push_chain(&ram.mem, t, 8, 1, Direction::DeviceWrites, false, 100)
             .is_err());
         assert_eq!((iov.len(), iov.segments()), (10, 1));
+    }
+
+    #[test]
+    fn a_request_then_reply_chain_reports_where_the_reply_starts() {
+        let ram = GuestRam::new();
+        ram.write_descs(
+            TABLE,
+            &[
+                RawDescriptor::new(0x10000, 2, VRING_DESC_F_NEXT, 1),
+                RawDescriptor::new(0x20000, 7, VRING_DESC_F_NEXT, 2),
+                RawDescriptor::new(0x30000, 1, VRING_DESC_F_WRITE, 0),
+                // Out of order: readable after writable.
+                RawDescriptor::new(0x10000, 2, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 4),
+                RawDescriptor::new(0x20000, 7, 0, 0),
+            ],
+        );
+        let mut iov = GuestIov::default();
+        let n = iov
+            .push_chain(
+                &ram.mem,
+                GuestAddress(TABLE),
+                8,
+                0,
+                Direction::DeviceReadsThenWrites,
+                false,
+                65_562,
+            )
+            .unwrap();
+        assert_eq!((n, iov.readable_len()), (10, 9));
+        assert_eq!(
+            walk(&ram, 3, Direction::DeviceReadsThenWrites, false),
+            Err(ChainError::WrongDirection)
+        );
     }
 }

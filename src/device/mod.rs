@@ -4,17 +4,21 @@
 //! - [`guest_iov`]: descriptor chains → host iovecs (all guest-memory `unsafe` is there).
 //! - [`vring`]: one split ring: avail reads, batched used writes, notifications.
 //! - [`queue_pair`]: a pair's state, lock and worker thread; `rx` and `tx`: its two paths.
+//! - [`ctrl_queue`] and [`rx_filter`]: the control queue, when the frontend hands it over, and
+//!   the receive filter its commands set.
 //! - [`features`], [`config_space`]: what is offered and reported.
 //! - [`counters`]: per-pair statistics; [`announce`]: RARP frames; [`dirty_log`]: migration.
 
 pub mod announce;
 pub mod config_space;
 pub mod counters;
+pub mod ctrl_queue;
 pub mod dirty_log;
 pub mod features;
 pub mod guest_iov;
 pub mod queue_pair;
 mod rx;
+pub mod rx_filter;
 #[cfg(test)]
 pub mod test_ring;
 mod tx;
@@ -29,6 +33,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use self::config_space::NetConfigSpace;
 use self::counters::Counts;
+use self::ctrl_queue::CtrlHandle;
 use self::queue_pair::{DatapathParams, PairHandle};
 
 /// Default MTU when neither the port nor the frontend set one.
@@ -81,6 +86,8 @@ pub struct NetDevice {
     failed_requests: u64,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     pairs: Vec<PairHandle>,
+    /// The control queue (vring `2 × queue_pairs`), used if the frontend hands it over.
+    ctrl: CtrlHandle,
 }
 
 impl NetDevice {
@@ -97,6 +104,7 @@ impl NetDevice {
         for index in 0..config.queue_pairs {
             pairs.push(PairHandle::spawn(index, mem.clone())?);
         }
+        let ctrl = CtrlHandle::spawn(&pairs, config.mac.unwrap_or_default(), mem.clone())?;
         let offered = features::offered(
             &caps,
             config.queue_pairs,
@@ -116,6 +124,7 @@ impl NetDevice {
             failed_requests: 0,
             mem,
             pairs,
+            ctrl,
         };
         device.bind(backend).map_err(io::Error::other)?;
         Ok(device)
@@ -220,6 +229,10 @@ impl NetDevice {
             return Err(DeviceError::UnofferedFeatures(extra));
         }
         self.acked = acked;
+        self.ctrl.lock().set_features(
+            features::ctrl_features(acked, self.config.queue_pairs),
+            acked & features::VIRTIO_RING_F_INDIRECT_DESC != 0,
+        );
         self.apply_params();
         Ok(())
     }
@@ -253,6 +266,7 @@ impl NetDevice {
             _ => Offloads::default(),
         };
         let event_idx = acked & features::VIRTIO_RING_F_EVENT_IDX != 0;
+        self.ctrl.lock().ring.set_event_idx(event_idx);
         for pair in &self.pairs {
             let mut p = pair.lock();
             p.params = params;
@@ -277,11 +291,23 @@ impl NetDevice {
         self.pairs.iter().find_map(|p| p.lock().guest_mac)
     }
 
-    /// Calls `watch` whenever the datapath learns a new guest MAC.
+    /// Calls `watch` whenever the datapath learns a new guest MAC or the guest changes its
+    /// receive filter through the control queue.
     pub fn set_mac_watch(&self, watch: queue_pair::MacWatch) {
         for pair in &self.pairs {
             pair.lock().mac_watch = Some(watch.clone());
         }
+        self.ctrl.lock().set_watch(watch);
+    }
+
+    /// The control queue (vring `2 × queue_pairs`).
+    pub fn ctrl(&self) -> &CtrlHandle {
+        &self.ctrl
+    }
+
+    /// The receive filter the guest set through the control queue, if it did.
+    pub fn rx_filter(&self) -> Option<rx_filter::RxFilter> {
+        self.ctrl.lock().filter().cloned()
     }
 
     /// Installs the frontend's dirty bitmap (`SET_LOG_BASE`) in every pair.

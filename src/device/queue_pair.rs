@@ -128,6 +128,8 @@ pub struct QueuePair {
     pub(super) learn_mac: bool,
     /// The frames of the tx batch being sent.
     pub(super) tx_frames: Vec<super::tx::TxFrame>,
+    /// The guest's receive filter, once its control queue (ours) set one; `None` passes all.
+    pub rx_filter: Option<Arc<super::rx_filter::RxFilter>>,
     /// A frame read from the backend that did not fit the guest's buffers yet.
     pub(super) bounce: Vec<u8>,
     pub(super) bounce_len: usize,
@@ -153,6 +155,7 @@ impl QueuePair {
             hdr_iov: GuestIov::default(),
             heads: Vec::with_capacity(64),
             tx_frames: Vec::with_capacity(super::tx::TX_BATCH),
+            rx_filter: None,
             bounce: Vec::new(),
             bounce_len: 0,
             dirty_log: None,
@@ -400,6 +403,11 @@ impl PairHandle {
             thread: Some(thread),
             counters,
         })
+    }
+
+    /// The pair's state, shared (the control queue sets its rx filter).
+    pub fn state(&self) -> Arc<Mutex<QueuePair>> {
+        self.state.clone()
     }
 
     /// Locks the pair's state.

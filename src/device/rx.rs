@@ -201,8 +201,29 @@ impl QueuePair {
             self.rx.rewind(self.heads.len() as u16);
             return RxStep::Delivered;
         }
+        if self.rx_filter.is_some() {
+            let mut start = [0u8; 16];
+            let offset = if vnet { hdr } else { 0 };
+            let n = (len - hdr).min(start.len());
+            if !self.iov.read_at(offset, &mut start[..n]) || !self.wanted(&start[..n]) {
+                self.rx.rewind(self.heads.len() as u16);
+                self.counts.rx_dropped_filtered += 1;
+                return RxStep::Delivered;
+            }
+        }
         self.complete_rx(mem, len, !vnet);
         RxStep::Delivered
+    }
+
+    /// Whether the guest's receive filter lets a frame starting with `start` in. Its own MAC
+    /// as seen in its frames always passes (a driver without `VIRTIO_NET_F_MAC` picked one we
+    /// were never told).
+    fn wanted(&self, start: &[u8]) -> bool {
+        let Some(filter) = &self.rx_filter else {
+            return true;
+        };
+        filter.accepts(start)
+            || (start.len() >= 6 && self.guest_mac.is_some_and(|m| m == start[..6]))
     }
 
     /// Not enough guest buffer space for a worst-case frame: read the frame aside and deliver it
@@ -224,6 +245,12 @@ impl QueuePair {
             }
         }
         let len = self.bounce_len;
+        if !self.wanted(&self.bounce[hdr..len]) {
+            self.bounce_len = 0;
+            self.rx.rewind(self.heads.len() as u16);
+            self.counts.rx_dropped_filtered += 1;
+            return RxStep::Delivered;
+        }
         if capacity >= len {
             self.iov.write_at(0, &self.bounce[..len]);
             self.bounce_len = 0;

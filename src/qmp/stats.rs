@@ -40,26 +40,64 @@ pub fn port_stats(port: &Port) -> Value {
     })
 }
 
-/// `query-rx-filter` for a port. The daemon filters nothing (QEMU keeps a guest's control queue
-/// and its filters to itself), so it reports exactly that, with the MAC it knows: the port's
-/// `mac=`, else the one learned from the guest's frames.
+/// `query-rx-filter` for a port. With QEMU as frontend the control queue and its filters stay
+/// in QEMU, so the daemon filters nothing and says so, with the MAC it knows (the port's `mac=`,
+/// else the one learned from the guest's frames). A frontend that hands the control queue over
+/// gets the filter its guest set, which the rx path enforces.
 pub fn rx_filter(port: &Port) -> Value {
-    let mac = port.main_mac().map_or_else(
-        || "00:00:00:00:00:00".to_string(),
-        |m| crate::config::format_mac(&m),
-    );
+    let name = port.id();
+    let filter = port.device().and_then(|d| lock(&d).rx_filter());
+    let Some(f) = filter else {
+        let mac = port.main_mac().map_or_else(
+            || "00:00:00:00:00:00".to_string(),
+            |m| crate::config::format_mac(&m),
+        );
+        return json!({
+            "name": name,
+            "promiscuous": true,
+            "multicast": "all",
+            "unicast": "all",
+            "vlan": "all",
+            "broadcast-allowed": true,
+            "multicast-overflow": false,
+            "unicast-overflow": false,
+            "main-mac": mac,
+            "vlan-table": [],
+            "unicast-table": [],
+            "multicast-table": [],
+        });
+    };
+    let state = |none: bool, all: bool| {
+        if none {
+            "none"
+        } else if all {
+            "all"
+        } else {
+            "normal"
+        }
+    };
+    let vlans = f.vlan_ids();
+    let vlan = if !f.vlan_filtering {
+        "all"
+    } else if vlans.is_empty() {
+        "none"
+    } else {
+        "normal"
+    };
+    let macs =
+        |list: &[[u8; 6]]| -> Vec<String> { list.iter().map(crate::config::format_mac).collect() };
     json!({
-        "name": port.id(),
-        "promiscuous": true,
-        "multicast": "all",
-        "unicast": "all",
-        "vlan": "all",
-        "broadcast-allowed": true,
-        "multicast-overflow": false,
-        "unicast-overflow": false,
-        "main-mac": mac,
-        "vlan-table": [],
-        "unicast-table": [],
-        "multicast-table": [],
+        "name": name,
+        "promiscuous": f.promisc,
+        "multicast": state(f.nomulti, f.allmulti),
+        "unicast": state(f.nouni, f.alluni),
+        "vlan": vlan,
+        "broadcast-allowed": !f.nobcast,
+        "multicast-overflow": f.multicast_overflow,
+        "unicast-overflow": f.unicast_overflow,
+        "main-mac": crate::config::format_mac(&f.mac),
+        "vlan-table": vlans,
+        "unicast-table": macs(&f.unicast),
+        "multicast-table": macs(&f.multicast),
     })
 }

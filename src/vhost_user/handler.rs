@@ -23,6 +23,7 @@ use super::socket::{Connection, Message, WireError};
 use crate::device::config_space::CONFIG_LEN;
 use crate::device::dirty_log::DirtyLog;
 use crate::device::features::VHOST_USER_F_PROTOCOL_FEATURES;
+use crate::device::vring::Vring;
 use crate::device::NetDevice;
 
 /// Low byte of a kick/call payload: the vring index; this bit: no descriptor (polling).
@@ -127,7 +128,8 @@ pub struct Handler {
 
 impl Handler {
     pub fn new(conn: Connection, device: Arc<Mutex<NetDevice>>) -> Self {
-        let vrings = usize::from(lock(&device).queue_pairs()) * 2;
+        // Two per queue pair, then the control queue.
+        let vrings = usize::from(lock(&device).queue_pairs()) * 2 + 1;
         Handler {
             conn,
             device,
@@ -216,6 +218,25 @@ impl Handler {
         }
     }
 
+    /// Whether vring `index` is the control queue.
+    fn is_ctrl(dev: &NetDevice, index: u32) -> bool {
+        index == u32::from(dev.queue_pairs()) * 2
+    }
+
+    /// Runs `f` on vring `index`: a pair's rx or tx ring, or the control queue's.
+    fn with_ring<R>(
+        dev: &NetDevice,
+        index: u32,
+        f: impl FnOnce(&mut Vring) -> R,
+    ) -> Result<R, RequestError> {
+        if Self::is_ctrl(dev, index) {
+            return Ok(f(&mut dev.ctrl().lock().ring));
+        }
+        let (pair, rx) = dev.vring(index)?;
+        let mut q = pair.lock();
+        Ok(f(if rx { &mut q.rx } else { &mut q.tx }))
+    }
+
     fn guest_memory(dev: &NetDevice) -> vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap> {
         dev.memory().memory()
     }
@@ -238,6 +259,15 @@ impl Handler {
             } else {
                 true
             };
+        if Self::is_ctrl(dev, index as u32) {
+            let mut ctrl = dev.ctrl().lock();
+            ctrl.ring.enabled = enabled;
+            if let (true, Some(kick)) = (enabled, &ctrl.ring.kick) {
+                // Commands queued while disabled are handled now.
+                let _ = kick.write(1);
+            }
+            return Ok(());
+        }
         let (pair, rx) = dev.vring(index as u32)?;
         let mut p = pair.lock();
         if rx {
@@ -250,7 +280,8 @@ impl Handler {
     }
 
     fn reset(&mut self, dev: &mut NetDevice) -> Result<(), RequestError> {
-        for index in 0..self.enable_requested.len() {
+        dev.ctrl().lock().reset();
+        for index in 0..self.enable_requested.len() - 1 {
             let (pair, rx) = dev.vring(index as u32)?;
             let mut p = pair.lock();
             p.stop_ring(rx);
@@ -308,8 +339,9 @@ impl Handler {
                 Ok(Outcome::Done)
             }
             // Counted in vrings, as libvhost-user and rust-vmm frontends (cloud-hypervisor) read
-            // it; QEMU compares it with its queue pairs, which the larger figure satisfies too.
-            FrontendReq::GET_QUEUE_NUM => Ok(u64_reply(u64::from(dev.queue_pairs()) * 2)),
+            // it: two per pair and the control queue. QEMU compares it with its queue pairs,
+            // which the larger figure satisfies too.
+            FrontendReq::GET_QUEUE_NUM => Ok(u64_reply(u64::from(dev.queue_pairs()) * 2 + 1)),
             FrontendReq::GET_MAX_MEM_SLOTS => Ok(u64_reply(MAX_MEM_SLOTS)),
             FrontendReq::SET_MEM_TABLE => self.set_mem_table(dev, msg),
             FrontendReq::ADD_MEM_REG => {
@@ -328,10 +360,7 @@ impl Handler {
             }
             FrontendReq::SET_VRING_NUM => {
                 let s = parse::<VhostUserVringState>(p)?;
-                let (pair, rx) = dev.vring(s.index)?;
-                let mut q = pair.lock();
-                let ring = if rx { &mut q.rx } else { &mut q.tx };
-                if !ring.set_size(s.num) {
+                if !Self::with_ring(dev, s.index, |ring| ring.set_size(s.num))? {
                     return Err(invalid(format!(
                         "vring size {} is not a power of two up to 32768",
                         { s.num }
@@ -352,30 +381,28 @@ impl Handler {
                 let avail = translate(a.available, "avail ring")?;
                 let used = translate(a.used, "used ring")?;
                 let mem = Self::guest_memory(dev);
-                let (pair, rx) = dev.vring(a.index)?;
-                let mut q = pair.lock();
-                let ring = if rx { &mut q.rx } else { &mut q.tx };
-                ring.set_addresses(&mem, desc, avail, used)
-                    .map_err(|e| invalid(format!("vring {}: {e}", { a.index })))?;
+                Self::with_ring(dev, a.index, |ring| {
+                    ring.set_addresses(&mem, desc, avail, used)
+                })?
+                .map_err(|e| invalid(format!("vring {}: {e}", { a.index })))?;
                 Ok(Outcome::Done)
             }
             FrontendReq::SET_VRING_BASE => {
                 let s = parse::<VhostUserVringState>(p)?;
                 let base = u16::try_from(s.num)
                     .map_err(|_| invalid(format!("vring base {} too large", { s.num })))?;
-                let (pair, rx) = dev.vring(s.index)?;
-                let mut q = pair.lock();
-                if rx {
-                    q.rx.set_base(base)
-                } else {
-                    q.tx.set_base(base)
-                }
+                Self::with_ring(dev, s.index, |ring| ring.set_base(base))?;
                 Ok(Outcome::Done)
             }
             FrontendReq::GET_VRING_BASE => {
                 let s = parse::<VhostUserVringState>(p)?;
-                let (pair, rx) = dev.vring(s.index)?;
-                let base = pair.lock().stop_ring(rx);
+                let base = if Self::is_ctrl(dev, s.index) {
+                    dev.ctrl().lock().stop()
+                } else {
+                    let (pair, rx) = dev.vring(s.index)?;
+                    let base = pair.lock().stop_ring(rx);
+                    base
+                };
                 Ok(Outcome::Reply(
                     VhostUserVringState::new(s.index, u32::from(base))
                         .as_slice()
@@ -507,18 +534,21 @@ impl Handler {
             // SAFETY: we own `fd` (received with SCM_RIGHTS); EventFd takes over its ownership.
             unsafe { <EventFd as std::os::fd::FromRawFd>::from_raw_fd(fd.into_raw_fd()) }
         });
-        let (pair, rx) = dev.vring(index as u32)?;
+        let index = index as u32;
         match request {
             FrontendReq::SET_VRING_KICK => {
                 let kick = event
                     .ok_or_else(|| invalid("polling mode (no kick descriptor) is not supported"))?;
-                let mut q = pair.lock();
-                q.set_kick(rx, kick)?;
-                q.update_interest();
+                if Self::is_ctrl(dev, index) {
+                    dev.ctrl().lock().set_kick(kick)?;
+                } else {
+                    let (pair, rx) = dev.vring(index)?;
+                    let mut q = pair.lock();
+                    q.set_kick(rx, kick)?;
+                    q.update_interest();
+                }
             }
-            FrontendReq::SET_VRING_CALL => {
-                let mut q = pair.lock();
-                let ring = if rx { &mut q.rx } else { &mut q.tx };
+            FrontendReq::SET_VRING_CALL => Self::with_ring(dev, index, |ring| {
                 ring.call = event;
                 // Frontends swap call descriptors on running rings (QEMU sends the final one
                 // after SET_VRING_KICK, and on MSI-X mask changes); an interrupt sent to the old
@@ -529,7 +559,7 @@ impl Handler {
                         let _ = call.write(1);
                     }
                 }
-            }
+            })?,
             _ => {} // SET_VRING_ERR: we never signal errors this way; the descriptor is closed.
         }
         Ok(())

@@ -13,6 +13,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vhost_user_netd::config::{Listen, PortConfig};
 use vhost_user_netd::port::Port;
+use vhost_user_netd::qmp::events::EventBus;
 use vhost_user_netd_backends::socketpair::SocketpairBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -36,6 +37,11 @@ pub const F_INDIRECT: u64 = 1 << 28;
 pub const F_PROTOCOL: u64 = 1 << 30;
 pub const F_LOG_ALL: u64 = 1 << 26;
 pub const F_VERSION_1: u64 = 1 << 32;
+pub const F_CTRL_VQ: u64 = 1 << 17;
+pub const F_CTRL_RX: u64 = 1 << 18;
+pub const F_CTRL_VLAN: u64 = 1 << 19;
+pub const F_CTRL_RX_EXTRA: u64 = 1 << 20;
+pub const F_CTRL_MAC_ADDR: u64 = 1 << 23;
 
 /// The daemon's device on one end, the test's driver on the other.
 pub struct TestFrontend {
@@ -53,7 +59,10 @@ pub struct TestFrontend {
 }
 
 /// Starts the device for `queue_pairs` on a socketpair backend; returns the frontend socket.
-pub fn start_device(queue_pairs: u16) -> (UnixStream, Vec<UnixDatagram>, Port, JoinHandle<()>) {
+pub fn start_device(
+    queue_pairs: u16,
+    events: Option<Arc<EventBus>>,
+) -> (UnixStream, Vec<UnixDatagram>, Port, JoinHandle<()>) {
     let (backend, peers) = SocketpairBackend::new(queue_pairs, true).expect("socketpair backend");
     let port = Port::new(
         PortConfig {
@@ -67,6 +76,10 @@ pub fn start_device(queue_pairs: u16) -> (UnixStream, Vec<UnixDatagram>, Port, J
         },
         Arc::new(backend),
     );
+    let port = match events {
+        Some(e) => port.with_events(e),
+        None => port,
+    };
     let (ours, theirs) = UnixStream::pair().expect("socket pair");
     let server_port = port.clone();
     let server = std::thread::spawn(move || server_port.serve_connection(theirs));
@@ -86,7 +99,7 @@ impl TestFrontend {
     /// Connects to a daemon's vhost-user socket at `path` and starts every ring.
     pub fn connect(path: &std::path::Path, queue_pairs: u16, wanted: u64) -> Self {
         let fe =
-            Frontend::connect(path, u64::from(queue_pairs) * 2).expect("connect to the daemon");
+            Frontend::connect(path, u64::from(queue_pairs) * 2 + 1).expect("connect to the daemon");
         let mut t = TestFrontend {
             fe,
             ram: GuestRam::with_size(RAM_SIZE),
@@ -104,8 +117,13 @@ impl TestFrontend {
 
     /// Connects, negotiates `wanted` (masked by what is offered) and starts every ring.
     pub fn new(queue_pairs: u16, wanted: u64) -> Self {
-        let (sock, peers, port, server) = start_device(queue_pairs);
-        let fe = Frontend::from_stream(sock, u64::from(queue_pairs) * 2);
+        Self::new_with_events(queue_pairs, wanted, None)
+    }
+
+    /// As [`Self::new`], with the port's events (QMP) going to `events`.
+    pub fn new_with_events(queue_pairs: u16, wanted: u64, events: Option<Arc<EventBus>>) -> Self {
+        let (sock, peers, port, server) = start_device(queue_pairs, events);
+        let fe = Frontend::from_stream(sock, u64::from(queue_pairs) * 2 + 1);
         let ram = GuestRam::with_size(RAM_SIZE);
         let mut t = TestFrontend {
             fe,
@@ -138,7 +156,8 @@ impl TestFrontend {
         .expect("set_protocol_features");
         assert_eq!(
             fe.get_queue_num().expect("queue num"),
-            u64::from(queue_pairs) * 2
+            u64::from(queue_pairs) * 2 + 1,
+            "two vrings per pair and the control queue"
         );
         self.acked = offered & (wanted | F_PROTOCOL | F_VERSION_1);
         fe.set_features(self.acked).expect("set_features");
@@ -151,6 +170,14 @@ impl TestFrontend {
         };
         fe.set_mem_table(&[region]).expect("set_mem_table");
         for q in 0..usize::from(queue_pairs) * 2 {
+            self.setup_ring(q);
+        }
+        self.sync();
+    }
+
+    /// Sets up vring `q` (the next one) and enables it.
+    fn setup_ring(&mut self, q: usize) {
+        {
             let ring = DriverRing::new(&self.ram, QUEUE_SIZE, 0x10_0000 + q as u64 * RING_STRIDE);
             let cfg = VringConfigData {
                 queue_max_size: QUEUE_SIZE,
@@ -174,7 +201,34 @@ impl TestFrontend {
             self.calls.push(call);
             self.kicks.push(kick);
         }
+    }
+
+    /// Sets up the control queue (the vring after the data ones); returns its index.
+    pub fn setup_ctrl(&mut self) -> usize {
+        let q = self.rings.len();
+        self.setup_ring(q);
         self.sync();
+        q
+    }
+
+    /// Sends one control command on vring `q`; returns the device's one-byte answer
+    /// (0 = `VIRTIO_NET_OK`).
+    pub fn ctrl_command(&mut self, q: usize, class: u8, cmd: u8, data: &[u8]) -> u8 {
+        let request_at = self.rings[q].buffer_addr(0, BUF_LEN);
+        let ack_at = self.rings[q].buffer_addr(1, BUF_LEN);
+        let mut request = vec![class, cmd];
+        request.extend_from_slice(data);
+        self.ram.write(request_at, &request);
+        self.ram.write(ack_at, &[0xff]);
+        self.rings[q].post_chain(
+            &self.ram,
+            0,
+            &[(request_at, request.len() as u32, false), (ack_at, 1, true)],
+        );
+        self.kick(q);
+        let used = self.wait_used(q, 1);
+        assert_eq!(used[0].1, 1, "one reply byte written");
+        self.ram.read(ack_at, 1)[0]
     }
 
     /// A request with a reply: once it is answered, the device has handled everything sent
