@@ -333,7 +333,8 @@ fn bad_header_version_ends_the_connection_cleanly() {
 #[test]
 fn guest_writes_are_logged_only_while_log_all_is_on() {
     use std::os::fd::AsRawFd;
-    let mut t = TestFrontend::new(1, F_MRG_RXBUF | F_EVENT_IDX);
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF | F_EVENT_IDX | F_CTRL_VQ | F_CTRL_RX);
+    let ctrl = t.setup_ctrl();
     // One bit per 4 KiB page: RAM_SIZE needs RAM_SIZE / 4096 / 8 bytes.
     let bitmap = GuestRam::with_size(4096);
     let region = vhost::VhostUserDirtyLogRegion {
@@ -368,6 +369,13 @@ fn guest_writes_are_logged_only_while_log_all_is_on() {
         !dirty(t.rings[0].buffer_addr(3, 2048) / 4096 + 64),
         "untouched page stays clean"
     );
+    // The control queue's reply byte and used ring too.
+    assert_eq!(t.ctrl_command(ctrl, 0, 0, &[0]), 0);
+    assert!(
+        dirty(t.rings[ctrl].buffer_addr(1, BUF_LEN) / 4096),
+        "reply page logged"
+    );
+    assert!(dirty(t.rings[ctrl].used / 4096), "control used ring logged");
 }
 
 #[test]

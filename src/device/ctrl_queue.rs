@@ -15,6 +15,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::counters::{Counts, RateLimitedLog, SharedCounters};
+use super::dirty_log::DirtyLog;
 use super::guest_iov::{Direction, GuestIov};
 use super::queue_pair::{MacWatch, PairHandle, QueuePair};
 use super::rx_filter::{CtrlFeatures, RxFilter};
@@ -50,6 +51,9 @@ pub struct CtrlQueue {
     iov: GuestIov,
     request: Vec<u8>,
     log: RateLimitedLog,
+    /// The frontend's dirty bitmap, and whether writes are logged now (`VHOST_F_LOG_ALL`).
+    pub dirty_log: Option<Arc<DirtyLog>>,
+    pub log_all: bool,
 }
 
 impl CtrlQueue {
@@ -157,7 +161,14 @@ impl CtrlQueue {
         }
     }
 
+    fn logging(&self) -> Option<&DirtyLog> {
+        self.dirty_log.as_deref().filter(|_| self.log_all)
+    }
+
     fn finish(&mut self, mem: &GuestMemoryMmap) {
+        if let (Some(log), Some((gpa, len))) = (self.logging(), self.ring.used_ring_range()) {
+            log.mark(gpa, len);
+        }
         if self.ring.publish_and_notify(mem) {
             self.counts.interrupts += 1;
         }
@@ -206,6 +217,17 @@ impl CtrlQueue {
             self.apply()
         };
         self.iov.write_at(readable, &[ack]);
+        if let Some(log) = self.logging() {
+            // The reply byte: the first byte of the writable part.
+            let mut at = 0usize;
+            for &(gpa, len) in self.iov.guest_ranges() {
+                if readable < at + len as usize {
+                    log.mark(gpa + (readable - at) as u64, 1);
+                    break;
+                }
+                at += len as usize;
+            }
+        }
         self.ring.push_used(mem, head, 1);
     }
 
@@ -278,6 +300,8 @@ impl CtrlHandle {
             iov: GuestIov::default(),
             request: Vec::new(),
             log: RateLimitedLog::default(),
+            dirty_log: None,
+            log_all: false,
         }));
         let worker = state.clone();
         let thread = std::thread::Builder::new()

@@ -229,10 +229,14 @@ impl NetDevice {
             return Err(DeviceError::UnofferedFeatures(extra));
         }
         self.acked = acked;
-        self.ctrl.lock().set_features(
-            features::ctrl_features(acked, self.config.queue_pairs),
-            acked & features::VIRTIO_RING_F_INDIRECT_DESC != 0,
-        );
+        {
+            let mut ctrl = self.ctrl.lock();
+            ctrl.set_features(
+                features::ctrl_features(acked, self.config.queue_pairs),
+                acked & features::VIRTIO_RING_F_INDIRECT_DESC != 0,
+            );
+            ctrl.log_all = acked & features::VHOST_F_LOG_ALL != 0;
+        }
         self.apply_params();
         Ok(())
     }
@@ -315,6 +319,7 @@ impl NetDevice {
         for pair in &self.pairs {
             pair.lock().dirty_log = log.clone();
         }
+        self.ctrl.lock().dirty_log = log;
     }
 
     /// Number of queue pairs.
