@@ -21,6 +21,7 @@
 pub mod batching;
 pub mod datagram;
 pub mod dgram;
+pub mod hub;
 pub mod l2tpv3;
 pub mod netdev;
 pub mod options;
@@ -151,6 +152,20 @@ pub(crate) fn copy_parts(parts: &[&[u8]], bufs: &mut [IoSliceMut<'_>]) -> usize 
         }
     }
     copied
+}
+
+/// Copies the first `out.len()` bytes of a frame given as `bufs` (fewer if it is shorter).
+pub(crate) fn copy_prefix(bufs: &[IoSlice<'_>], out: &mut [u8]) -> usize {
+    let mut n = 0;
+    for b in bufs {
+        let take = (out.len() - n).min(b.len());
+        out[n..n + take].copy_from_slice(&b[..take]);
+        n += take;
+        if n == out.len() {
+            break;
+        }
+    }
+    n
 }
 
 /// `send` for queues whose real work is `send_batch`: a batch of one.

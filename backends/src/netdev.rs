@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::dgram::{DgramBackend, DgramOptions};
+use crate::hub::{HubPortBackend, HubPortOptions};
 use crate::l2tpv3::{L2tpv3Backend, L2tpv3Options};
 use crate::options::{OptionError, Opts};
 use crate::stream::{StreamBackend, StreamOptions};
@@ -55,6 +56,7 @@ pub enum NetdevKind {
     Dgram(DgramOptions),
     L2tpv3(L2tpv3Options),
     User(Box<UserOptions>),
+    HubPort(HubPortOptions),
 }
 
 impl NetdevKind {
@@ -66,6 +68,7 @@ impl NetdevKind {
             NetdevKind::Dgram(_) => "dgram",
             NetdevKind::L2tpv3(_) => "l2tpv3",
             NetdevKind::User(_) => "user",
+            NetdevKind::HubPort(_) => "hubport",
         }
     }
 
@@ -89,6 +92,7 @@ impl NetdevConfig {
             "dgram" => NetdevKind::Dgram(DgramOptions::from_opts(&mut opts)?),
             "l2tpv3" => NetdevKind::L2tpv3(L2tpv3Options::from_opts(&mut opts)?),
             "user" => NetdevKind::User(Box::new(UserOptions::from_opts(&mut opts)?)),
+            "hubport" => NetdevKind::HubPort(HubPortOptions::from_opts(&mut opts)?),
             other if QEMU_NETDEV_TYPES.contains(&other) => {
                 return Err(OptionError::Invalid(format!(
                     "netdev type '{other}' is not supported by vhost-user-netd yet"
@@ -118,6 +122,7 @@ impl NetdevConfig {
             NetdevKind::Dgram(d) => d.to_json(),
             NetdevKind::L2tpv3(l) => l.to_json(),
             NetdevKind::User(u) => u.to_json(),
+            NetdevKind::HubPort(h) => h.to_json(),
         };
         m.insert("id".into(), Value::String(self.id.clone()));
         m.insert("type".into(), Value::String(self.kind.type_name().into()));
@@ -132,6 +137,7 @@ impl NetdevConfig {
             NetdevKind::Dgram(d) => Ok(Arc::new(DgramBackend::open(d, fds)?)),
             NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds)?)),
             NetdevKind::User(u) => Ok(Arc::new(UserBackend::open(u)?)),
+            NetdevKind::HubPort(h) => Ok(Arc::new(HubPortBackend::open(h)?)),
         }
     }
 }

@@ -196,6 +196,16 @@ impl Opts {
         }
     }
 
+    /// Takes an `int32` member.
+    pub fn take_i32(&mut self, key: &str) -> Result<Option<i32>, OptionError> {
+        match self.take_i64(key)? {
+            None => Ok(None),
+            Some(v) => i32::try_from(v)
+                .map(Some)
+                .map_err(|_| self.bad_value(key, "int32_t")),
+        }
+    }
+
     /// Takes a `uint32` member.
     pub fn take_u32(&mut self, key: &str) -> Result<Option<u32>, OptionError> {
         Ok(self

@@ -1,0 +1,401 @@
+//! `hubport` netdevs: ports on the same hub (`hubid`) exchange frames inside the daemon, with no
+//! system call per frame: VM-to-VM switching in one process, no tap, no root.
+//!
+//! A hub learns which port each source MAC sits behind; a unicast frame to a known MAC goes to
+//! that port only, broadcast, multicast and unknown unicast to every other port (QEMU's hub
+//! floods everything). Each port has an inbox: a bounded queue of reused buffers and an eventfd
+//! that is its queue's descriptor. A sender copies a frame out of its guest's memory into each
+//! destination inbox and signals the inbox once per batch; the destination's worker copies it into
+//! its guest's memory. A full inbox drops the frame and counts it: a slow guest cannot stall the
+//! others.
+
+pub mod options;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+pub use options::HubPortOptions;
+
+use crate::{only_queue_zero, sys, Backend, BackendQueue, Capabilities, Error};
+
+/// Frames an inbox holds before it drops.
+const INBOX_FRAMES: usize = 1024;
+/// Spare buffers an inbox keeps for reuse.
+const INBOX_SPARE: usize = 256;
+/// Source MACs a hub remembers; when full it forgets them all and learns again.
+const MAC_TABLE_LIMIT: usize = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The hubs of the process, by `hubid`; a hub lives while it has ports.
+fn hubs() -> &'static Mutex<HashMap<i32, Weak<Hub>>> {
+    static HUBS: OnceLock<Mutex<HashMap<i32, Weak<Hub>>>> = OnceLock::new();
+    HUBS.get_or_init(Default::default)
+}
+
+/// Frames waiting for one port's guest.
+#[derive(Debug)]
+struct Inbox {
+    frames: Mutex<InboxFrames>,
+    /// An eventfd, readable while frames wait (the port's queue descriptor).
+    event: OwnedFd,
+    dropped_full: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct InboxFrames {
+    queued: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Inbox {
+    fn new() -> io::Result<Self> {
+        Ok(Inbox {
+            frames: Mutex::new(InboxFrames::default()),
+            event: sys::eventfd()?,
+            dropped_full: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues a copy of the frame in `bufs`; false if the inbox is full.
+    fn push(&self, bufs: &[IoSlice<'_>]) -> bool {
+        let mut f = lock(&self.frames);
+        if f.queued.len() >= INBOX_FRAMES {
+            self.dropped_full.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let mut buf = f.spare.pop().unwrap_or_default();
+        buf.clear();
+        for b in bufs {
+            buf.extend_from_slice(b);
+        }
+        f.queued.push_back(buf);
+        true
+    }
+
+    fn signal(&self) {
+        // A saturated counter still reads as "something waits".
+        sys::eventfd_signal(self.event.as_raw_fd());
+    }
+}
+
+/// One port of a hub.
+#[derive(Debug)]
+struct Member {
+    key: u64,
+    inbox: Arc<Inbox>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    members: Vec<Member>,
+    /// Source MAC → member key.
+    macs: HashMap<[u8; 6], u64>,
+    next_key: u64,
+}
+
+/// A hub: the ports with the same `hubid`.
+#[derive(Debug)]
+pub struct Hub {
+    id: i32,
+    state: Mutex<HubState>,
+    /// Frames that went to exactly one port (a learned MAC).
+    unicast: AtomicU64,
+    /// Frames that went to every other port.
+    flooded: AtomicU64,
+}
+
+impl Hub {
+    /// The hub `id`, created if no port has it yet.
+    fn get(id: i32) -> Arc<Hub> {
+        let mut all = lock(hubs());
+        if let Some(hub) = all.get(&id).and_then(Weak::upgrade) {
+            return hub;
+        }
+        let hub = Arc::new(Hub {
+            id,
+            state: Mutex::new(HubState::default()),
+            unicast: AtomicU64::new(0),
+            flooded: AtomicU64::new(0),
+        });
+        all.retain(|_, h| h.strong_count() > 0);
+        all.insert(id, Arc::downgrade(&hub));
+        hub
+    }
+
+    fn join(&self, inbox: Arc<Inbox>) -> u64 {
+        let mut s = lock(&self.state);
+        let key = s.next_key;
+        s.next_key += 1;
+        s.members.push(Member { key, inbox });
+        key
+    }
+
+    fn leave(&self, key: u64) {
+        let mut s = lock(&self.state);
+        s.members.retain(|m| m.key != key);
+        s.macs.retain(|_, k| *k != key);
+    }
+
+    /// Forwards a batch of frames from port `from`. Every destination inbox is signalled once.
+    fn forward(&self, from: u64, frames: &[&[IoSlice<'_>]]) {
+        let mut s = lock(&self.state);
+        let mut signal: u64 = 0; // bit i: member i got something (hubs beyond 64 ports: all)
+        for frame in frames {
+            let mut header = [0u8; 12];
+            crate::copy_prefix(frame, &mut header);
+            let dst: [u8; 6] = header[..6].try_into().unwrap_or_default();
+            let src: [u8; 6] = header[6..12].try_into().unwrap_or_default();
+            if src[0] & 1 == 0 && s.macs.get(&src) != Some(&from) {
+                if s.macs.len() >= MAC_TABLE_LIMIT {
+                    s.macs.clear();
+                }
+                s.macs.insert(src, from);
+            }
+            let target = (dst[0] & 1 == 0)
+                .then(|| s.macs.get(&dst).copied())
+                .flatten();
+            match target {
+                Some(key) if key == from => {} // behind the sender itself: nothing to do
+                Some(key) => {
+                    if let Some((i, m)) = s.members.iter().enumerate().find(|(_, m)| m.key == key) {
+                        if m.inbox.push(frame) {
+                            signal |= 1 << i.min(63);
+                        }
+                        self.unicast.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    for (i, m) in s.members.iter().enumerate() {
+                        if m.key != from && m.inbox.push(frame) {
+                            signal |= 1 << i.min(63);
+                        }
+                    }
+                    self.flooded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        for (i, m) in s.members.iter().enumerate() {
+            if signal & (1 << i.min(63)) != 0 {
+                m.inbox.signal();
+            }
+        }
+    }
+}
+
+/// A `hubport` netdev: one port of hub `hubid`.
+#[derive(Debug)]
+pub struct HubPortBackend {
+    hub: Arc<Hub>,
+    key: u64,
+    inbox: Arc<Inbox>,
+}
+
+impl HubPortBackend {
+    /// Joins hub `hubid` (creating it).
+    pub fn open(options: &HubPortOptions) -> Result<Self, Error> {
+        let inbox = Arc::new(Inbox::new().map_err(|e| Error::io("eventfd", e))?);
+        let hub = Hub::get(options.hubid);
+        let key = hub.join(inbox.clone());
+        Ok(HubPortBackend { hub, key, inbox })
+    }
+}
+
+impl Drop for HubPortBackend {
+    fn drop(&mut self) {
+        self.hub.leave(self.key);
+    }
+}
+
+impl Backend for HubPortBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::PLAIN_ONE_QUEUE
+    }
+
+    fn queue(&self, index: u16) -> Result<Box<dyn BackendQueue>, Error> {
+        only_queue_zero(index)?;
+        Ok(Box::new(HubQueue {
+            hub: self.hub.clone(),
+            key: self.key,
+            inbox: self.inbox.clone(),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("hubport hubid={}", self.hub.id)
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let members = lock(&self.hub.state).members.len() as u64;
+        let macs = lock(&self.hub.state).macs.len() as u64;
+        vec![
+            ("hub-ports", members),
+            ("hub-macs-learned", macs),
+            ("hub-unicast", self.hub.unicast.load(Ordering::Relaxed)),
+            ("hub-flooded", self.hub.flooded.load(Ordering::Relaxed)),
+            (
+                "rx-dropped-inbox-full",
+                self.inbox.dropped_full.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
+
+/// The port's queue: sends go through the hub, receives come from the inbox.
+#[derive(Debug)]
+pub struct HubQueue {
+    hub: Arc<Hub>,
+    key: u64,
+    inbox: Arc<Inbox>,
+}
+
+impl BackendQueue for HubQueue {
+    fn fd(&self) -> RawFd {
+        self.inbox.event.as_raw_fd()
+    }
+
+    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        let mut f = lock(&self.inbox.frames);
+        if f.queued.is_empty() {
+            // Clear the signal, then look again: a sender pushes before it signals, so a frame
+            // queued meanwhile is either seen now or leaves the descriptor readable.
+            let _ = sys::read(self.inbox.event.as_raw_fd(), &mut [0u8; 8]);
+            if f.queued.is_empty() {
+                return Err(io::Error::from(io::ErrorKind::WouldBlock));
+            }
+        }
+        let frame = f.queued.pop_front().unwrap_or_default();
+        let n = crate::copy_frame(&frame, bufs);
+        if f.spare.len() < INBOX_SPARE {
+            f.spare.push(frame);
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.hub.forward(self.key, &[bufs]);
+        Ok(bufs.iter().map(|b| b.len()).sum())
+    }
+
+    fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
+        self.hub.forward(self.key, frames);
+        Ok(frames.len())
+    }
+
+    fn pending_input(&self) -> bool {
+        !lock(&self.inbox.frames).queued.is_empty()
+    }
+
+    fn set_offloads(&mut self, _offloads: crate::Offloads) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
+        let mut f = dst.to_vec();
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x88, 0xb5, tag]);
+        f
+    }
+
+    fn recv(q: &mut Box<dyn BackendQueue>) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 64];
+        let n = q.recv(&mut [IoSliceMut::new(&mut buf)]).ok()?;
+        Some(buf[..n].to_vec())
+    }
+
+    const A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xa];
+    const B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xb];
+    const C: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xc];
+
+    #[test]
+    fn floods_until_it_learns_then_switches_unicast() {
+        let opts = HubPortOptions { hubid: 7001 };
+        let (a, b, c) = (
+            HubPortBackend::open(&opts).unwrap(),
+            HubPortBackend::open(&opts).unwrap(),
+            HubPortBackend::open(&opts).unwrap(),
+        );
+        let other = HubPortBackend::open(&HubPortOptions { hubid: 7002 }).unwrap();
+        let (mut qa, mut qb, mut qc, mut qo) = (
+            a.queue(0).unwrap(),
+            b.queue(0).unwrap(),
+            c.queue(0).unwrap(),
+            other.queue(0).unwrap(),
+        );
+        // A to B, unknown yet: flooded to B and C, not back to A, not to another hub.
+        let f1 = frame(B, A, 1);
+        qa.send(&[IoSlice::new(&f1)]).unwrap();
+        assert!(qb.pending_input());
+        assert_eq!(recv(&mut qb), Some(f1.clone()));
+        assert_eq!(recv(&mut qc), Some(f1));
+        assert_eq!(recv(&mut qa), None);
+        assert_eq!(recv(&mut qo), None);
+        // B answers A: A was learned, so only A gets it.
+        let f2 = frame(A, B, 2);
+        qb.send_batch(&[&[IoSlice::new(&f2)]]).unwrap();
+        assert_eq!(recv(&mut qa), Some(f2));
+        assert_eq!(recv(&mut qc), None);
+        // Now B is known too.
+        let f3 = frame(B, A, 3);
+        qa.send(&[IoSlice::new(&f3)]).unwrap();
+        assert_eq!(recv(&mut qb), Some(f3));
+        assert_eq!(recv(&mut qc), None);
+        // Broadcast goes everywhere else.
+        let f4 = frame([0xff; 6], C, 4);
+        qc.send(&[IoSlice::new(&f4)]).unwrap();
+        assert_eq!(recv(&mut qa), Some(f4.clone()));
+        assert_eq!(recv(&mut qb), Some(f4));
+        let counters: HashMap<_, _> = a.counters().into_iter().collect();
+        assert_eq!(counters["hub-ports"], 3);
+        assert_eq!(counters["hub-unicast"], 2);
+        assert_eq!(counters["hub-flooded"], 2);
+        // A port that leaves is forgotten: frames to its MAC are flooded again.
+        drop(qb);
+        drop(b);
+        let f5 = frame(B, A, 5);
+        qa.send(&[IoSlice::new(&f5)]).unwrap();
+        assert_eq!(recv(&mut qc), Some(f5));
+    }
+
+    #[test]
+    fn a_full_inbox_drops_and_counts_without_blocking_the_sender() {
+        let opts = HubPortOptions { hubid: 7003 };
+        let (a, b) = (
+            HubPortBackend::open(&opts).unwrap(),
+            HubPortBackend::open(&opts).unwrap(),
+        );
+        let mut qa = a.queue(0).unwrap();
+        let f = frame([0xff; 6], A, 0);
+        for _ in 0..INBOX_FRAMES + 10 {
+            qa.send(&[IoSlice::new(&f)]).unwrap();
+        }
+        let counters: HashMap<_, _> = b.counters().into_iter().collect();
+        assert_eq!(counters["rx-dropped-inbox-full"], 10);
+        let mut qb = b.queue(0).unwrap();
+        let mut n = 0;
+        while recv(&mut qb).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, INBOX_FRAMES);
+        // Drained: the descriptor is no longer readable.
+        assert_eq!(
+            crate::sys::poll_one(&queue_fd(&*qb), libc::POLLIN, 0).unwrap(),
+            0
+        );
+    }
+
+    fn queue_fd(q: &dyn BackendQueue) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to the queue, which outlives the borrow.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(q.fd()) }
+    }
+}

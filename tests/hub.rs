@@ -1,0 +1,105 @@
+//! `hubport` netdevs: two ports of one daemon on the same hub, each driven by an in-process
+//! vhost-user frontend, switch frames to each other inside the daemon (no privileges needed):
+//! flooding until the hub has learned a MAC, unicast after, the hub's counters over QMP, and
+//! `netdev_del`/`netdev_add` of a hub port under a live frontend.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::daemon::Daemon;
+use common::frontend::{TestFrontend, F_EVENT_IDX};
+use common::qmp::Qmp;
+use common::TempDir;
+use serde_json::json;
+
+const BUF: u64 = 2048;
+const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xa];
+const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xb];
+
+fn frame(dst: [u8; 6], src: [u8; 6], seed: u8) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.extend((0..100u8).map(|i| i.wrapping_mul(seed)));
+    f
+}
+
+/// `from` sends `f` in tx slot `slot`; `to` receives it whole.
+fn switch(from: &mut TestFrontend, to: &mut TestFrontend, slot: u16, f: &[u8]) {
+    from.send(0, slot, f);
+    from.wait_used(1, 1);
+    let used = to.wait_used(0, 1);
+    let (id, len) = used[0];
+    assert_eq!(len as usize, 12 + f.len());
+    let got = to
+        .ram
+        .read(to.rings[0].buffer_addr(id as u16, BUF) + 12, f.len());
+    assert_eq!(got, f);
+    to.rings[0].make_available(&to.ram, &[id as u16]);
+    to.kick(0);
+}
+
+fn hub_counter(qmp: &mut Qmp, port: usize, name: &str) -> u64 {
+    let stats = qmp.execute("x-query-port-stats", json!({})).unwrap();
+    stats[port]["backend"][name].as_u64().unwrap()
+}
+
+#[test]
+fn two_ports_on_a_hub_switch_frames_and_survive_a_hot_swap() {
+    let dir = TempDir::new("hub");
+    let (a_sock, b_sock, qmp_path) = (dir.path("a.sock"), dir.path("b.sock"), dir.path("qmp.sock"));
+    let mut cmd = Daemon::command(&[
+        "--netdev",
+        "hubport,id=h0,hubid=0",
+        "--netdev",
+        "hubport,id=h1,hubid=0",
+    ]);
+    cmd.arg("--port")
+        .arg(format!("id=a,socket-path={},netdev=h0", a_sock.display()))
+        .arg("--port")
+        .arg(format!("id=b,socket-path={},netdev=h1", b_sock.display()))
+        .arg("--qmp")
+        .arg(&qmp_path);
+    let _daemon = Daemon::start(cmd, 3);
+    let mut qmp = Qmp::connect(&qmp_path);
+    let mut a = TestFrontend::connect(&a_sock, 1, F_EVENT_IDX);
+    let mut b = TestFrontend::connect(&b_sock, 1, F_EVENT_IDX);
+    for t in [&mut a, &mut b] {
+        t.rings[0].post_buffers(&t.ram, 0, 16, BUF as u32, true);
+        t.kick(0);
+    }
+
+    // Unknown destination: flooded. The reply goes to a learned MAC: unicast.
+    switch(&mut a, &mut b, 0, &frame(MAC_B, MAC_A, 1));
+    switch(&mut b, &mut a, 0, &frame(MAC_A, MAC_B, 2));
+    switch(&mut a, &mut b, 1, &frame(MAC_B, MAC_A, 3));
+    switch(&mut a, &mut b, 2, &frame([0xff; 6], MAC_A, 4));
+    assert_eq!(hub_counter(&mut qmp, 0, "hub-ports"), 2);
+    assert_eq!(hub_counter(&mut qmp, 0, "hub-unicast"), 2);
+    assert_eq!(hub_counter(&mut qmp, 0, "hub-flooded"), 2);
+    let netdevs = qmp.execute("query-netdev", json!({})).unwrap();
+    let h0 = netdevs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "h0")
+        .unwrap();
+    assert_eq!(h0["type"], "hubport");
+    assert_eq!(h0["hubid"], 0);
+
+    // Port b's hub port goes away and comes back under the live frontend.
+    qmp.execute("netdev_del", json!({"id": "h1"})).unwrap();
+    assert_eq!(hub_counter(&mut qmp, 0, "hub-ports"), 1);
+    qmp.execute(
+        "netdev_add",
+        json!({"type": "hubport", "id": "h1", "hubid": 0}),
+    )
+    .unwrap();
+    switch(&mut a, &mut b, 3, &frame(MAC_B, MAC_A, 5));
+    switch(&mut b, &mut a, 1, &frame(MAC_A, MAC_B, 6));
+    let err = qmp
+        .execute("netdev_add", json!({"type": "hubport", "id": "h2"}))
+        .unwrap_err();
+    assert_eq!(err["desc"], "Parameter 'hubid' is missing");
+}
