@@ -1,9 +1,11 @@
 //! Wire compatibility of the socket netdevs with QEMU's own: guest A runs on vhost-user-netd with
 //! one port per backend (stream unix and inet in both roles, dgram unicast and multicast,
-//! L2TPv3 over UDP and over IP), guest B on QEMU 7.2 with the same netdev types natively. A pings
-//! B and sends B 1 MiB over TCP on every link; B reports the checksum of what it received. A's
-//! seventh NIC is a stream client to passt (Debian's, socket mode), which must hand it a DHCP
-//! lease. Everything runs in a network namespace the test creates; one boot of each guest.
+//! L2TPv3 over UDP and over IP), guest B on QEMU 7.2 with the same netdev types natively. A
+//! seventh link is a hub inside the daemon: both guests have a vhost-user NIC on a `hubport` of
+//! hub 0 (two VMs switched by the daemon, no tap). A pings B and sends B 1 MiB over TCP on every
+//! link; B reports the checksum of what it received. A's last NIC is a stream client to passt
+//! (Debian's, socket mode), which must hand it a DHCP lease. Everything runs in a network
+//! namespace the test creates; one boot of each guest.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +22,9 @@ use common::{guest_kernel, initramfs, privileged_environment, which, TempDir};
 const BOOT: Duration = Duration::from_secs(180);
 const STEP: Duration = Duration::from_secs(240);
 /// Links between the guests (not counting passt).
-const LINKS: usize = 6;
+const LINKS: usize = 7;
+/// The link that is a hub inside the daemon (both guests on vhost-user).
+const HUB_LINK: usize = 6;
 
 /// (our netdev, QEMU's netdev) per link; `{D}` is the scratch directory.
 fn links() -> [(String, String); LINKS] {
@@ -55,6 +59,11 @@ fn links() -> [(String, String); LINKS] {
         (
             "l2tpv3,id=n5,src=127.0.0.1,dst=127.0.0.2,txsession=48,rxsession=64,txcookie=305419896,rxcookie=2271560481".into(),
             "l2tpv3,id=n5,src=127.0.0.2,dst=127.0.0.1,txsession=64,rxsession=48,txcookie=2271560481,rxcookie=305419896".into(),
+        ),
+        // A hub in the daemon: B's side is a vhost-user NIC on the daemon's port `b6.sock`.
+        (
+            "hubport,id=n6,hubid=0".into(),
+            "vhost-user,id=n6,chardev=hub6".into(),
         ),
     ]
 }
@@ -187,7 +196,10 @@ fn guests_talk_across_every_socket_netdev_and_passt_leases() {
             "socket-path={d}/a{i}.sock,netdev=n{i},mac=52:54:00:aa:00:0{i}"
         ));
     }
-    let _daemon = Daemon::start(cmd, netdevs.len());
+    // Guest B's side of the hub.
+    cmd.args(["--netdev", "hubport,id=hubb,hubid=0", "--port"])
+        .arg(format!("socket-path={d}/b{HUB_LINK}.sock,netdev=hubb"));
+    let _daemon = Daemon::start(cmd, netdevs.len() + 1);
 
     // Guest A on the daemon (QEMU 10).
     let initrd_a = dir.path("a.cpio");
@@ -219,12 +231,21 @@ fn guests_talk_across_every_socket_netdev_and_passt_leases() {
     let initrd_b = dir.path("b.cpio");
     initramfs::build(&initrd_b, &modules, &script_b());
     let mut args_b = Vec::new();
+    args_b.extend([
+        "-chardev".to_string(),
+        format!("socket,id=hub{HUB_LINK},path={d}/b{HUB_LINK}.sock"),
+    ]);
     for (i, (_, theirs)) in links().iter().enumerate() {
+        let vectors = if i == HUB_LINK {
+            virtio_vectors(QemuVersion::Bookworm72, 1)
+        } else {
+            String::new()
+        };
         args_b.extend([
             "-netdev".to_string(),
             theirs.replace("{D}", &d),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n{i},mac=52:54:00:bb:00:0{i},romfile="),
+            format!("virtio-net-pci,netdev=n{i},mac=52:54:00:bb:00:0{i},romfile={vectors}"),
         ]);
     }
     let mut guest_b = Guest::boot_in(
@@ -247,6 +268,7 @@ fn guests_talk_across_every_socket_netdev_and_passt_leases() {
         "dgram multicast",
         "l2tpv3 udp",
         "l2tpv3 ip",
+        "hubport",
     ];
     for (i, name) in names.iter().enumerate() {
         let ping = guest_a.console.wait_for(&format!("RESULT ping{i} "), STEP);

@@ -1,0 +1,201 @@
+//! The vhost-user ring path alone: 64-byte frames looping through two ports joined inside the
+//! daemon (`hubport`), against DPDK's own vhost backend doing the same job, on the same frontend.
+//!
+//! The frontend is one `dpdk-testpmd` with two `net_virtio_user` ports in `io` forwarding mode,
+//! started with `--tx-first`, so a burst of 64-byte frames loops port 0 → backend → port 1 →
+//! testpmd → port 0 … (the classic loopback setup); its forwarding lcore is on core 1. The
+//! backend is on core 0:
+//! - **vhost-user-netd**: the release daemon with two hub ports on one hub (`taskset -c 0`).
+//! - **DPDK vhost**: a second `dpdk-testpmd` with `net_vhost0`/`net_vhost1` in `io` mode,
+//!   busy-polling core 0 (the reference ceiling).
+//!
+//! The rate is testpmd's own `Rx-pps` summed over both ports, one sample a second after a
+//! warm-up; each run's figure is the median of its samples, each row the median of `BENCH_RUNS`
+//! runs (default 3) with min–max. For the daemon it also prints its CPU use during the run and
+//! in the second after the frontend stopped (must be ~0: no polling).
+//!
+//! Run as root after `bash scripts/install-test-deps.sh`: `cargo bench --bench datapath`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{process_cpu_seconds, runs_and_window, summary, wait_for_file, Proc};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
+/// Seconds of testpmd output ignored before sampling.
+const WARM_UP: usize = 2;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    Hub,
+    DpdkVhost,
+}
+
+/// The frontend: two virtio-user ports on `a` and `b`, forwarding between them. Returns the
+/// per-second aggregate `Rx-pps` samples after the warm-up.
+fn run_frontend(a: &Path, b: &Path, prefix: &str, window: Duration) -> Vec<f64> {
+    let seconds = WARM_UP + window.as_secs().max(1) as usize;
+    let mut child = Proc(
+        Command::new("dpdk-testpmd")
+            .args(["-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512"])
+            .args(["--no-pci", "--no-shconf", "--log-level", "error"])
+            .args(["--file-prefix", prefix])
+            .arg("--vdev")
+            .arg(format!(
+                "net_virtio_user0,path={},queues=1,queue_size=256",
+                a.display()
+            ))
+            .arg("--vdev")
+            .arg(format!(
+                "net_virtio_user1,path={},queues=1,queue_size=256",
+                b.display()
+            ))
+            .args([
+                "--",
+                "--stats-period",
+                "1",
+                "--forward-mode=io",
+                "--tx-first",
+            ])
+            .args(["--total-num-mbufs", "8192"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dpdk-testpmd (run scripts/install-test-deps.sh)"),
+    );
+    let out = BufReader::new(child.0.stdout.take().unwrap());
+    // Each stats period prints one block per port; a period's sample is the sum of the two.
+    let mut samples = Vec::new();
+    let mut period = Vec::new();
+    for line in out.lines() {
+        let Ok(line) = line else { break };
+        let Some(rest) = line.trim().strip_prefix("Rx-pps:") else {
+            continue;
+        };
+        let pps: f64 = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        period.push(pps);
+        if period.len() == 2 {
+            samples.push(period.iter().sum());
+            period.clear();
+            if samples.len() >= seconds {
+                break;
+            }
+        }
+    }
+    drop(child);
+    samples.split_off(WARM_UP.min(samples.len()))
+}
+
+struct Sample {
+    pps: f64,
+    /// The daemon's CPU while frames flowed, and in the second after the frontend stopped.
+    cpu_busy: f64,
+    cpu_idle: f64,
+}
+
+fn run_once(backend: Backend, window: Duration, scratch: &Path, run: usize) -> Sample {
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch).unwrap();
+    let (a, b) = (scratch.join("a.sock"), scratch.join("b.sock"));
+    let pid = std::process::id();
+    let server = match backend {
+        Backend::Hub => Proc(
+            Command::new("taskset")
+                .args(["-c", "0", DAEMON])
+                .args(["--netdev", "hubport,id=h0,hubid=0"])
+                .args(["--netdev", "hubport,id=h1,hubid=0"])
+                .arg("--port")
+                .arg(format!("id=a,socket-path={},netdev=h0", a.display()))
+                .arg("--port")
+                .arg(format!("id=b,socket-path={},netdev=h1", b.display()))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn daemon"),
+        ),
+        Backend::DpdkVhost => Proc(
+            Command::new("dpdk-testpmd")
+                .args(["-l", "0,1", "--main-lcore", "1", "--no-huge", "-m", "512"])
+                .args(["--no-pci", "--no-shconf", "--log-level", "error"])
+                .args(["--file-prefix", &format!("vunetd-ref-{pid}-{run}")])
+                .arg("--vdev")
+                .arg(format!("net_vhost0,iface={},queues=1", a.display()))
+                .arg("--vdev")
+                .arg(format!("net_vhost1,iface={},queues=1", b.display()))
+                .args(["--", "--stats-period", "1", "--forward-mode=io"])
+                .args(["--total-num-mbufs", "8192"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn dpdk-testpmd"),
+        ),
+    };
+    wait_for_file(&a);
+    wait_for_file(&b);
+    let server_pid = server.0.id();
+    let (c0, t0) = (process_cpu_seconds(server_pid), Instant::now());
+    let samples = run_frontend(&a, &b, &format!("vunetd-fe-{pid}-{run}"), window);
+    let (c1, t1) = (process_cpu_seconds(server_pid), Instant::now());
+    // The frontend is gone: an event-driven backend now sleeps.
+    std::thread::sleep(Duration::from_secs(1));
+    let c2 = process_cpu_seconds(server_pid);
+    drop(server);
+    Sample {
+        pps: summary(&samples).0,
+        cpu_busy: (c1 - c0) / (t1 - t0).as_secs_f64() * 100.0,
+        cpu_idle: (c2 - c1) * 100.0,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let (runs, window) = runs_and_window(3, 4.0);
+    let scratch = std::env::temp_dir().join(format!("vunetd-bench-dp-{}", std::process::id()));
+    println!(
+        "{:<18} {:>12} {:>25} {:>10} {:>10}",
+        "backend", "frames/s", "min-max", "cpu% busy", "cpu% idle"
+    );
+    let mut medians = Vec::new();
+    for backend in [Backend::Hub, Backend::DpdkVhost] {
+        let samples: Vec<Sample> = (0..runs)
+            .map(|run| run_once(backend, window, &scratch, run))
+            .collect();
+        let pps: Vec<f64> = samples.iter().map(|s| s.pps).collect();
+        let (m, lo, hi) = summary(&pps);
+        let busy = summary(&samples.iter().map(|s| s.cpu_busy).collect::<Vec<_>>()).0;
+        let idle = summary(&samples.iter().map(|s| s.cpu_idle).collect::<Vec<_>>()).0;
+        let name = match backend {
+            Backend::Hub => "hub (vhost-user-netd)",
+            Backend::DpdkVhost => "DPDK net_vhost",
+        };
+        println!(
+            "{:<18} {:>12.0} {:>25} {:>10.0} {:>10.0}",
+            name,
+            m,
+            format!("{lo:.0}-{hi:.0}"),
+            busy,
+            idle
+        );
+        medians.push(m);
+    }
+    println!(
+        "hub / DPDK vhost: {:.2}x (target >= 0.5x)",
+        medians[0] / medians[1].max(1.0)
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}
