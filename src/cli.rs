@@ -73,6 +73,11 @@ pub struct Args {
     #[arg(long)]
     pub no_batching: bool,
 
+    /// Microseconds a queue worker keeps looking for work (yielding the CPU between looks)
+    /// before it sleeps; under load this saves most wake-ups. 0: sleep at once.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub poll_us: u64,
+
     /// Where the user-mode stack finds the host's resolvers for its virtual name server.
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,

@@ -154,6 +154,18 @@ pub(crate) fn copy_parts(parts: &[&[u8]], bufs: &mut [IoSliceMut<'_>]) -> usize 
     copied
 }
 
+/// Delivers what a queue's backend holds to its guest right now, on the calling thread, if the
+/// queue's worker is not busy; returns false (the caller then wakes the worker) if it is, or if
+/// the queue is gone.
+#[derive(Clone)]
+pub struct RxWaker(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for RxWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RxWaker")
+    }
+}
+
 /// Copies the first `out.len()` bytes of a frame given as `bufs` (fewer if it is shorter).
 pub(crate) fn copy_prefix(bufs: &[IoSlice<'_>], out: &mut [u8]) -> usize {
     let mut n = 0;
@@ -284,6 +296,10 @@ pub trait BackendQueue: Send + std::fmt::Debug {
 
     /// Switches the offloads the guest accepted. Backends without offloads ignore this.
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
+
+    /// Gives an in-process backend (the hub) a way to deliver to this queue's guest on the
+    /// sender's thread instead of waking the queue's worker. Others ignore it.
+    fn set_rx_waker(&mut self, _waker: RxWaker) {}
 
     /// Sets the vnet header length the guest negotiated (10 for legacy guests, else 12).
     /// Only called on backends that declared `vnet_hdr`.

@@ -163,7 +163,11 @@ impl NetDevice {
         self.carrier = queues.len() == usize::from(self.config.queue_pairs);
         let mut queues = queues.into_iter();
         for pair in &self.pairs {
-            pair.lock().set_backend(queues.next());
+            let mut queue = queues.next();
+            if let Some(q) = queue.as_mut() {
+                q.set_rx_waker(pair.rx_waker(self.mem.clone()));
+            }
+            pair.lock().set_backend(queue);
         }
         self.backend = backend;
         self.apply_params();

@@ -8,9 +8,10 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
-use vhost_user_netd_backends::BackendQueue;
+use vhost_user_netd_backends::{BackendQueue, RxWaker};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -410,6 +411,23 @@ impl PairHandle {
         self.state.clone()
     }
 
+    /// Runs the pair's rx path on the caller's thread if its worker is not busy (an in-process
+    /// backend delivering without a wake-up); false if it is busy or the pair is gone.
+    pub fn rx_waker(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> RxWaker {
+        let state = Arc::downgrade(&self.state);
+        RxWaker(Arc::new(move || {
+            let Some(state) = state.upgrade() else {
+                return false;
+            };
+            let Ok(mut pair) = state.try_lock() else {
+                return false;
+            };
+            let guard = mem.memory();
+            pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
+            true
+        }))
+    }
+
     /// Locks the pair's state.
     pub fn lock(&self) -> MutexGuard<'_, QueuePair> {
         self.state
@@ -429,6 +447,18 @@ impl Drop for PairHandle {
     }
 }
 
+static POLL_BUDGET: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets how long workers keep looking for work before they sleep (`--poll-us`; once, at start).
+pub fn set_poll_budget(budget: Duration) {
+    let _ = POLL_BUDGET.set(budget);
+}
+
+/// The poll budget: as set, else 50 µs.
+fn poll_budget() -> Duration {
+    *POLL_BUDGET.get_or_init(|| Duration::from_micros(50))
+}
+
 fn run_worker(
     state: Arc<Mutex<QueuePair>>,
     epoll: Arc<Epoll>,
@@ -438,8 +468,14 @@ fn run_worker(
     // Frames the backend already holds do not make its descriptor readable: look again without
     // sleeping while it has some and the guest can take them.
     let mut rx_buffered = false;
+    // After work, keep looking (yielding the core between looks) for a short while before
+    // sleeping: under load the next kick or frame is usually microseconds away, and catching it
+    // awake saves the wake-up. Idle, the worker sleeps.
+    let budget = poll_budget();
+    let mut poll_until: Option<Instant> = None;
     loop {
-        let timeout = if rx_buffered { 0 } else { -1 };
+        let polling = poll_until.is_some_and(|t| Instant::now() < t);
+        let timeout = if rx_buffered || polling { 0 } else { -1 };
         let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -448,6 +484,13 @@ fn run_worker(
                 return;
             }
         };
+        if n == 0 && !rx_buffered {
+            std::thread::yield_now();
+            continue;
+        }
+        if n > 0 && !budget.is_zero() {
+            poll_until = Some(Instant::now() + budget);
+        }
         let guard = mem.memory();
         let mut pair = state.lock().unwrap_or_else(|p| p.into_inner());
         for ev in &events[..n] {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 pub use options::HubPortOptions;
 
-use crate::{only_queue_zero, sys, Backend, BackendQueue, Capabilities, Error};
+use crate::{only_queue_zero, sys, Backend, BackendQueue, Capabilities, Error, RxWaker};
 
 /// Frames an inbox holds before it drops.
 const INBOX_FRAMES: usize = 1024;
@@ -44,6 +44,8 @@ struct Inbox {
     frames: Mutex<InboxFrames>,
     /// An eventfd, readable while frames wait (the port's queue descriptor).
     event: OwnedFd,
+    /// Delivers to the port's guest on the sender's thread (set by the device).
+    waker: Mutex<Option<RxWaker>>,
     dropped_full: AtomicU64,
 }
 
@@ -58,6 +60,7 @@ impl Inbox {
         Ok(Inbox {
             frames: Mutex::new(InboxFrames::default()),
             event: sys::eventfd()?,
+            waker: Mutex::new(None),
             dropped_full: AtomicU64::new(0),
         })
     }
@@ -78,7 +81,15 @@ impl Inbox {
         true
     }
 
-    fn signal(&self) {
+    /// Gets the frames to the guest: delivered right here if the port's worker is idle, else the
+    /// worker is woken. Frames the guest could not take yet leave the inbox readable.
+    fn deliver(&self) {
+        let waker = lock(&self.waker).clone();
+        if let Some(w) = waker {
+            if (w.0)() && lock(&self.frames).queued.is_empty() {
+                return;
+            }
+        }
         // A saturated counter still reads as "something waits".
         sys::eventfd_signal(self.event.as_raw_fd());
     }
@@ -91,11 +102,30 @@ struct Member {
     inbox: Arc<Inbox>,
 }
 
+/// Hashes a MAC with one multiply: the table is looked up per frame, and its keys come from the
+/// guests, which can only fill it (bounded, then cleared), not make lookups slow.
+#[derive(Debug, Default)]
+struct MacHasher(u64);
+
+impl std::hash::Hasher for MacHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+type MacTable = HashMap<[u8; 6], u64, std::hash::BuildHasherDefault<MacHasher>>;
+
 #[derive(Debug, Default)]
 struct HubState {
     members: Vec<Member>,
     /// Source MAC → member key.
-    macs: HashMap<[u8; 6], u64>,
+    macs: MacTable,
     next_key: u64,
 }
 
@@ -142,8 +172,18 @@ impl Hub {
         s.macs.retain(|_, k| *k != key);
     }
 
-    /// Forwards a batch of frames from port `from`. Every destination inbox is signalled once.
+    /// Forwards a batch of frames from port `from`. Every destination gets them delivered once,
+    /// after the hub's lock is released (delivery may run the destination's rx path).
     fn forward(&self, from: u64, frames: &[&[IoSlice<'_>]]) {
+        let mut targets: Vec<Arc<Inbox>> = Vec::new();
+        self.switch(from, frames, &mut targets);
+        for inbox in targets {
+            inbox.deliver();
+        }
+    }
+
+    /// Queues each frame in its destination inboxes; collects the inboxes that got frames.
+    fn switch(&self, from: u64, frames: &[&[IoSlice<'_>]], targets: &mut Vec<Arc<Inbox>>) {
         let mut s = lock(&self.state);
         let mut signal: u64 = 0; // bit i: member i got something (hubs beyond 64 ports: all)
         for frame in frames {
@@ -182,7 +222,7 @@ impl Hub {
         }
         for (i, m) in s.members.iter().enumerate() {
             if signal & (1 << i.min(63)) != 0 {
-                m.inbox.signal();
+                targets.push(m.inbox.clone());
             }
         }
     }
@@ -289,6 +329,10 @@ impl BackendQueue for HubQueue {
 
     fn pending_input(&self) -> bool {
         !lock(&self.inbox.frames).queued.is_empty()
+    }
+
+    fn set_rx_waker(&mut self, waker: RxWaker) {
+        *lock(&self.inbox.waker) = Some(waker);
     }
 
     fn set_offloads(&mut self, _offloads: crate::Offloads) -> io::Result<()> {
