@@ -18,7 +18,8 @@
 //! warm-up. Each figure is the median of `BENCH_RUNS` runs (default 3) of `BENCH_SECONDS`
 //! (default 3) with min–max, plus the CPU the stack used (daemon + bridge thread, or QEMU).
 //!
-//! Run as root after `bash scripts/install-test-deps.sh`: `cargo bench --bench user_stack`.
+//! Run as root after `bash scripts/install-test-deps.sh`: `cargo bench --bench user_stack`
+//! (`BENCH_DAEMON_ARGS="--poll-us 0"` passes options to the daemon).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -299,6 +300,11 @@ fn start_stack(stack: Stack, tap: OwnedFd, scratch: &Path) -> Running {
                     .arg(&socket)
                     .arg("--qmp")
                     .arg(&qmp)
+                    .args(
+                        std::env::var("BENCH_DAEMON_ARGS")
+                            .unwrap_or_default()
+                            .split_whitespace(),
+                    )
                     .env("RUST_LOG", "warn")
                     .stdout(Stdio::null())
                     .spawn()
