@@ -7,7 +7,8 @@
 //! timed window; each figure is the median of `BENCH_RUNS` runs (default 3) with min–max.
 //!
 //! Run as root after `bash scripts/install-test-deps.sh`:
-//! `cargo bench --bench socket_backends` (see docs/performance.md).
+//! `cargo bench --bench socket_backends` (see docs/performance.md); `BENCH_ONLY=dgram` and
+//! `BENCH_DIRS=rx` narrow it down.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -119,6 +120,9 @@ fn start_peer(kind: Kind, dir: Direction, size: usize, scratch: &Path) -> (Peer,
             sock.connect(("127.0.0.1", our_port)).unwrap();
             sock.set_read_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
+            // Room for many datagrams in flight: on loopback a sender's buffer stays charged
+            // until the receiver reads, so a small one makes the source wait for the daemon.
+            set_buffer(&sock, libc::SO_SNDBUFFORCE, 8 << 20);
             let netdev = match kind {
                 Kind::Dgram => format!(
                     "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={our_port},remote.type=inet,remote.host=127.0.0.1,remote.port={peer_port}"
@@ -161,6 +165,21 @@ fn start_peer(kind: Kind, dir: Direction, size: usize, scratch: &Path) -> (Peer,
 
 /// Datagrams per peer system call: the peer must not be what is measured.
 const PEER_BATCH: usize = 64;
+
+/// Sets a socket buffer size option (as root, beyond the sysctl maximum).
+fn set_buffer(sock: &UdpSocket, option: libc::c_int, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
 
 /// One `sendmmsg` of every buffer, or one `recvmmsg` into them, on a connected socket.
 fn mmsg(sock: &UdpSocket, bufs: &mut [Vec<u8>], send: bool) {
@@ -324,6 +343,14 @@ fn main() {
             continue;
         }
         for dir in [Direction::Tx, Direction::Rx] {
+            let dir_name = match dir {
+                Direction::Tx => "tx",
+                Direction::Rx => "rx",
+            };
+            let dirs = std::env::var("BENCH_DIRS").unwrap_or_default();
+            if !dirs.is_empty() && !dirs.split(',').any(|d| d == dir_name) {
+                continue;
+            }
             for size in [64usize, 1500] {
                 let mut medians = Vec::new();
                 for batching in [true, false] {

@@ -246,6 +246,11 @@ pub fn socket_domain(fd: RawFd) -> io::Result<libc::c_int> {
     getsockopt_int(fd, libc::SO_DOMAIN)
 }
 
+/// The protocol of a socket (`SO_PROTOCOL`), e.g. `IPPROTO_UDP`.
+pub fn socket_protocol(fd: RawFd) -> io::Result<libc::c_int> {
+    getsockopt_int(fd, libc::SO_PROTOCOL)
+}
+
 /// A socket address in the kernel's form.
 pub fn sockaddr_from(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; zero is a valid value.
