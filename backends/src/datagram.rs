@@ -448,7 +448,11 @@ mod tests {
         for (i, f) in frames.iter().enumerate() {
             let n = peer.recv(&mut buf).unwrap();
             assert_eq!(n, 3 + f.len(), "datagram {i}");
-            assert_eq!(buf[..3], [0xee, 0xee, i as u8 + 1], "header of datagram {i}");
+            assert_eq!(
+                buf[..3],
+                [0xee, 0xee, i as u8 + 1],
+                "header of datagram {i}"
+            );
             assert_eq!(&buf[3..n], &f[..], "body of datagram {i}");
         }
     }
