@@ -588,6 +588,9 @@ fn control_queue_commands_set_the_filter_the_rx_path_applies() {
     let q = vhost_user_netd::qmp::stats::rx_filter(&port);
     assert_eq!(q["vlan-table"], serde_json::json!([5]));
     assert_eq!(q["vlan"], "normal");
+    port.rx_filter_queried();
+    assert_eq!(t.ctrl_command(ctrl, 3, 0, &[]), 0, "announce ack");
+    assert_eq!(changes(), 2, "an announce ack is no filter change");
 
     // Refused commands answer VIRTIO_NET_ERR and change nothing.
     assert_eq!(t.ctrl_command(ctrl, 0, 0, &[]), 1, "no payload");
@@ -611,6 +614,6 @@ fn control_queue_commands_set_the_filter_the_rx_path_applies() {
     let device = port.device().unwrap();
     let counts = vhost_user_netd::vhost_user::handler::lock(&device).counters()[0];
     assert_eq!(counts.rx_dropped_filtered, 3);
-    assert_eq!(counts.ctrl_commands, 3);
+    assert_eq!(counts.ctrl_commands, 4);
     assert_eq!(counts.ctrl_errors, 4);
 }

@@ -18,7 +18,7 @@ use super::counters::{Counts, RateLimitedLog, SharedCounters};
 use super::dirty_log::DirtyLog;
 use super::guest_iov::{Direction, GuestIov};
 use super::queue_pair::{MacWatch, PairHandle, QueuePair};
-use super::rx_filter::{CtrlFeatures, RxFilter};
+use super::rx_filter::{CtrlFeatures, RxFilter, CLASS_MAC, CLASS_RX, CLASS_VLAN};
 use super::vring::Vring;
 
 /// `VIRTIO_NET_OK` / `VIRTIO_NET_ERR`.
@@ -243,9 +243,12 @@ impl CtrlQueue {
                 if changed || !self.filtering {
                     self.filtering = true;
                     self.push_filter(Some(Arc::new(self.filter.clone())));
-                    if let Some(watch) = &self.watch {
-                        (watch.0)(self.filter.mac);
-                    }
+                }
+                // As QEMU: every accepted rx-mode, MAC or VLAN command is a filter change
+                // (`NIC_RX_FILTER_CHANGED`, rate-limited by the port); MQ and announce are not.
+                let filter_class = matches!(class, CLASS_RX | CLASS_MAC | CLASS_VLAN);
+                if let (true, Some(watch)) = (filter_class, &self.watch) {
+                    (watch.0)(self.filter.mac);
                 }
                 ACK_OK
             }
