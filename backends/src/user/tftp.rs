@@ -241,8 +241,11 @@ mod tests {
         m
     }
 
+    /// A root of its own per test: tests run in parallel and each removes its directory.
     fn setup() -> (PathBuf, TftpServer) {
-        let dir = std::env::temp_dir().join(format!("vunetd-tftp-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vunetd-tftp-{}-{n}", std::process::id()));
         let root = dir.join("root");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join("boot.img"), vec![7u8; 1300]).unwrap();
