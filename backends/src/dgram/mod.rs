@@ -6,7 +6,6 @@ pub mod options;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub use options::{DgramMode, DgramOptions, MulticastLocal};
@@ -161,10 +160,7 @@ impl Backend for DgramBackend {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![(
-            "rx-dropped-oversized",
-            self.counters.truncated.load(Ordering::Relaxed),
-        )]
+        self.counters.list()
     }
 
     fn shutdown(&self) {

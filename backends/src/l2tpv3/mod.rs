@@ -114,11 +114,8 @@ impl Backend for L2tpv3Backend {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            (
-                "rx-dropped-oversized",
-                self.counters.truncated.load(Ordering::Relaxed),
-            ),
+        let mut list = self.counters.list();
+        list.extend([
             (
                 "rx-dropped-short",
                 self.refused.short.load(Ordering::Relaxed),
@@ -131,6 +128,7 @@ impl Backend for L2tpv3Backend {
                 "rx-dropped-bad-session",
                 self.refused.bad_session.load(Ordering::Relaxed),
             ),
-        ]
+        ]);
+        list
     }
 }
