@@ -174,10 +174,11 @@ impl Hub {
 
     /// Forwards a batch of frames from port `from`. Every destination gets them delivered once,
     /// after the hub's lock is released (delivery may run the destination's rx path).
-    fn forward(&self, from: u64, frames: &[&[IoSlice<'_>]]) {
-        let mut targets: Vec<Arc<Inbox>> = Vec::new();
-        self.switch(from, frames, &mut targets);
-        for inbox in targets {
+    /// `targets` is the caller's scratch (kept across batches: no allocation per batch).
+    fn forward(&self, from: u64, frames: &[&[IoSlice<'_>]], targets: &mut Vec<Arc<Inbox>>) {
+        targets.clear();
+        self.switch(from, frames, targets);
+        for inbox in targets.drain(..) {
             inbox.deliver();
         }
     }
@@ -263,6 +264,7 @@ impl Backend for HubPortBackend {
             hub: self.hub.clone(),
             key: self.key,
             inbox: self.inbox.clone(),
+            targets: Vec::new(),
         }))
     }
 
@@ -271,8 +273,10 @@ impl Backend for HubPortBackend {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        let members = lock(&self.hub.state).members.len() as u64;
-        let macs = lock(&self.hub.state).macs.len() as u64;
+        let (members, macs) = {
+            let s = lock(&self.hub.state);
+            (s.members.len() as u64, s.macs.len() as u64)
+        };
         vec![
             ("hub-ports", members),
             ("hub-macs-learned", macs),
@@ -292,6 +296,8 @@ pub struct HubQueue {
     hub: Arc<Hub>,
     key: u64,
     inbox: Arc<Inbox>,
+    /// The inboxes a batch went to (reused).
+    targets: Vec<Arc<Inbox>>,
 }
 
 impl BackendQueue for HubQueue {
@@ -318,12 +324,12 @@ impl BackendQueue for HubQueue {
     }
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.hub.forward(self.key, &[bufs]);
+        self.hub.forward(self.key, &[bufs], &mut self.targets);
         Ok(bufs.iter().map(|b| b.len()).sum())
     }
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
-        self.hub.forward(self.key, frames);
+        self.hub.forward(self.key, frames, &mut self.targets);
         Ok(frames.len())
     }
 

@@ -121,25 +121,23 @@ pub struct UserQueue {
     header_len: usize,
 }
 
-impl UserQueue {
-    /// Hands one frame from the guest (virtio-net header first) to the stack. The header needs
-    /// no reading: partial checksums are never verified and a TSO frame is one large segment.
-    fn take(&mut self, stack: &mut Stack, bufs: &[IoSlice<'_>]) -> usize {
-        let hdr = self.header_len;
-        let total = bufs.iter().map(|b| b.len()).sum();
-        match bufs {
-            [one] if one.len() >= hdr => stack.guest_frame(&one[hdr..]),
-            [head, frame] if head.len() == hdr => stack.guest_frame(frame),
-            _ => {
-                self.gather.clear();
-                for b in bufs {
-                    self.gather.extend_from_slice(b);
-                }
-                stack.guest_frame(self.gather.get(hdr..).unwrap_or_default());
+/// Hands one frame from the guest (a `hdr`-byte virtio-net header first) to the stack, putting
+/// it together in `gather` if it is scattered. The header needs no reading: partial checksums are
+/// never verified and a TSO frame is one large segment.
+fn take(stack: &mut Stack, gather: &mut Vec<u8>, hdr: usize, bufs: &[IoSlice<'_>]) -> usize {
+    let total = bufs.iter().map(|b| b.len()).sum();
+    match bufs {
+        [one] if one.len() >= hdr => stack.guest_frame(&one[hdr..]),
+        [head, frame] if head.len() == hdr => stack.guest_frame(frame),
+        _ => {
+            gather.clear();
+            for b in bufs {
+                gather.extend_from_slice(b);
             }
+            stack.guest_frame(gather.get(hdr..).unwrap_or_default());
         }
-        total
     }
+    total
 }
 
 impl BackendQueue for UserQueue {
@@ -152,18 +150,16 @@ impl BackendQueue for UserQueue {
     }
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let stack = Arc::clone(&self.stack);
-        let mut stack = lock(&stack);
-        let n = self.take(&mut stack, bufs);
+        let mut stack = lock(&self.stack);
+        let n = take(&mut stack, &mut self.gather, self.header_len, bufs);
         stack.guest_frames_done();
         Ok(n)
     }
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
-        let stack = Arc::clone(&self.stack);
-        let mut stack = lock(&stack);
+        let mut stack = lock(&self.stack);
         for frame in frames {
-            self.take(&mut stack, frame);
+            take(&mut stack, &mut self.gather, self.header_len, frame);
         }
         stack.guest_frames_done();
         Ok(frames.len())
