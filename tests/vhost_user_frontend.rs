@@ -588,6 +588,11 @@ fn control_queue_commands_set_the_filter_the_rx_path_applies() {
     let q = vhost_user_netd::qmp::stats::rx_filter(&port);
     assert_eq!(q["vlan-table"], serde_json::json!([5]));
     assert_eq!(q["vlan"], "normal");
+    // Migration starts (SET_FEATURES with LOG_ALL): the guest's filter stays.
+    t.fe.set_features(t.acked | F_LOG_ALL).unwrap();
+    t.sync();
+    let q = vhost_user_netd::qmp::stats::rx_filter(&port);
+    assert_eq!(q["vlan-table"], serde_json::json!([5]), "{q}");
     port.rx_filter_queried();
     assert_eq!(t.ctrl_command(ctrl, 3, 0, &[]), 0, "announce ack");
     assert_eq!(changes(), 2, "an announce ack is no filter change");

@@ -58,10 +58,14 @@ pub struct CtrlQueue {
 
 impl CtrlQueue {
     /// Negotiated features changed: `None` without `CTRL_VQ`.
+    /// The filter starts over only when these change: `SET_FEATURES` also comes to toggle
+    /// `LOG_ALL` around a migration, which must not undo the guest's filter.
     pub fn set_features(&mut self, features: Option<CtrlFeatures>, indirect: bool) {
-        self.features = features;
         self.indirect = indirect;
-        self.reset_filter();
+        if features != self.features {
+            self.features = features;
+            self.reset_filter();
+        }
     }
 
     /// Tells `watch` when a command changes the filter (`NIC_RX_FILTER_CHANGED`).
