@@ -173,11 +173,14 @@ impl CtrlQueue {
         if let (Some(log), Some((gpa, len))) = (self.logging(), self.ring.used_ring_range()) {
             log.mark(gpa, len);
         }
-        if self.ring.publish_and_notify(mem) {
-            self.counts.interrupts += 1;
-        }
+        // Count what the guest is about to see first: a stats query after a reply agrees.
         self.counters.add(&self.counts);
         self.counts = Counts::default();
+        if self.ring.publish_and_notify(mem) {
+            self.counts.interrupts += 1;
+            self.counters.add(&self.counts);
+            self.counts = Counts::default();
+        }
     }
 
     /// One command chain: request, then the reply byte.
