@@ -258,6 +258,24 @@ impl BackendQueue for TapQueue {
         sys::writev(self.fd.as_raw_fd(), bufs)
     }
 
+    /// The tap takes one frame per `writev` (io_uring batching measured no faster here: the
+    /// per-frame cost is the tap's, not the system call's). What a batch does save is waiting
+    /// for the frames' first cache lines one system call at a time: the guest's core wrote them,
+    /// so they are fetched for the whole batch at once before the first write.
+    fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
+        for frame in frames {
+            for part in frame.iter().take(2) {
+                sys::prefetch(part);
+            }
+        }
+        for (taken, frame) in frames.iter().enumerate() {
+            if let Err(e) = self.send(frame) {
+                return if taken == 0 { Err(e) } else { Ok(taken) };
+            }
+        }
+        Ok(frames.len())
+    }
+
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
         ioctl::set_offload(self.fd.as_fd(), offloads)
     }

@@ -13,21 +13,17 @@
 //! warm-up; each run's figure is the median of its samples, each row the median of `BENCH_RUNS`
 //! runs (default 3) with min–max. For the daemon it also prints its CPU use during the run and
 //! in the second after the frontend stopped (must be ~0: no polling).
-//!
-//! Run as root after `bash scripts/install-test-deps.sh`: `cargo bench --bench datapath`.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
-use common::{process_cpu_seconds, runs_and_window, summary, wait_for_file, Proc};
+use crate::common::{process_cpu_seconds, summary, wait_for_file, Proc};
+use crate::report::{print_ratio, print_row};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
+use crate::{testpmd, DAEMON};
 /// Seconds of testpmd output ignored before sampling.
 const WARM_UP: usize = 2;
 
@@ -42,20 +38,11 @@ enum Backend {
 fn run_frontend(a: &Path, b: &Path, prefix: &str, window: Duration) -> Vec<f64> {
     let seconds = WARM_UP + window.as_secs().max(1) as usize;
     let mut child = Proc(
-        Command::new("dpdk-testpmd")
-            .args(["-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512"])
-            .args(["--no-pci", "--no-shconf", "--log-level", "error"])
-            .args(["--file-prefix", prefix])
+        testpmd::command(prefix, 0)
             .arg("--vdev")
-            .arg(format!(
-                "net_virtio_user0,path={},queues=1,queue_size=256",
-                a.display()
-            ))
+            .arg(testpmd::virtio_user(0, a, 1))
             .arg("--vdev")
-            .arg(format!(
-                "net_virtio_user1,path={},queues=1,queue_size=256",
-                b.display()
-            ))
+            .arg(testpmd::virtio_user(1, b, 1))
             .args([
                 "--",
                 "--stats-period",
@@ -64,9 +51,7 @@ fn run_frontend(a: &Path, b: &Path, prefix: &str, window: Duration) -> Vec<f64> 
                 "--tx-first",
             ])
             .args(["--total-num-mbufs", "8192"])
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("spawn dpdk-testpmd (run scripts/install-test-deps.sh)"),
     );
@@ -126,19 +111,13 @@ fn run_once(backend: Backend, window: Duration, scratch: &Path, run: usize) -> S
                 .expect("spawn daemon"),
         ),
         Backend::DpdkVhost => Proc(
-            Command::new("dpdk-testpmd")
-                .args(["-l", "0,1", "--main-lcore", "1", "--no-huge", "-m", "512"])
-                .args(["--no-pci", "--no-shconf", "--log-level", "error"])
-                .args(["--file-prefix", &format!("vunetd-ref-{pid}-{run}")])
+            testpmd::command(&format!("vunetd-ref-{pid}-{run}"), 1)
                 .arg("--vdev")
                 .arg(format!("net_vhost0,iface={},queues=1", a.display()))
                 .arg("--vdev")
                 .arg(format!("net_vhost1,iface={},queues=1", b.display()))
                 .args(["--", "--stats-period", "1", "--forward-mode=io"])
                 .args(["--total-num-mbufs", "8192"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn dpdk-testpmd"),
         ),
@@ -160,42 +139,25 @@ fn run_once(backend: Backend, window: Duration, scratch: &Path, run: usize) -> S
     }
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let (runs, window) = runs_and_window(3, 4.0);
-    let scratch = std::env::temp_dir().join(format!("vunetd-bench-dp-{}", std::process::id()));
-    println!(
-        "{:<18} {:>12} {:>25} {:>10} {:>10}",
-        "backend", "frames/s", "min-max", "cpu% busy", "cpu% idle"
-    );
+/// Hub loop against DPDK's vhost backend: prints a row each and the ratio.
+pub fn run(runs: usize, window: Duration, scratch: &Path) {
     let mut medians = Vec::new();
     for backend in [Backend::Hub, Backend::DpdkVhost] {
         let samples: Vec<Sample> = (0..runs)
-            .map(|run| run_once(backend, window, &scratch, run))
+            .map(|run| run_once(backend, window, scratch, run))
             .collect();
-        let pps: Vec<f64> = samples.iter().map(|s| s.pps).collect();
-        let (m, lo, hi) = summary(&pps);
-        let busy = summary(&samples.iter().map(|s| s.cpu_busy).collect::<Vec<_>>()).0;
-        let idle = summary(&samples.iter().map(|s| s.cpu_idle).collect::<Vec<_>>()).0;
         let name = match backend {
-            Backend::Hub => "hub (vhost-user-netd)",
-            Backend::DpdkVhost => "DPDK net_vhost",
+            Backend::Hub => "hub loop 64 B: vhost-user-netd",
+            Backend::DpdkVhost => "hub loop 64 B: DPDK net_vhost",
         };
+        let pps: Vec<f64> = samples.iter().map(|s| s.pps).collect();
+        let busy: Vec<f64> = samples.iter().map(|s| s.cpu_busy).collect();
+        let idle: Vec<f64> = samples.iter().map(|s| s.cpu_idle).collect();
+        medians.push(print_row(name, "frames/s", &pps, &busy));
         println!(
-            "{:<18} {:>12.0} {:>25} {:>10.0} {:>10.0}",
-            name,
-            m,
-            format!("{lo:.0}-{hi:.0}"),
-            busy,
-            idle
+            "    backend CPU in the second after the frontend stopped: {:.0}%",
+            summary(&idle).0
         );
-        medians.push(m);
     }
-    println!(
-        "hub / DPDK vhost: {:.2}x (target >= 0.5x)",
-        medians[0] / medians[1].max(1.0)
-    );
-    let _ = std::fs::remove_dir_all(&scratch);
+    print_ratio("hub / DPDK vhost", medians[0] / medians[1].max(1.0), 0.5);
 }

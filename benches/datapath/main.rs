@@ -1,0 +1,76 @@
+//! The datapath benchmark: one command, every measurement of the datapath the project has
+//! targets for, each the median of `BENCH_RUNS` runs (default 3) of `BENCH_SECONDS` (default 4)
+//! with min–max and the backend's CPU.
+//!
+//! Sections (`BENCH_ONLY=hub,tap,gso,mq,idle` picks some):
+//! - `hub`: 64-byte frames looping through two hub ports, against DPDK's vhost backend.
+//! - `tap`: the tap backend per direction at 64 and 1500 bytes, against a raw `writev`/`readv`
+//!   loop on a tap.
+//! - `gso`: 64 KiB GSO frames across the tap both ways, against 1514-byte frames.
+//! - `mq`: two queue pairs against one.
+//! - `idle`: an idle connected port's CPU and the daemon's resident memory.
+//!
+//! The frontend (testpmd, or the in-repo driver where testpmd cannot make GSO frames) runs on
+//! core 1, the daemon on core 0. Run as root after `bash scripts/install-test-deps.sh`:
+//! `cargo bench --bench datapath`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_wrap,
+    clippy::cast_possible_truncation
+)]
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../common/driver.rs"]
+mod driver;
+#[path = "../../tests/common/frontend.rs"]
+#[allow(dead_code)]
+mod frontend;
+#[path = "../../tests/common/netns.rs"]
+#[allow(dead_code)]
+mod netns;
+#[path = "../../tests/common/tap.rs"]
+#[allow(dead_code)]
+mod tap;
+
+mod frames;
+mod generator;
+mod gso;
+mod hub_loop;
+mod raw_tap;
+mod report;
+mod tap_rate;
+mod testpmd;
+
+use common::runs_and_window;
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |s: &str| only.is_empty() || only.split(',').any(|o| o == s);
+    let (runs, window) = runs_and_window(3, 4.0);
+    let scratch = std::env::temp_dir().join(format!("vunetd-bench-dp-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    if wanted("hub") {
+        hub_loop::run(runs, window, &scratch.join("hub"));
+    }
+    if wanted("tap") {
+        tap_rate::run(runs, window, &scratch);
+    }
+    if wanted("gso") {
+        gso::run(runs, window, &scratch);
+    }
+    if wanted("mq") {
+        tap_rate::run_multiqueue(runs, window, &scratch);
+    }
+    if wanted("idle") {
+        gso::run_idle(window, &scratch);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
