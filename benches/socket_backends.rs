@@ -20,6 +20,8 @@ mod driver;
 #[path = "../tests/common/frontend.rs"]
 #[allow(dead_code)]
 mod frontend;
+#[path = "common/testpmd.rs"]
+mod testpmd;
 
 use std::io::{Read, Write};
 use std::net::UdpSocket;
@@ -253,27 +255,11 @@ enum Frontend {
 fn testpmd_txonly(socket: &Path, size: usize) -> Proc {
     let prefix = format!("vunetd-bench-{}", std::process::id());
     Proc(
-        Command::new("dpdk-testpmd")
-            .args([
-                "-l",
-                "0,1",
-                "--no-huge",
-                "-m",
-                "512",
-                "--no-pci",
-                "--no-shconf",
-            ])
-            .args(["--file-prefix", &prefix, "--log-level", "error"])
+        testpmd::command(&prefix, 0)
             .arg("--vdev")
-            .arg(format!(
-                "net_virtio_user0,path={},queues=1,queue_size=256",
-                socket.display()
-            ))
+            .arg(testpmd::virtio_user(0, socket, 1))
             .args(["--", "--stats-period", "1", "--total-num-mbufs", "8192"])
             .args(["--forward-mode=txonly", &format!("--txpkts={size}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("spawn dpdk-testpmd (run scripts/install-test-deps.sh)"),
     )

@@ -69,3 +69,17 @@ pub fn vnet_header(gso_mss: Option<u16>) -> [u8; 10] {
     }
     h
 }
+
+/// `[header, frame]` as the iovec pair a `writev` or `sendmmsg` takes (the kernel only reads them).
+pub fn iovecs(header: &[u8], frame: &[u8]) -> [libc::iovec; 2] {
+    [
+        libc::iovec {
+            iov_base: header.as_ptr() as *mut libc::c_void,
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        },
+    ]
+}

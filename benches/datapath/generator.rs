@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::common::pin_to_core;
+use crate::frames;
 use crate::netns::Netns;
 
 const BATCH: usize = 64;
@@ -97,16 +98,7 @@ impl Generator {
             pin_to_core(core);
             let fd = sending_socket(&ifname, vnet_hdr.is_some());
             let hdr = vnet_hdr.unwrap_or_default();
-            let mut iov = [
-                libc::iovec {
-                    iov_base: hdr.as_ptr() as *mut libc::c_void,
-                    iov_len: hdr.len(),
-                },
-                libc::iovec {
-                    iov_base: frame.as_ptr() as *mut libc::c_void,
-                    iov_len: frame.len(),
-                },
-            ];
+            let mut iov = frames::iovecs(&hdr, &frame);
             let (iov_ptr, iov_count) = if vnet_hdr.is_some() {
                 (iov.as_mut_ptr(), 2)
             } else {

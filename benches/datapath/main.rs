@@ -34,6 +34,8 @@ mod netns;
 #[path = "../../tests/common/tap.rs"]
 #[allow(dead_code)]
 mod tap;
+#[path = "../common/testpmd.rs"]
+mod testpmd;
 
 mod frames;
 mod generator;
@@ -42,7 +44,6 @@ mod hub_loop;
 mod raw_tap;
 mod report;
 mod tap_rate;
-mod testpmd;
 
 use common::runs_and_window;
 

@@ -89,16 +89,7 @@ pub fn raw_tx(ns: &Netns, ifname: &str, frame: Vec<u8>, window: Duration) -> Mea
         pin_to_core(0);
         let fd = open_reference_tap(&ns_name, &name);
         let hdr = [0u8; 12];
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_ptr() as *mut libc::c_void,
-                iov_len: hdr.len(),
-            },
-            libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
-                iov_len: frame.len(),
-            },
-        ];
+        let iov = crate::frames::iovecs(&hdr, &frame);
         let cpu0 = cpu_seconds("/proc/thread-self/stat");
         let start = Instant::now();
         let mut m = Measure::default();
