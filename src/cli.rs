@@ -78,6 +78,12 @@ pub struct Args {
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub poll_us: u64,
 
+    /// Queue pairs share this many worker threads (an event loop each; a new pair goes to the
+    /// least loaded) instead of a thread each. Ports joined by a hub on one worker then hand
+    /// frames over without a context switch. 0: a thread per queue pair.
+    #[arg(long, value_name = "COUNT", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub workers: u16,
+
     /// Where the user-mode stack finds the host's resolvers for its virtual name server.
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,

@@ -27,9 +27,13 @@ fn main() -> ExitCode {
     if args.no_batching {
         vhost_user_netd_backends::batching::disable();
     }
-    vhost_user_netd::device::queue_pair::set_poll_budget(std::time::Duration::from_micros(
+    vhost_user_netd::device::worker::set_poll_budget(std::time::Duration::from_micros(
         args.poll_us,
     ));
+    if let Err(e) = vhost_user_netd::device::worker::start_pool(usize::from(args.workers)) {
+        eprintln!("vhost-user-netd: --workers: {e}");
+        return ExitCode::FAILURE;
+    }
     vhost_user_netd_backends::user::set_resolv_conf(args.resolv_conf.clone());
     vhost_user_netd_backends::sys::raise_fd_limit();
     let config = match Config::try_from(args) {

@@ -86,6 +86,9 @@ fn bad_input_exits_2_and_names_the_option_and_value() {
             "Invalid host forwarding rule 'foo' (No : separators)",
         ),
         (&["--no-such-option"], "--no-such-option"),
+        (&["--workers", "257"], "--workers"),
+        (&["--workers=-1"], "--workers"),
+        (&["--poll-us", "10001"], "--poll-us"),
         (
             &["--socket-path", "/a", "--fd", "3", "--netdev", "tap,id=n0"],
             "--fd",

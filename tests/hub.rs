@@ -1,7 +1,8 @@
 //! `hubport` netdevs: two ports of one daemon on the same hub, each driven by an in-process
 //! vhost-user frontend, switch frames to each other inside the daemon (no privileges needed):
 //! flooding until the hub has learned a MAC, unicast after, the hub's counters over QMP, and
-//! `netdev_del`/`netdev_add` of a hub port under a live frontend.
+//! `netdev_del`/`netdev_add` of a hub port under a live frontend; with a worker thread per queue
+//! pair (the default) and with both ports' pairs on one shared worker (`--workers 1`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -45,9 +46,38 @@ fn hub_counter(qmp: &mut Qmp, port: usize, name: &str) -> u64 {
     stats[port]["backend"][name].as_u64().unwrap()
 }
 
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
 #[test]
 fn two_ports_on_a_hub_switch_frames_and_survive_a_hot_swap() {
-    let dir = TempDir::new("hub");
+    switch_and_swap("hub", &[], |names| {
+        let pair_threads = names.iter().filter(|n| *n == "vq-pair-0").count();
+        assert_eq!(pair_threads, 2, "a worker per port's pair: {names:?}");
+    });
+}
+
+#[test]
+fn ports_on_one_shared_worker_switch_frames_on_its_thread() {
+    switch_and_swap("hub-shared", &["--workers", "1"], |names| {
+        assert!(names.iter().any(|n| n == "vq-worker-0"), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n.starts_with("vq-pair-")),
+            "no thread of its own for any pair: {names:?}"
+        );
+    });
+}
+
+/// Runs the hub scenario on a daemon started with `extra` arguments, then hands the names of
+/// its threads, both frontends still connected, to `threads`.
+fn switch_and_swap(tag: &str, extra: &[&str], threads: impl FnOnce(&[String])) {
+    let dir = TempDir::new(tag);
     let (a_sock, b_sock, qmp_path) = (dir.path("a.sock"), dir.path("b.sock"), dir.path("qmp.sock"));
     let mut cmd = Daemon::command(&[
         "--netdev",
@@ -60,8 +90,9 @@ fn two_ports_on_a_hub_switch_frames_and_survive_a_hot_swap() {
         .arg("--port")
         .arg(format!("id=b,socket-path={},netdev=h1", b_sock.display()))
         .arg("--qmp")
-        .arg(&qmp_path);
-    let _daemon = Daemon::start(cmd, 3);
+        .arg(&qmp_path)
+        .args(extra);
+    let daemon = Daemon::start(cmd, 3);
     let mut qmp = Qmp::connect(&qmp_path);
     let mut a = TestFrontend::connect(&a_sock, 1, F_EVENT_IDX);
     let mut b = TestFrontend::connect(&b_sock, 1, F_EVENT_IDX);
@@ -102,4 +133,5 @@ fn two_ports_on_a_hub_switch_frames_and_survive_a_hot_swap() {
         .execute("netdev_add", json!({"type": "hubport", "id": "h2"}))
         .unwrap_err();
     assert_eq!(err["desc"], "Parameter 'hubid' is missing");
+    threads(&thread_names(daemon.child.id()));
 }

@@ -98,6 +98,7 @@ fn run_once(backend: Backend, window: Duration, scratch: &Path, run: usize) -> S
         Backend::Hub => Proc(
             Command::new("taskset")
                 .args(["-c", "0", DAEMON])
+                .args(["--workers", "1"])
                 .args(["--netdev", "hubport,id=h0,hubid=0"])
                 .args(["--netdev", "hubport,id=h1,hubid=0"])
                 .arg("--port")

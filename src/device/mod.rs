@@ -23,6 +23,7 @@ pub mod rx_filter;
 pub mod test_ring;
 mod tx;
 pub mod vring;
+pub mod worker;
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;

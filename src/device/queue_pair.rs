@@ -1,5 +1,5 @@
-//! One rx/tx queue pair: its state behind its own lock, and the worker thread that waits on the
-//! pair's kick eventfds and its backend descriptor with one epoll.
+//! One rx/tx queue pair: its state behind its own lock, registered with the worker
+//! ([`super::worker`]) whose epoll waits on the pair's kick eventfds and backend descriptor.
 //!
 //! The vhost-user handler changes a pair's rings under the same lock the worker processes them
 //! with, so a ring is never reconfigured mid-batch; pairs never share a lock.
@@ -7,19 +7,18 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use log::{debug, error, warn};
+use log::{error, warn};
 use vhost_user_netd_backends::{BackendQueue, RxWaker};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::counters::{Counts, RateLimitedLog, SharedCounters};
 use super::dirty_log::DirtyLog;
 use super::guest_iov::GuestIov;
 use super::vring::Vring;
+use super::worker::Worker;
 
 /// What woke the worker. Stored in the epoll event's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,20 +30,14 @@ pub enum PairEvent {
     TxKick = 2,
     /// The backend is readable/writable (or hung up).
     Backend = 3,
-    /// The device is going away.
-    Stop = 4,
 }
 
 impl PairEvent {
-    fn from_data(data: u64) -> Option<Self> {
-        [
-            PairEvent::RxKick,
-            PairEvent::TxKick,
-            PairEvent::Backend,
-            PairEvent::Stop,
-        ]
-        .into_iter()
-        .find(|e| *e as u64 == data)
+    /// The event in the low bits of an epoll event's data.
+    pub(super) fn from_data(data: u64) -> Option<Self> {
+        [PairEvent::RxKick, PairEvent::TxKick, PairEvent::Backend]
+            .into_iter()
+            .find(|e| *e as u64 == data)
     }
 }
 
@@ -107,7 +100,9 @@ pub struct QueuePair {
     pub params: DatapathParams,
     pub(super) backend: Option<Box<dyn BackendQueue>>,
     pub(super) backend_closed: bool,
+    /// The worker's epoll, and this pair's slot in its event data.
     epoll: Arc<Epoll>,
+    token: u64,
     registered: Option<Interest>,
     /// rx found no guest buffer; the backend is not polled until the guest kicks.
     pub(super) rx_starved: bool,
@@ -138,7 +133,12 @@ pub struct QueuePair {
 }
 
 impl QueuePair {
-    fn new(index: u16, epoll: Arc<Epoll>, shared: Arc<SharedCounters>) -> Self {
+    pub(super) fn new(
+        index: u16,
+        epoll: Arc<Epoll>,
+        token: u64,
+        shared: Arc<SharedCounters>,
+    ) -> Self {
         QueuePair {
             index,
             rx: Vring::default(),
@@ -147,6 +147,7 @@ impl QueuePair {
             backend: None,
             backend_closed: false,
             epoll,
+            token,
             registered: None,
             rx_starved: false,
             tx_blocked: false,
@@ -203,7 +204,7 @@ impl QueuePair {
         self.epoll.ctl(
             ControlOperation::Add,
             kick.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, event as u64),
+            EpollEvent::new(EventSet::IN, self.token | event as u64),
         )?;
         // Process whatever the driver queued before we were listening.
         let _ = kick.write(1);
@@ -270,8 +271,8 @@ impl QueuePair {
                 } else {
                     ControlOperation::Add
                 };
-                self.epoll
-                    .ctl(op, fd, EpollEvent::new(set, PairEvent::Backend as u64))
+                let data = self.token | PairEvent::Backend as u64;
+                self.epoll.ctl(op, fd, EpollEvent::new(set, data))
             }
             (None, None) => Ok(()),
         };
@@ -281,8 +282,29 @@ impl QueuePair {
         }
     }
 
+    /// Takes the pair's descriptors out of its worker's epoll (the pair is going away).
+    pub(super) fn leave_epoll(&mut self) {
+        for ring in [&self.rx, &self.tx] {
+            if let Some(kick) = &ring.kick {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    kick.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+            }
+        }
+        if let (Some(backend), Some(_)) = (&self.backend, self.registered) {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                backend.fd(),
+                EpollEvent::default(),
+            );
+        }
+        self.registered = None;
+    }
+
     /// Whether the backend holds frames the guest could take now.
-    fn rx_buffered_in_backend(&self) -> bool {
+    pub(super) fn rx_buffered_in_backend(&self) -> bool {
         !self.backend_closed
             && !self.rx_starved
             && (self.rx_deliverable() || !self.params.link_up)
@@ -297,7 +319,7 @@ impl QueuePair {
         }
     }
 
-    fn on_event(&mut self, mem: &GuestMemoryMmap, event: PairEvent, set: EventSet) {
+    pub(super) fn on_event(&mut self, mem: &GuestMemoryMmap, event: PairEvent, set: EventSet) {
         match event {
             PairEvent::RxKick => {
                 if let Some(k) = &self.rx.kick {
@@ -329,7 +351,6 @@ impl QueuePair {
                     self.backend_closed = true;
                 }
             }
-            PairEvent::Stop => {}
         }
         // Used rings (entries, idx, notification fields) may have been written: log them.
         if let Some(log) = self.logging() {
@@ -369,39 +390,28 @@ impl QueuePair {
     }
 }
 
-/// A queue pair with its worker thread.
+/// A queue pair on its worker.
 #[derive(Debug)]
 pub struct PairHandle {
     state: Arc<Mutex<QueuePair>>,
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    worker: Arc<Worker>,
+    slot: usize,
     pub counters: Arc<SharedCounters>,
 }
 
 impl PairHandle {
-    /// Creates the pair and starts its worker.
+    /// Creates the pair on a worker (its own, or the least loaded shared one).
     pub fn spawn(index: u16, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<Self> {
-        let epoll = Arc::new(Epoll::new()?);
-        let stop = EventFd::new(EFD_NONBLOCK)?;
-        epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, PairEvent::Stop as u64),
-        )?;
+        let worker = super::worker::for_new_pair(index)?;
         let counters = Arc::new(SharedCounters::default());
-        let state = Arc::new(Mutex::new(QueuePair::new(
-            index,
-            epoll.clone(),
-            counters.clone(),
-        )));
-        let worker_state = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("vq-pair-{index}"))
-            .spawn(move || run_worker(worker_state, epoll, mem))?;
+        let pair_counters = counters.clone();
+        let (slot, state) = worker.attach(mem, |epoll, token| {
+            QueuePair::new(index, epoll, token, pair_counters)
+        });
         Ok(PairHandle {
             state,
-            stop,
-            thread: Some(thread),
+            worker,
+            slot,
             counters,
         })
     }
@@ -438,75 +448,6 @@ impl PairHandle {
 
 impl Drop for PairHandle {
     fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                error!("queue pair worker panicked");
-            }
-        }
-    }
-}
-
-static POLL_BUDGET: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-
-/// Sets how long workers keep looking for work before they sleep (`--poll-us`; once, at start).
-pub fn set_poll_budget(budget: Duration) {
-    let _ = POLL_BUDGET.set(budget);
-}
-
-/// The poll budget: as set, else 50 µs.
-fn poll_budget() -> Duration {
-    *POLL_BUDGET.get_or_init(|| Duration::from_micros(50))
-}
-
-fn run_worker(
-    state: Arc<Mutex<QueuePair>>,
-    epoll: Arc<Epoll>,
-    mem: GuestMemoryAtomic<GuestMemoryMmap>,
-) {
-    let mut events = vec![EpollEvent::default(); 8];
-    // Frames the backend already holds do not make its descriptor readable: look again without
-    // sleeping while it has some and the guest can take them.
-    let mut rx_buffered = false;
-    // After work, keep looking (yielding the core between looks) for a short while before
-    // sleeping: under load the next kick or frame is usually microseconds away, and catching it
-    // awake saves the wake-up. Idle, the worker sleeps.
-    let budget = poll_budget();
-    let mut poll_until: Option<Instant> = None;
-    loop {
-        let polling = poll_until.is_some_and(|t| Instant::now() < t);
-        let timeout = if rx_buffered || polling { 0 } else { -1 };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                error!("epoll_wait: {e}");
-                return;
-            }
-        };
-        if n == 0 && !rx_buffered {
-            std::thread::yield_now();
-            continue;
-        }
-        if n > 0 && !budget.is_zero() {
-            poll_until = Some(Instant::now() + budget);
-        }
-        let guard = mem.memory();
-        let mut pair = state.lock().unwrap_or_else(|p| p.into_inner());
-        for ev in &events[..n] {
-            match PairEvent::from_data(ev.data()) {
-                Some(PairEvent::Stop) => {
-                    debug!("pair {}: worker stopping", pair.index);
-                    pair.flush_counts();
-                    return;
-                }
-                Some(event) => pair.on_event(&guard, event, ev.event_set()),
-                None => error!("unknown epoll event data {}", ev.data()),
-            }
-        }
-        if n == 0 && rx_buffered {
-            pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
-        }
-        rx_buffered = pair.rx_buffered_in_backend();
+        self.worker.detach(self.slot);
     }
 }

@@ -265,6 +265,7 @@ impl Backend for HubPortBackend {
             key: self.key,
             inbox: self.inbox.clone(),
             targets: Vec::new(),
+            taken: InboxFrames::default(),
         }))
     }
 
@@ -298,6 +299,34 @@ pub struct HubQueue {
     inbox: Arc<Inbox>,
     /// The inboxes a batch went to (reused).
     targets: Vec<Arc<Inbox>>,
+    /// Frames taken from the inbox in one go (one lock per batch, not per frame), and the
+    /// buffers they leave, handed back to the inbox's spares at the next take.
+    taken: InboxFrames,
+}
+
+impl HubQueue {
+    /// Moves everything queued in the inbox to `taken` (returning spent buffers); false if the
+    /// inbox was empty, with its signal cleared.
+    fn take_queued(&mut self) -> bool {
+        let mut f = lock(&self.inbox.frames);
+        while f.spare.len() < INBOX_SPARE {
+            let Some(b) = self.taken.spare.pop() else {
+                break;
+            };
+            f.spare.push(b);
+        }
+        self.taken.spare.clear();
+        if f.queued.is_empty() {
+            // Clear the signal, then look again: a sender pushes before it signals, so a frame
+            // queued meanwhile is either seen now or leaves the descriptor readable.
+            let _ = sys::read(self.inbox.event.as_raw_fd(), &mut [0u8; 8]);
+            if f.queued.is_empty() {
+                return false;
+            }
+        }
+        std::mem::swap(&mut f.queued, &mut self.taken.queued);
+        true
+    }
 }
 
 impl BackendQueue for HubQueue {
@@ -306,20 +335,12 @@ impl BackendQueue for HubQueue {
     }
 
     fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        let mut f = lock(&self.inbox.frames);
-        if f.queued.is_empty() {
-            // Clear the signal, then look again: a sender pushes before it signals, so a frame
-            // queued meanwhile is either seen now or leaves the descriptor readable.
-            let _ = sys::read(self.inbox.event.as_raw_fd(), &mut [0u8; 8]);
-            if f.queued.is_empty() {
-                return Err(io::Error::from(io::ErrorKind::WouldBlock));
-            }
+        if self.taken.queued.is_empty() && !self.take_queued() {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
         }
-        let frame = f.queued.pop_front().unwrap_or_default();
+        let frame = self.taken.queued.pop_front().unwrap_or_default();
         let n = crate::copy_frame(&frame, bufs);
-        if f.spare.len() < INBOX_SPARE {
-            f.spare.push(frame);
-        }
+        self.taken.spare.push(frame);
         Ok(n)
     }
 
@@ -334,7 +355,7 @@ impl BackendQueue for HubQueue {
     }
 
     fn pending_input(&self) -> bool {
-        !lock(&self.inbox.frames).queued.is_empty()
+        !self.taken.queued.is_empty() || !lock(&self.inbox.frames).queued.is_empty()
     }
 
     fn set_rx_waker(&mut self, waker: RxWaker) {

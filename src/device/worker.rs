@@ -1,0 +1,321 @@
+//! The event loops that run queue pairs: a thread with one epoll, serving one or several pairs.
+//!
+//! By default every queue pair gets a worker of its own (`vq-pair-N`), so the pairs of a
+//! multiqueue port run in parallel. With `--workers N` the daemon instead starts N shared workers
+//! (`vq-worker-N`) and puts each new pair on the least loaded one: the pairs of every port on a
+//! worker are served by one thread, so a frame one port hands another (a hub) is delivered by a
+//! function call on the same thread instead of a wake-up and a context switch.
+//!
+//! A pair's descriptors (kick eventfds, backend) are registered in its worker's epoll with the
+//! pair's slot in the upper bits of the event data and the [`PairEvent`] in the low byte.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{debug, error};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::queue_pair::{PairEvent, QueuePair};
+
+/// Event data of the worker's own stop eventfd.
+const STOP: u64 = u64::MAX;
+/// Bits of the event data below the slot.
+pub(super) const SLOT_SHIFT: u32 = 8;
+
+/// A pair served by a worker, and the guest memory it works in.
+#[derive(Clone)]
+struct Slot {
+    pair: Arc<Mutex<QueuePair>>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+}
+
+/// What the worker thread and the pairs' handles share.
+struct Shared {
+    epoll: Arc<Epoll>,
+    slots: Mutex<Vec<Option<Slot>>>,
+}
+
+impl Shared {
+    fn slot(&self, index: usize) -> Option<Slot> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.get(index).cloned().flatten()
+    }
+}
+
+/// A worker thread and its epoll; the thread stops when the worker is dropped.
+pub struct Worker {
+    shared: Arc<Shared>,
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("pairs", &self.load())
+            .finish()
+    }
+}
+
+impl Worker {
+    /// Starts a worker thread called `name` with no pairs.
+    pub fn spawn(name: String) -> io::Result<Arc<Self>> {
+        let epoll = Arc::new(Epoll::new()?);
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP),
+        )?;
+        let shared = Arc::new(Shared {
+            epoll,
+            slots: Mutex::new(Vec::new()),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(&thread_shared))?;
+        Ok(Arc::new(Worker {
+            shared,
+            stop,
+            thread: Some(thread),
+        }))
+    }
+
+    /// Pairs served now.
+    pub fn load(&self) -> usize {
+        let slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Adds the pair `make` builds (given this worker's epoll and the pair's event-data base).
+    pub(super) fn attach(
+        &self,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        make: impl FnOnce(Arc<Epoll>, u64) -> QueuePair,
+    ) -> (usize, Arc<Mutex<QueuePair>>) {
+        let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let index = slots.iter().position(Option::is_none).unwrap_or_else(|| {
+            slots.push(None);
+            slots.len() - 1
+        });
+        let token = (index as u64) << SLOT_SHIFT;
+        let pair = Arc::new(Mutex::new(make(self.shared.epoll.clone(), token)));
+        slots[index] = Some(Slot {
+            pair: pair.clone(),
+            mem,
+        });
+        (index, pair)
+    }
+
+    /// Removes the pair in `index`: its descriptors leave the epoll, its counts are flushed.
+    pub(super) fn detach(&self, index: usize) {
+        let slot = {
+            let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.get_mut(index).and_then(Option::take)
+        };
+        if let Some(slot) = slot {
+            let mut pair = slot.pair.lock().unwrap_or_else(|p| p.into_inner());
+            pair.leave_epoll();
+            pair.flush_counts();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                error!("queue worker panicked");
+            }
+        }
+    }
+}
+
+static POOL: OnceLock<Vec<Arc<Worker>>> = OnceLock::new();
+
+/// Starts `count` shared workers for every queue pair created from now on (`--workers`; once,
+/// at start). 0 keeps a worker per pair.
+pub fn start_pool(count: usize) -> io::Result<()> {
+    let mut pool = Vec::with_capacity(count);
+    for i in 0..count {
+        pool.push(Worker::spawn(format!("vq-worker-{i}"))?);
+    }
+    let _ = POOL.set(pool);
+    Ok(())
+}
+
+/// The worker a new pair goes to: the least loaded shared one, or a new one of its own.
+pub(super) fn for_new_pair(index: u16) -> io::Result<Arc<Worker>> {
+    match POOL
+        .get()
+        .and_then(|pool| pool.iter().min_by_key(|w| w.load()))
+    {
+        Some(w) => Ok(w.clone()),
+        None => Worker::spawn(format!("vq-pair-{index}")),
+    }
+}
+
+static POLL_BUDGET: OnceLock<Duration> = OnceLock::new();
+
+/// Sets how long workers keep looking for work before they sleep (`--poll-us`; once, at start).
+pub fn set_poll_budget(budget: Duration) {
+    let _ = POLL_BUDGET.set(budget);
+}
+
+/// The poll budget: as set, else 50 µs.
+fn poll_budget() -> Duration {
+    *POLL_BUDGET.get_or_init(|| Duration::from_micros(50))
+}
+
+fn run(shared: &Shared) {
+    let mut events = vec![EpollEvent::default(); 32];
+    // Pairs whose backend holds frames the guest can take: frames a backend already holds do not
+    // make its descriptor readable, so the worker looks again without sleeping while there are.
+    let mut buffered: Vec<usize> = Vec::new();
+    let mut touched: Vec<usize> = Vec::new();
+    // After work, keep looking (yielding the core between looks) for a short while before
+    // sleeping: under load the next kick or frame is usually microseconds away, and catching it
+    // awake saves the wake-up. Idle, the worker sleeps.
+    let budget = poll_budget();
+    let mut poll_until: Option<Instant> = None;
+    loop {
+        let polling = poll_until.is_some_and(|t| Instant::now() < t);
+        let timeout = if !buffered.is_empty() || polling {
+            0
+        } else {
+            -1
+        };
+        let n = match shared.epoll.wait(timeout, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                error!("epoll_wait: {e}");
+                return;
+            }
+        };
+        if n == 0 && buffered.is_empty() {
+            std::thread::yield_now();
+            continue;
+        }
+        if n > 0 && !budget.is_zero() {
+            poll_until = Some(Instant::now() + budget);
+        }
+        touched.clear();
+        for ev in &events[..n] {
+            let data = ev.data();
+            if data == STOP {
+                debug!("queue worker stopping");
+                return;
+            }
+            let index = (data >> SLOT_SHIFT) as usize;
+            let (Some(slot), Some(event)) = (shared.slot(index), PairEvent::from_data(data & 0xff))
+            else {
+                continue; // a pair detached after the event was queued
+            };
+            let guard = slot.mem.memory();
+            let mut pair = slot.pair.lock().unwrap_or_else(|p| p.into_inner());
+            pair.on_event(&guard, event, ev.event_set());
+            if !touched.contains(&index) {
+                touched.push(index);
+            }
+        }
+        if n == 0 {
+            for &index in &buffered {
+                if let Some(slot) = shared.slot(index) {
+                    let guard = slot.mem.memory();
+                    let mut pair = slot.pair.lock().unwrap_or_else(|p| p.into_inner());
+                    pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
+                }
+            }
+        }
+        for index in buffered.drain(..) {
+            if !touched.contains(&index) {
+                touched.push(index);
+            }
+        }
+        for &index in &touched {
+            let still = shared.slot(index).is_some_and(|slot| {
+                slot.pair
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .rx_buffered_in_backend()
+            });
+            if still {
+                buffered.push(index);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::counters::SharedCounters;
+
+    fn new_pair(
+        worker: &Worker,
+        mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+    ) -> (usize, Arc<Mutex<QueuePair>>, Arc<SharedCounters>) {
+        let counters = Arc::new(SharedCounters::default());
+        let c = counters.clone();
+        let (slot, pair) = worker.attach(mem.clone(), |epoll, token| {
+            QueuePair::new(0, epoll, token, c)
+        });
+        (slot, pair, counters)
+    }
+
+    /// Waits (bounded) until `counters` saw `kicks` kicks.
+    fn await_kicks(counters: &SharedCounters, kicks: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counters.snapshot().kicks < kicks {
+            assert!(Instant::now() < deadline, "kick never processed");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn pairs_on_one_worker_get_their_own_events_and_leave_cleanly() {
+        let worker = Worker::spawn("test-worker".into()).unwrap();
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let (a, pair_a, count_a) = new_pair(&worker, &mem);
+        let (b, pair_b, count_b) = new_pair(&worker, &mem);
+        assert_ne!(a, b);
+        assert_eq!(worker.load(), 2);
+
+        // A kick on b's eventfd is b's event only (installing a kick signals it once).
+        let kick_b = EventFd::new(EFD_NONBLOCK).unwrap();
+        lock_pair(&pair_b)
+            .set_kick(false, kick_b.try_clone().unwrap())
+            .unwrap();
+        await_kicks(&count_b, 1);
+        kick_b.write(1).unwrap();
+        await_kicks(&count_b, 2);
+        assert_eq!(count_a.snapshot().kicks, 0, "a saw b's kick");
+
+        // a leaves: its kick leaves the epoll, its slot is reused.
+        let kick_a = EventFd::new(EFD_NONBLOCK).unwrap();
+        lock_pair(&pair_a)
+            .set_kick(true, kick_a.try_clone().unwrap())
+            .unwrap();
+        await_kicks(&count_a, 1);
+        worker.detach(a);
+        assert_eq!(worker.load(), 1);
+        kick_a.write(1).unwrap();
+        kick_b.write(1).unwrap();
+        await_kicks(&count_b, 3);
+        assert_eq!(count_a.snapshot().kicks, 1, "a detached pair got an event");
+        let (c, _, _) = new_pair(&worker, &mem);
+        assert_eq!(c, a, "the free slot is reused");
+    }
+
+    fn lock_pair(pair: &Mutex<QueuePair>) -> std::sync::MutexGuard<'_, QueuePair> {
+        pair.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
