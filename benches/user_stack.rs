@@ -300,11 +300,7 @@ fn start_stack(stack: Stack, tap: OwnedFd, scratch: &Path) -> Running {
                     .arg(&socket)
                     .arg("--qmp")
                     .arg(&qmp)
-                    .args(
-                        std::env::var("BENCH_DAEMON_ARGS")
-                            .unwrap_or_default()
-                            .split_whitespace(),
-                    )
+                    .args(common::daemon_args())
                     .env("RUST_LOG", "warn")
                     .stdout(Stdio::null())
                     .spawn()

@@ -125,3 +125,12 @@ impl Qmp {
         }
     }
 }
+
+/// Extra daemon options from `BENCH_DAEMON_ARGS` (e.g. `"--poll-us 0"`), split on whitespace.
+pub fn daemon_args() -> Vec<String> {
+    std::env::var("BENCH_DAEMON_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}

@@ -82,6 +82,15 @@ fn run_frontend(a: &Path, b: &Path, prefix: &str, window: Duration) -> Vec<f64> 
     samples.split_off(WARM_UP.min(samples.len()))
 }
 
+/// Both hub ports on one shared worker (`--workers 1`) unless `BENCH_DAEMON_ARGS` says otherwise.
+fn hub_daemon_args() -> Vec<String> {
+    let mut args = crate::common::daemon_args();
+    if !args.iter().any(|a| a.starts_with("--workers")) {
+        args.extend(["--workers".to_string(), "1".to_string()]);
+    }
+    args
+}
+
 struct Sample {
     pps: f64,
     /// The daemon's CPU while frames flowed, and in the second after the frontend stopped.
@@ -98,7 +107,7 @@ fn run_once(backend: Backend, window: Duration, scratch: &Path, run: usize) -> S
         Backend::Hub => Proc(
             Command::new("taskset")
                 .args(["-c", "0", DAEMON])
-                .args(["--workers", "1"])
+                .args(hub_daemon_args())
                 .args(["--netdev", "hubport,id=h0,hubid=0"])
                 .args(["--netdev", "hubport,id=h1,hubid=0"])
                 .arg("--port")

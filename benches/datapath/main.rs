@@ -11,7 +11,7 @@
 //! - `idle`: an idle connected port's CPU and the daemon's resident memory.
 //!
 //! The frontend (testpmd, or the in-repo driver where testpmd cannot make GSO frames) runs on
-//! core 1, the daemon on core 0. Run as root after `bash scripts/install-test-deps.sh`:
+//! core 1, the daemon on core 0. `BENCH_DAEMON_ARGS="--poll-us 0"` passes options to the daemon. Run as root after `bash scripts/install-test-deps.sh`:
 //! `cargo bench --bench datapath`.
 
 #![allow(

@@ -44,6 +44,7 @@ pub fn start_daemon(ns: &Netns, scratch: &Path, queues: u16, pinned: bool) -> (P
     }
     let daemon = Proc(
         cmd.arg(DAEMON)
+            .args(crate::common::daemon_args())
             .arg("--socket-path")
             .arg(&socket)
             .arg("--netdev")
