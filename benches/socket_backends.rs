@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    pin_to_core, process_cpu_seconds, runs_and_window, summary, wait_for_file, Proc, Qmp,
+    pin_to_core, process_cpu_seconds, runs_and_window, summary, wait_for_file, CpuCap, Proc, Qmp,
 };
 use driver::Driver;
 
@@ -280,6 +280,7 @@ fn run_once(
     let qmp_path = scratch.join("qmp.sock");
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "0", DAEMON, "--netdev", &netdev])
+        .args(common::daemon_args())
         .arg("--socket-path")
         .arg(&socket)
         .arg("--qmp")
@@ -291,6 +292,12 @@ fn run_once(
         cmd.arg("--no-batching");
     }
     let daemon = Proc(cmd.spawn().expect("spawn daemon"));
+    // `BENCH_DAEMON_CPU=25`: the daemon gets a quarter of a core, so it is the bottleneck and
+    // frames/s compares what it does with the same CPU, whatever the source can do.
+    let _cap = std::env::var("BENCH_DAEMON_CPU")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(|percent| CpuCap::apply(daemon.0.id(), percent));
     let mut qmp = Qmp::connect(&qmp_path);
     wait_for_file(&socket);
     // rx: the in-repo driver, which sleeps until called, so the source keeps core 1 (testpmd's

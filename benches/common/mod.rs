@@ -134,3 +134,39 @@ pub fn daemon_args() -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A cgroup capping the processes put in it at a share of one core (cgroup v2 `cpu.max`, or v1's
+/// `cpu` controller); removed on drop, once its processes are gone.
+pub struct CpuCap {
+    dir: std::path::PathBuf,
+}
+
+impl CpuCap {
+    /// Caps process `pid` (and the threads it starts) at `percent` of one core.
+    pub fn apply(pid: u32, percent: u32) -> Self {
+        let name = format!("vunetd-bench-{}-{pid}", std::process::id());
+        let quota = percent * 1000;
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let dir = if v2 {
+            Path::new("/sys/fs/cgroup").join(&name)
+        } else {
+            Path::new("/sys/fs/cgroup/cpu").join(&name)
+        };
+        std::fs::create_dir_all(&dir).expect("create cgroup (root, cgroup fs mounted)");
+        if v2 {
+            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000")).unwrap();
+        } else {
+            std::fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+            std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).unwrap();
+        }
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        CpuCap { dir }
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        // Fails while a process is still inside; the caller drops the process first.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
