@@ -3,6 +3,10 @@
 //! One tap file descriptor per queue pair (`IFF_MULTI_QUEUE` when there are several), non-blocking,
 //! with `IFF_VNET_HDR` and a 12-byte header so that virtio-net headers cross unchanged and GSO
 //! frames of up to 64 KiB are neither segmented nor checksummed on the way.
+//!
+//! One frame per `writev`/`readv`: a tap has no multi-frame read or write from user space, and
+//! submitting a batch of writes through `io_uring` measured no faster than plain `writev` here
+//! (docs/performance.md): the per-frame cost is the tap's skb work, not the system call.
 
 mod ioctl;
 pub mod options;
@@ -256,24 +260,6 @@ impl BackendQueue for TapQueue {
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         sys::writev(self.fd.as_raw_fd(), bufs)
-    }
-
-    /// The tap takes one frame per `writev` (io_uring batching measured no faster here: the
-    /// per-frame cost is the tap's, not the system call's). What a batch does save is waiting
-    /// for the frames' first cache lines one system call at a time: the guest's core wrote them,
-    /// so they are fetched for the whole batch at once before the first write.
-    fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
-        for frame in frames {
-            for part in frame.iter().take(2) {
-                sys::prefetch(part);
-            }
-        }
-        for (taken, frame) in frames.iter().enumerate() {
-            if let Err(e) = self.send(frame) {
-                return if taken == 0 { Err(e) } else { Ok(taken) };
-            }
-        }
-        Ok(frames.len())
     }
 
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
