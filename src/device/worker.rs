@@ -226,19 +226,18 @@ fn run(shared: &Shared) {
                 touched.push(index);
             }
         }
-        if n == 0 {
-            for &index in &buffered {
-                if let Some(slot) = shared.slot(index) {
-                    let guard = slot.mem.memory();
-                    let mut pair = slot.pair.lock().unwrap_or_else(|p| p.into_inner());
-                    pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
-                }
-            }
-        }
+        // Pairs with frames waiting in their backend get served every round, whatever the
+        // other pairs' events, so a busy neighbour cannot starve them.
         for index in buffered.drain(..) {
-            if !touched.contains(&index) {
-                touched.push(index);
+            if touched.contains(&index) {
+                continue;
             }
+            if let Some(slot) = shared.slot(index) {
+                let guard = slot.mem.memory();
+                let mut pair = slot.pair.lock().unwrap_or_else(|p| p.into_inner());
+                pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
+            }
+            touched.push(index);
         }
         for &index in &touched {
             let still = shared.slot(index).is_some_and(|slot| {
