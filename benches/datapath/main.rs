@@ -5,7 +5,7 @@
 //! Sections (`BENCH_ONLY=hub,tap,gso,mq,idle` picks some):
 //! - `hub`: 64-byte frames looping through two hub ports, against DPDK's vhost backend.
 //! - `tap`: the tap backend per direction at 64 and 1500 bytes, against a raw `writev`/`readv`
-//!   loop on a tap.
+//!   loop on a tap (`BENCH_DIRS=tx` or `rx` for one direction).
 //! - `gso`: 64 KiB GSO frames across the tap both ways, against 1514-byte frames.
 //! - `mq`: two queue pairs against one.
 //! - `idle`: an idle connected port's CPU and the daemon's resident memory.

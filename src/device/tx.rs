@@ -212,8 +212,8 @@ impl QueuePair {
             let mut refs: [&[IoSlice<'_>]; TX_BATCH] = [&[]; TX_BATCH];
             for (slot, frame) in refs.iter_mut().zip(&self.tx_frames[next..]) {
                 *slot = self.iov.segments_in(frame.segments.clone());
-                // The guest's core just wrote these frames: start fetching every frame's first
-                // lines now, so the backend's copies do not wait for them one at a time.
+                // The guest's core just wrote these frames: start fetching them all now, so the
+                // backend's copies do not wait for them one at a time.
                 for part in slot.iter().take(2) {
                     vhost_user_netd_backends::sys::prefetch(part);
                 }
