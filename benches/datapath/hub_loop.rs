@@ -149,17 +149,19 @@ fn run_once(backend: Backend, window: Duration, scratch: &Path, run: usize) -> S
     }
 }
 
-/// Hub loop against DPDK's vhost backend: prints a row each and the ratio.
+/// Hub loop against DPDK's vhost backend: prints a row each and the ratio. The two alternate
+/// run by run, so drift on the machine hits both alike.
 pub fn run(runs: usize, window: Duration, scratch: &Path) {
+    let (mut hub, mut dpdk) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        hub.push(run_once(Backend::Hub, window, scratch, run));
+        dpdk.push(run_once(Backend::DpdkVhost, window, scratch, run));
+    }
     let mut medians = Vec::new();
-    for backend in [Backend::Hub, Backend::DpdkVhost] {
-        let samples: Vec<Sample> = (0..runs)
-            .map(|run| run_once(backend, window, scratch, run))
-            .collect();
-        let name = match backend {
-            Backend::Hub => "hub loop 64 B: vhost-user-netd",
-            Backend::DpdkVhost => "hub loop 64 B: DPDK net_vhost",
-        };
+    for (name, samples) in [
+        ("hub loop 64 B: vhost-user-netd", &hub),
+        ("hub loop 64 B: DPDK net_vhost", &dpdk),
+    ] {
         let pps: Vec<f64> = samples.iter().map(|s| s.pps).collect();
         let busy: Vec<f64> = samples.iter().map(|s| s.cpu_busy).collect();
         let idle: Vec<f64> = samples.iter().map(|s| s.cpu_idle).collect();

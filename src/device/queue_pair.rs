@@ -106,6 +106,10 @@ pub struct QueuePair {
     registered: Option<Interest>,
     /// rx found no guest buffer; the backend is not polled until the guest kicks.
     pub(super) rx_starved: bool,
+    /// The worker is polling this pair's rings (it had work moments ago): the guest is not asked
+    /// to kick, the worker looks instead. Only the worker sets it, and it clears it (with
+    /// [`Self::cool`]) before it sleeps.
+    pub(super) hot: bool,
     /// The backend was full; tx waits for it to become writable.
     pub(super) tx_blocked: bool,
     pub(super) counts: Counts,
@@ -150,6 +154,7 @@ impl QueuePair {
             token,
             registered: None,
             rx_starved: false,
+            hot: false,
             tx_blocked: false,
             counts: Counts::default(),
             log: RateLimitedLog::default(),
@@ -301,6 +306,56 @@ impl QueuePair {
             );
         }
         self.registered = None;
+    }
+
+    /// While hot: takes what the guest queued without kicking. Returns whether there was any.
+    pub(super) fn poll_rings(&mut self, mem: &GuestMemoryMmap) -> bool {
+        let mut worked = false;
+        if self.tx.is_running() && !self.tx_blocked && self.tx.has_avail(mem) {
+            self.process_tx(mem);
+            worked = true;
+        }
+        if self.rx_starved && self.rx.is_running() && self.rx.has_avail(mem) {
+            self.rx_starved = false;
+            self.process_rx(mem);
+            worked = true;
+        }
+        if worked {
+            self.update_interest();
+            self.flush_counts();
+        }
+        worked
+    }
+
+    /// Stops polling: asks the guest to kick again, and processes what it queued meanwhile.
+    /// Returns whether there was any (the worker then stays awake).
+    pub(super) fn cool(&mut self, mem: &GuestMemoryMmap) -> bool {
+        self.hot = false;
+        let mut worked = false;
+        if self.tx.is_running() && !self.tx_blocked {
+            match self.tx.enable_notification(mem) {
+                Ok(true) => {
+                    self.process_tx(mem);
+                    worked = true;
+                }
+                Ok(false) => {}
+                Err(e) => self.ring_failed(false, e),
+            }
+        }
+        if self.rx_starved && self.rx.is_running() {
+            match self.rx.enable_notification(mem) {
+                Ok(true) => {
+                    self.rx_starved = false;
+                    self.process_rx(mem);
+                    worked = true;
+                }
+                Ok(false) => {}
+                Err(e) => self.ring_failed(true, e),
+            }
+        }
+        self.update_interest();
+        self.flush_counts();
+        worked
     }
 
     /// Whether the backend holds frames the guest could take now.

@@ -50,6 +50,12 @@ impl QueuePair {
                 RxStep::BackendEmpty | RxStep::RingError => break,
                 RxStep::NoBuffers => {
                     self.publish(mem, true);
+                    if self.hot {
+                        // The worker polls the ring for new buffers: no kick needed.
+                        self.rx_starved = true;
+                        self.counts.rx_no_buffer += 1;
+                        break;
+                    }
                     match self.rx.enable_notification(mem) {
                         Ok(true) => continue,
                         Ok(false) => {

@@ -80,6 +80,10 @@ impl QueuePair {
             if !self.flush_backend() {
                 return;
             }
+            if self.hot {
+                // The worker polls the ring for the next frames: no kick needed.
+                return;
+            }
             match self.tx.enable_notification(mem) {
                 Ok(true) => continue,
                 Ok(false) => return,

@@ -141,6 +141,12 @@ impl Vring {
         self.desc
     }
 
+    /// Whether the driver has made buffers available that we have not taken (false on a bad
+    /// ring address: processing reports that).
+    pub fn has_avail(&self, mem: &GuestMemoryMmap) -> bool {
+        self.avail_idx(mem).is_ok_and(|idx| idx != self.next_avail)
+    }
+
     fn avail_idx(&self, mem: &GuestMemoryMmap) -> Result<Wrapping<u16>, RingError> {
         let idx: u16 = mem
             .load(self.avail.unchecked_add(2), Ordering::Acquire)

@@ -174,19 +174,44 @@ fn poll_budget() -> Duration {
     *POLL_BUDGET.get_or_init(|| Duration::from_micros(50))
 }
 
+/// Runs `f` on the pair in slot `index`, if there still is one, with its memory and lock.
+fn with_pair<T>(
+    shared: &Shared,
+    index: usize,
+    f: impl FnOnce(&mut QueuePair, &GuestMemoryMmap) -> T,
+) -> Option<T> {
+    let slot = shared.slot(index)?;
+    let guard = slot.mem.memory();
+    let mut pair = slot.pair.lock().unwrap_or_else(|p| p.into_inner());
+    Some(f(&mut pair, &guard))
+}
+
 fn run(shared: &Shared) {
     let mut events = vec![EpollEvent::default(); 32];
     // Pairs whose backend holds frames the guest can take: frames a backend already holds do not
     // make its descriptor readable, so the worker looks again without sleeping while there are.
     let mut buffered: Vec<usize> = Vec::new();
     let mut touched: Vec<usize> = Vec::new();
-    // After work, keep looking (yielding the core between looks) for a short while before
-    // sleeping: under load the next kick or frame is usually microseconds away, and catching it
-    // awake saves the wake-up. Idle, the worker sleeps.
+    // After work, keep looking for a short while before sleeping: under load the next frame is
+    // usually microseconds away. Pairs that had work are "hot" meanwhile: the guest is not asked
+    // to kick them, the worker reads their rings itself (yielding the core between looks), which
+    // saves the guest's kick and our wake-up. Before it sleeps the worker cools them (kicks
+    // asked for again). Idle, the worker sleeps.
     let budget = poll_budget();
     let mut poll_until: Option<Instant> = None;
+    let mut hot: Vec<usize> = Vec::new();
     loop {
         let polling = poll_until.is_some_and(|t| Instant::now() < t);
+        if !polling && !hot.is_empty() {
+            let mut worked = false;
+            for index in hot.drain(..) {
+                worked |= with_pair(shared, index, |pair, mem| pair.cool(mem)).unwrap_or(false);
+            }
+            if worked {
+                poll_until = Some(Instant::now() + budget);
+                continue;
+            }
+        }
         let timeout = if !buffered.is_empty() || polling {
             0
         } else {
@@ -201,7 +226,16 @@ fn run(shared: &Shared) {
             }
         };
         if n == 0 && buffered.is_empty() {
-            std::thread::yield_now();
+            let mut worked = false;
+            for &index in &hot {
+                worked |=
+                    with_pair(shared, index, |pair, mem| pair.poll_rings(mem)).unwrap_or(false);
+            }
+            if worked {
+                poll_until = Some(Instant::now() + budget);
+            } else {
+                std::thread::yield_now();
+            }
             continue;
         }
         if n > 0 && !budget.is_zero() {
@@ -215,14 +249,16 @@ fn run(shared: &Shared) {
                 return;
             }
             let index = (data >> SLOT_SHIFT) as usize;
-            let (Some(slot), Some(event)) = (shared.slot(index), PairEvent::from_data(data & 0xff))
-            else {
-                continue; // a pair detached after the event was queued
+            let Some(event) = PairEvent::from_data(data & 0xff) else {
+                continue;
             };
-            let guard = slot.mem.memory();
-            let mut pair = slot.pair.lock().unwrap_or_else(|p| p.into_inner());
-            pair.on_event(&guard, event, ev.event_set());
-            if !touched.contains(&index) {
+            // None: a pair detached after the event was queued.
+            if with_pair(shared, index, |pair, mem| {
+                pair.on_event(mem, event, ev.event_set())
+            })
+            .is_some()
+                && !touched.contains(&index)
+            {
                 touched.push(index);
             }
         }
@@ -232,22 +268,25 @@ fn run(shared: &Shared) {
             if touched.contains(&index) {
                 continue;
             }
-            if let Some(slot) = shared.slot(index) {
-                let guard = slot.mem.memory();
-                let mut pair = slot.pair.lock().unwrap_or_else(|p| p.into_inner());
-                pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
-            }
+            with_pair(shared, index, |pair, mem| {
+                pair.on_event(mem, PairEvent::Backend, EventSet::IN);
+            });
             touched.push(index);
         }
         for &index in &touched {
-            let still = shared.slot(index).is_some_and(|slot| {
-                slot.pair
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .rx_buffered_in_backend()
-            });
+            let (still, heat) = with_pair(shared, index, |pair, _| {
+                let heat = !budget.is_zero() && !pair.hot;
+                if heat {
+                    pair.hot = true;
+                }
+                (pair.rx_buffered_in_backend(), heat)
+            })
+            .unwrap_or((false, false));
             if still {
                 buffered.push(index);
+            }
+            if heat {
+                hot.push(index);
             }
         }
     }
