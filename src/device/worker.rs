@@ -203,12 +203,16 @@ fn run(shared: &Shared) {
     loop {
         let polling = poll_until.is_some_and(|t| Instant::now() < t);
         if !polling && !hot.is_empty() {
-            let mut worked = false;
+            touched.clear();
             for index in hot.drain(..) {
-                worked |= with_pair(shared, index, |pair, mem| pair.cool(mem)).unwrap_or(false);
+                if with_pair(shared, index, |pair, mem| pair.cool(mem)).unwrap_or(false) {
+                    touched.push(index);
+                }
             }
-            if worked {
+            if !touched.is_empty() {
+                // Work raced in: stay awake (and hot) for another window.
                 poll_until = Some(Instant::now() + budget);
+                settle(shared, &touched, budget, &mut buffered, &mut hot);
                 continue;
             }
         }
@@ -226,15 +230,17 @@ fn run(shared: &Shared) {
             }
         };
         if n == 0 && buffered.is_empty() {
-            let mut worked = false;
+            touched.clear();
             for &index in &hot {
-                worked |=
-                    with_pair(shared, index, |pair, mem| pair.poll_rings(mem)).unwrap_or(false);
+                if with_pair(shared, index, |pair, mem| pair.poll_rings(mem)).unwrap_or(false) {
+                    touched.push(index);
+                }
             }
-            if worked {
-                poll_until = Some(Instant::now() + budget);
-            } else {
+            if touched.is_empty() {
                 std::thread::yield_now();
+            } else {
+                poll_until = Some(Instant::now() + budget);
+                settle(shared, &touched, budget, &mut buffered, &mut hot);
             }
             continue;
         }
@@ -273,21 +279,34 @@ fn run(shared: &Shared) {
             });
             touched.push(index);
         }
-        for &index in &touched {
-            let (still, heat) = with_pair(shared, index, |pair, _| {
-                let heat = !budget.is_zero() && !pair.hot;
-                if heat {
-                    pair.hot = true;
-                }
-                (pair.rx_buffered_in_backend(), heat)
-            })
-            .unwrap_or((false, false));
-            if still {
-                buffered.push(index);
-            }
+        settle(shared, &touched, budget, &mut buffered, &mut hot);
+    }
+}
+
+/// After pairs did work: those whose backend still holds frames go to `buffered` (served next
+/// round), and with a poll budget they become hot (polled without kicks until the worker cools
+/// them).
+fn settle(
+    shared: &Shared,
+    worked: &[usize],
+    budget: Duration,
+    buffered: &mut Vec<usize>,
+    hot: &mut Vec<usize>,
+) {
+    for &index in worked {
+        let (still, heat) = with_pair(shared, index, |pair, _| {
+            let heat = !budget.is_zero() && !pair.hot;
             if heat {
-                hot.push(index);
+                pair.hot = true;
             }
+            (pair.rx_buffered_in_backend(), heat)
+        })
+        .unwrap_or((false, false));
+        if still && !buffered.contains(&index) {
+            buffered.push(index);
+        }
+        if heat {
+            hot.push(index);
         }
     }
 }
