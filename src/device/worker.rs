@@ -25,7 +25,7 @@ use super::queue_pair::{PairEvent, QueuePair};
 /// Event data of the worker's own stop eventfd.
 const STOP: u64 = u64::MAX;
 /// Bits of the event data below the slot.
-pub(super) const SLOT_SHIFT: u32 = 8;
+const SLOT_SHIFT: u32 = 8;
 
 /// A pair served by a worker, and the guest memory it works in.
 #[derive(Clone)]
