@@ -188,8 +188,7 @@ impl CtrlQueue {
         self.iov.clear();
         let walked = self.iov.push_chain(
             mem,
-            self.ring.desc_table(),
-            self.ring.size(),
+            self.ring.desc_table(mem),
             head,
             Direction::DeviceReadsThenWrites,
             self.indirect,

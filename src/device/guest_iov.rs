@@ -9,6 +9,8 @@ use std::io::{IoSlice, IoSliceMut};
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use super::ring_map::RingMap;
+
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_DESC_F_INDIRECT: u16 = 4;
@@ -62,15 +64,44 @@ struct RawDesc {
     next: u16,
 }
 
+/// A ring's descriptor table: where it is, how many entries it has, and, when the ring is mapped
+/// in the memory being walked, its host pointer.
+#[derive(Debug, Clone, Copy)]
+pub struct DescTable<'a> {
+    addr: GuestAddress,
+    size: u16,
+    host: Option<&'a RingMap>,
+}
+
+impl<'a> DescTable<'a> {
+    /// The table of a ring; `host` must have been taken from the memory the chains are walked in.
+    pub fn new(addr: GuestAddress, size: u16, host: Option<&'a RingMap>) -> Self {
+        DescTable { addr, size, host }
+    }
+
+    /// A table read through `vm-memory` only.
+    pub fn in_guest(addr: GuestAddress, size: u16) -> Self {
+        DescTable::new(addr, size, None)
+    }
+}
+
+/// Reads descriptor `index` of the table at `table`, through the ring map if given (the ring's own
+/// table) or `vm-memory` (an indirect table).
 fn read_desc(
     mem: &GuestMemoryMmap,
     table: GuestAddress,
+    host: Option<&RingMap>,
     index: u16,
 ) -> Result<RawDesc, ChainError> {
-    let at = table
-        .checked_add(u64::from(index) * DESC_SIZE)
-        .ok_or(ChainError::BadAddress)?;
-    let raw: [u8; 16] = mem.read_obj(at).map_err(|_| ChainError::BadAddress)?;
+    let raw: [u8; 16] = match host {
+        Some(map) => map.desc(index).ok_or(ChainError::BadAddress)?,
+        None => {
+            let at = table
+                .checked_add(u64::from(index) * DESC_SIZE)
+                .ok_or(ChainError::BadAddress)?;
+            mem.read_obj(at).map_err(|_| ChainError::BadAddress)?
+        }
+    };
     Ok(RawDesc {
         addr: u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default()),
         len: u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default()),
@@ -161,23 +192,14 @@ impl GuestIov {
     pub fn push_chain(
         &mut self,
         mem: &GuestMemoryMmap,
-        desc_table: GuestAddress,
-        queue_size: u16,
+        table: DescTable<'_>,
         head: u16,
         direction: Direction,
         indirect_allowed: bool,
         max_bytes: usize,
     ) -> Result<usize, ChainError> {
         let mark = self.mark();
-        let result = self.walk(
-            mem,
-            desc_table,
-            queue_size,
-            head,
-            direction,
-            indirect_allowed,
-            max_bytes,
-        );
+        let result = self.walk(mem, table, head, direction, indirect_allowed, max_bytes);
         if result.is_err() {
             self.truncate_to(mark);
         }
@@ -188,17 +210,18 @@ impl GuestIov {
     fn walk(
         &mut self,
         mem: &GuestMemoryMmap,
-        desc_table: GuestAddress,
-        queue_size: u16,
+        ring_table: DescTable<'_>,
         head: u16,
         direction: Direction,
         indirect_allowed: bool,
         max_bytes: usize,
     ) -> Result<(), ChainError> {
+        let queue_size = ring_table.size;
         if head >= queue_size {
             return Err(ChainError::HeadOutOfRange);
         }
-        let mut table = desc_table;
+        let mut table = ring_table.addr;
+        let mut host = ring_table.host;
         let mut table_size = queue_size;
         let mut index = head;
         let mut indirect = false;
@@ -209,7 +232,7 @@ impl GuestIov {
                 return Err(ChainError::TooManyDescriptors);
             }
             budget -= 1;
-            let desc = read_desc(mem, table, index)?;
+            let desc = read_desc(mem, table, host, index)?;
             if desc.flags & VRING_DESC_F_INDIRECT != 0 {
                 // An indirect descriptor must be the only one in its chain and may not nest.
                 if !indirect_allowed || indirect || desc.flags & VRING_DESC_F_NEXT != 0 {
@@ -220,6 +243,7 @@ impl GuestIov {
                     return Err(ChainError::BadIndirect);
                 }
                 table = GuestAddress(desc.addr);
+                host = None;
                 // The whole table must be in guest memory.
                 GuestMemoryBackend::get_slices(mem, table, len as usize)
                     .try_for_each(|s| s.map(|_| ()))
@@ -246,7 +270,7 @@ impl GuestIov {
             if total > max_bytes {
                 return Err(ChainError::TooLong);
             }
-            self.push_buffer(mem, desc.addr, desc.len as usize)?;
+            self.push_buffer(mem, ring_table.host, desc.addr, desc.len as usize)?;
             if !writable {
                 self.readable = self.bytes;
             }
@@ -263,13 +287,27 @@ impl GuestIov {
         }
     }
 
+    /// Appends the host segments of guest buffer `[addr, addr + len)`, through the ring's map
+    /// when it has one (one segment if the buffer lies in one region) or `vm-memory`.
     fn push_buffer(
         &mut self,
         mem: &GuestMemoryMmap,
+        ring: Option<&RingMap>,
         addr: u64,
         len: usize,
     ) -> Result<(), ChainError> {
         if len == 0 {
+            return Ok(());
+        }
+        if let Some(host) = ring.and_then(|r| r.buffer(addr, len)) {
+            if self.iovecs.len() >= MAX_SEGMENTS {
+                return Err(ChainError::TooManySegments);
+            }
+            self.iovecs.push(libc::iovec {
+                iov_base: host.cast(),
+                iov_len: len,
+            });
+            self.bytes += len;
             return Ok(());
         }
         for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(addr), len) {
@@ -444,8 +482,7 @@ mod tests {
         let mut iov = GuestIov::default();
         iov.push_chain(
             &ram.mem,
-            GuestAddress(TABLE),
-            8,
+            DescTable::in_guest(GuestAddress(TABLE), 8),
             head,
             dir,
             indirect,
@@ -467,8 +504,7 @@ mod tests {
         let n = iov
             .push_chain(
                 &ram.mem,
-                GuestAddress(TABLE),
-                8,
+                DescTable::in_guest(GuestAddress(TABLE), 8),
                 0,
                 Direction::DeviceWrites,
                 false,
@@ -639,10 +675,24 @@ mod tests {
         );
         let mut iov = GuestIov::default();
         let t = GuestAddress(TABLE);
-        iov.push_chain(&ram.mem, t, 8, 0, Direction::DeviceWrites, false, 100)
-            .unwrap();
+        iov.push_chain(
+            &ram.mem,
+            DescTable::in_guest(t, 8),
+            0,
+            Direction::DeviceWrites,
+            false,
+            100,
+        )
+        .unwrap();
         assert!(iov
-            .push_chain(&ram.mem, t, 8, 1, Direction::DeviceWrites, false, 100)
+            .push_chain(
+                &ram.mem,
+                DescTable::in_guest(t, 8),
+                1,
+                Direction::DeviceWrites,
+                false,
+                100
+            )
             .is_err());
         assert_eq!((iov.len(), iov.segments()), (10, 1));
     }
@@ -665,8 +715,7 @@ mod tests {
         let n = iov
             .push_chain(
                 &ram.mem,
-                GuestAddress(TABLE),
-                8,
+                DescTable::in_guest(GuestAddress(TABLE), 8),
                 0,
                 Direction::DeviceReadsThenWrites,
                 false,

@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::counters::{Counts, RateLimitedLog, SharedCounters};
 use super::dirty_log::DirtyLog;
 use super::guest_iov::GuestIov;
-use super::vring::Vring;
+use super::vring::{GuestMemoryGuard, Vring};
 use super::worker::Worker;
 
 /// What woke the worker. Stored in the epoll event's data.
@@ -308,6 +308,12 @@ impl QueuePair {
         self.registered = None;
     }
 
+    /// Takes host pointers to both rings in `mem` (once per memory table).
+    pub(super) fn map_rings(&mut self, mem: &GuestMemoryGuard) {
+        self.rx.map_in(mem);
+        self.tx.map_in(mem);
+    }
+
     /// While hot: takes what the guest queued without kicking. Returns whether there was any.
     pub(super) fn poll_rings(&mut self, mem: &GuestMemoryMmap) -> bool {
         let mut worked = false;
@@ -488,6 +494,7 @@ impl PairHandle {
                 return false;
             };
             let guard = mem.memory();
+            pair.map_rings(&guard);
             pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
             true
         }))

@@ -15,6 +15,8 @@ use super::queue_pair::QueuePair;
 
 /// Frames handled per wake-up before the worker looks at its other events.
 const RX_BATCH: usize = 256;
+/// Chains whose descriptors are fetched ahead when a batch starts.
+const PREFETCH_CHAINS: u16 = 32;
 /// Used elements written before they are published mid-batch.
 const PUBLISH_EVERY: u16 = 64;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
@@ -44,6 +46,7 @@ impl QueuePair {
             return;
         }
         let mut frames = 0;
+        self.rx.read_ahead(mem, PREFETCH_CHAINS);
         while frames < RX_BATCH {
             match self.rx_one(mem) {
                 RxStep::Delivered => frames += 1,
@@ -112,8 +115,7 @@ impl QueuePair {
                 .iov
                 .push_chain(
                     mem,
-                    self.rx.desc_table(),
-                    self.rx.size(),
+                    self.rx.desc_table(mem),
                     head,
                     Direction::DeviceWrites,
                     self.params.indirect,

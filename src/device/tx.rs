@@ -122,6 +122,7 @@ impl QueuePair {
         self.tx_frames.clear();
         let mut end = BatchEnd::More;
         let batch = vhost_user_netd_backends::batching::limit(TX_BATCH);
+        self.tx.read_ahead(mem, batch as u16);
         while self.tx_frames.len() < batch && self.iov.segments() < BATCH_SEGMENTS {
             let head = match self.tx.pop_head(mem) {
                 Ok(Some(h)) => h,
@@ -182,8 +183,7 @@ impl QueuePair {
         let first = self.iov.segments();
         let len = self.iov.push_chain(
             mem,
-            self.tx.desc_table(),
-            self.tx.size(),
+            self.tx.desc_table(mem),
             head,
             Direction::DeviceReads,
             self.params.indirect,

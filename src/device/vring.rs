@@ -5,11 +5,23 @@
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryMmap,
+};
 use vmm_sys_util::eventfd::EventFd;
+
+use super::guest_iov::DescTable;
+use super::ring_map::RingMap;
 
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// The guest memory a worker holds during a round of work.
+pub type GuestMemoryGuard = <GuestMemoryAtomic<GuestMemoryMmap> as GuestAddressSpace>::T;
+
+/// Avail entries [`Vring::read_ahead`] keeps at most.
+pub const READ_AHEAD: usize = 32;
 
 /// Largest queue a driver may ask for (virtio's limit for split rings).
 pub const MAX_QUEUE_SIZE: u16 = 32_768;
@@ -34,6 +46,14 @@ pub struct Vring {
     used: GuestAddress,
     addresses_set: bool,
     next_avail: Wrapping<u16>,
+    /// `avail.idx` as last read: heads before it are taken without reading the index again (the
+    /// driver's core writes that cache line; reading it once per batch, not per frame, keeps it
+    /// from bouncing).
+    avail_seen: Wrapping<u16>,
+    /// Heads read ahead from the avail ring: `ahead[i]` is entry `ahead_from + i`.
+    ahead: [u16; READ_AHEAD],
+    ahead_from: Wrapping<u16>,
+    ahead_len: u16,
     next_used: Wrapping<u16>,
     /// Used entries written since the last `publish_used`.
     unpublished: u16,
@@ -44,6 +64,8 @@ pub struct Vring {
     pub kick: Option<EventFd>,
     /// The frontend's call eventfd (device → guest interrupt).
     pub call: Option<EventFd>,
+    /// Host pointers to the ring's parts in the memory it was last used with.
+    map: Option<RingMap>,
     /// `SET_VRING_ENABLE` state.
     pub enabled: bool,
     /// Started by `SET_VRING_KICK`, stopped by `GET_VRING_BASE`.
@@ -59,6 +81,8 @@ impl Vring {
             return false;
         }
         self.size = size as u16;
+        self.map = None;
+        self.ahead_len = 0;
         true
     }
 
@@ -98,6 +122,8 @@ impl Vring {
         self.avail = GuestAddress(avail);
         self.used = GuestAddress(used);
         self.addresses_set = true;
+        self.map = None;
+        self.ahead_len = 0;
         self.broken = false;
         Ok(())
     }
@@ -116,6 +142,8 @@ impl Vring {
     /// Sets where processing resumes (`SET_VRING_BASE`).
     pub fn set_base(&mut self, base: u16) {
         self.next_avail = Wrapping(base);
+        self.avail_seen = Wrapping(base);
+        self.ahead_len = 0;
         self.next_used = Wrapping(base);
         self.signalled_used = Wrapping(base);
         self.unpublished = 0;
@@ -136,41 +164,118 @@ impl Vring {
         self.started && self.is_configured() && !self.broken
     }
 
-    /// The descriptor table's address.
-    pub fn desc_table(&self) -> GuestAddress {
-        self.desc
+    /// Takes host pointers to the ring's parts in `mem` unless it has them already (the
+    /// worker calls this before each round of work; see [`RingMap`]).
+    pub fn map_in(&mut self, mem: &GuestMemoryGuard) {
+        if !self.is_configured() || self.map.as_ref().is_some_and(|m| m.is_for(mem)) {
+            return;
+        }
+        self.map = RingMap::new(
+            mem.clone().into_inner(),
+            self.size,
+            self.desc,
+            self.avail,
+            self.used,
+        );
+    }
+
+    /// The ring map, if it was taken from `mem`.
+    fn mapped(&self, mem: &GuestMemoryMmap) -> Option<&RingMap> {
+        self.map.as_ref().filter(|m| m.is_for(mem))
+    }
+
+    /// The descriptor table, for walking chains in `mem`.
+    pub fn desc_table(&self, mem: &GuestMemoryMmap) -> DescTable<'_> {
+        DescTable::new(self.desc, self.size, self.mapped(mem))
+    }
+
+    fn load_avail(&self, mem: &GuestMemoryMmap, offset: u64) -> Result<u16, RingError> {
+        if let Some(map) = self.mapped(mem) {
+            return map.avail_u16(offset as usize).ok_or(RingError::BadAddress);
+        }
+        mem.load(self.avail.unchecked_add(offset), Ordering::Acquire)
+            .map(u16::from_le)
+            .map_err(|_| RingError::BadAddress)
+    }
+
+    fn store_used(&self, mem: &GuestMemoryMmap, offset: u64, value: u16) -> bool {
+        if let Some(map) = self.mapped(mem) {
+            return map.store_used_u16(offset as usize, value);
+        }
+        mem.store(
+            value.to_le(),
+            self.used.unchecked_add(offset),
+            Ordering::Release,
+        )
+        .is_ok()
     }
 
     /// Whether the driver has made buffers available that we have not taken (false on a bad
     /// ring address: processing reports that).
-    pub fn has_avail(&self, mem: &GuestMemoryMmap) -> bool {
-        self.avail_idx(mem).is_ok_and(|idx| idx != self.next_avail)
+    pub fn has_avail(&mut self, mem: &GuestMemoryMmap) -> bool {
+        self.avail_seen != self.next_avail || self.refresh_avail(mem).is_ok_and(|n| n > 0)
     }
 
-    fn avail_idx(&self, mem: &GuestMemoryMmap) -> Result<Wrapping<u16>, RingError> {
-        let idx: u16 = mem
-            .load(self.avail.unchecked_add(2), Ordering::Acquire)
-            .map_err(|_| RingError::BadAddress)?;
-        Ok(Wrapping(u16::from_le(idx)))
-    }
-
-    /// Takes the next available chain's head index, if the driver made one available.
-    pub fn pop_head(&mut self, mem: &GuestMemoryMmap) -> Result<Option<u16>, RingError> {
+    /// Reads `avail.idx` again; returns how many heads are waiting.
+    fn refresh_avail(&mut self, mem: &GuestMemoryMmap) -> Result<u16, RingError> {
         let avail_idx = self.avail_idx(mem)?;
         let pending = (avail_idx - self.next_avail).0;
-        if pending == 0 {
-            return Ok(None);
-        }
         if pending > self.size {
             self.broken = true;
             return Err(RingError::AvailIndexOutOfRange);
         }
+        self.avail_seen = avail_idx;
+        Ok(pending)
+    }
+
+    fn avail_idx(&self, mem: &GuestMemoryMmap) -> Result<Wrapping<u16>, RingError> {
+        self.load_avail(mem, 2).map(Wrapping)
+    }
+
+    /// Takes the next available chain's head index, if the driver made one available.
+    pub fn pop_head(&mut self, mem: &GuestMemoryMmap) -> Result<Option<u16>, RingError> {
+        if self.avail_seen == self.next_avail && self.refresh_avail(mem)? == 0 {
+            return Ok(None);
+        }
         let slot = u64::from(self.next_avail.0 % self.size);
-        let head: u16 = mem
-            .load(self.avail.unchecked_add(4 + 2 * slot), Ordering::Acquire)
-            .map_err(|_| RingError::BadAddress)?;
+        let ahead = (self.next_avail - self.ahead_from).0;
+        let head = if ahead < self.ahead_len {
+            self.ahead[usize::from(ahead)]
+        } else {
+            self.load_avail(mem, 4 + 2 * slot)?
+        };
         self.next_avail += Wrapping(1);
-        Ok(Some(u16::from_le(head)))
+        Ok(Some(head))
+    }
+
+    /// Reads the heads of the next `max` (at most [`READ_AHEAD`]) available chains in one pass
+    /// over the avail ring, keeps them for [`Self::pop_head`], and starts loading their
+    /// descriptors, so walking the chains does not wait for each in turn. The driver's core has
+    /// just written these lines and goes on writing the entries after them: read one by one
+    /// between frames, each read would fetch the line again.
+    pub fn read_ahead(&mut self, mem: &GuestMemoryMmap, max: u16) {
+        if self.avail_seen == self.next_avail && !self.refresh_avail(mem).is_ok_and(|n| n > 0) {
+            return;
+        }
+        let Some(map) = self.map.as_ref().filter(|m| m.is_for(mem)) else {
+            return;
+        };
+        let pending = (self.avail_seen - self.next_avail)
+            .0
+            .min(max)
+            .min(READ_AHEAD as u16);
+        let mut read = 0;
+        for (i, entry) in self.ahead.iter_mut().take(usize::from(pending)).enumerate() {
+            let slot = (self.next_avail + Wrapping(i as u16)).0 % self.size;
+            let Some(head) = map.avail_u16(4 + 2 * usize::from(slot)) else {
+                break;
+            };
+            *entry = head;
+            map.prefetch_desc(head);
+            read += 1;
+        }
+        self.ahead_from = self.next_avail;
+        self.ahead_len = read;
     }
 
     /// Gives back the last `count` heads taken, to be taken again later.
@@ -181,6 +286,13 @@ impl Vring {
     /// Writes a used element; it becomes visible to the driver at [`Self::publish_used`].
     pub fn push_used(&mut self, mem: &GuestMemoryMmap, head: u16, len: u32) {
         let slot = u64::from((self.next_used + Wrapping(self.unpublished)).0 % self.size);
+        self.unpublished = self.unpublished.wrapping_add(1);
+        if let Some(map) = self.mapped(mem) {
+            if !map.write_used_elem(4 + 8 * slot as usize, u32::from(head), len) {
+                self.broken = true;
+            }
+            return;
+        }
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
@@ -192,7 +304,6 @@ impl Vring {
         {
             self.broken = true;
         }
-        self.unpublished = self.unpublished.wrapping_add(1);
     }
 
     /// Number of used elements written but not yet published.
@@ -207,11 +318,7 @@ impl Vring {
         }
         self.next_used += Wrapping(self.unpublished);
         self.unpublished = 0;
-        let idx = self.next_used.0.to_le();
-        if mem
-            .store(idx, self.used.unchecked_add(2), Ordering::Release)
-            .is_err()
-        {
+        if !self.store_used(mem, 2, self.next_used.0) {
             self.broken = true;
         }
     }
@@ -226,14 +333,13 @@ impl Vring {
             return false;
         }
         if self.event_idx {
-            let at = self.avail.unchecked_add(4 + 2 * u64::from(self.size));
-            match mem.load::<u16>(at, Ordering::Acquire) {
-                Ok(event) => (new - Wrapping(u16::from_le(event)) - Wrapping(1)) < (new - old),
+            match self.load_avail(mem, 4 + 2 * u64::from(self.size)) {
+                Ok(event) => (new - Wrapping(event) - Wrapping(1)) < (new - old),
                 Err(_) => true,
             }
         } else {
-            match mem.load::<u16>(self.avail, Ordering::Acquire) {
-                Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0,
+            match self.load_avail(mem, 0) {
+                Ok(flags) => flags & VRING_AVAIL_F_NO_INTERRUPT == 0,
                 Err(_) => true,
             }
         }
@@ -257,21 +363,20 @@ impl Vring {
     /// meanwhile (the caller should process them rather than wait).
     pub fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> Result<bool, RingError> {
         if self.event_idx {
-            let at = self.used.unchecked_add(4 + 8 * u64::from(self.size));
-            mem.store(self.next_avail.0.to_le(), at, Ordering::Release)
-                .map_err(|_| RingError::BadAddress)?;
-        } else {
-            mem.store(0u16, self.used, Ordering::Release)
-                .map_err(|_| RingError::BadAddress)?;
+            if !self.store_used(mem, 4 + 8 * u64::from(self.size), self.next_avail.0) {
+                return Err(RingError::BadAddress);
+            }
+        } else if !self.store_used(mem, 0, 0) {
+            return Err(RingError::BadAddress);
         }
         fence(Ordering::SeqCst);
-        Ok(self.avail_idx(mem)? != self.next_avail)
+        Ok(self.refresh_avail(mem)? > 0)
     }
 
     /// Tells the driver not to kick us (we are processing anyway).
     pub fn disable_notification(&mut self, mem: &GuestMemoryMmap) {
         if !self.event_idx {
-            let _ = mem.store(VRING_USED_F_NO_NOTIFY.to_le(), self.used, Ordering::Release);
+            let _ = self.store_used(mem, 0, VRING_USED_F_NO_NOTIFY);
         }
         // With EVENT_IDX the avail_event we wrote last time already stops kicks once passed.
     }
@@ -337,6 +442,39 @@ mod tests {
         assert_eq!(drv.used_elem(&ram, 1), (1, 50));
         v.rewind(1);
         assert_eq!(v.pop_head(&ram.mem).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn mapped_ring_reads_heads_once_and_agrees_with_the_unmapped_path() {
+        let ram = GuestRam::new();
+        let atomic = GuestMemoryAtomic::new(ram.mem.clone());
+        let guard = atomic.memory();
+        let mut drv = DriverRing::new(&ram, 8, 0x4000);
+        let mut v = ring(&ram, &drv, false);
+        v.map_in(&guard);
+        assert!(v.mapped(&guard).is_some());
+        assert!(v.mapped(&ram.mem).is_none(), "another memory object");
+        drv.make_available(&ram, &[3, 1, 2]);
+        v.read_ahead(&guard, 8);
+        // The driver rewrites an entry it already made available: the head read ahead counts.
+        ram.write(drv.avail + 4, &7u16.to_le_bytes());
+        assert_eq!(v.pop_head(&guard).unwrap(), Some(3));
+        assert_eq!(v.pop_head(&guard).unwrap(), Some(1));
+        v.push_used(&guard, 3, 60);
+        v.publish_used(&guard);
+        assert_eq!((drv.used_idx(&ram), drv.used_elem(&ram, 0)), (1, (3, 60)));
+        // Heads given back are taken again from the read-ahead; a new base drops it.
+        v.rewind(2);
+        assert_eq!(v.pop_head(&guard).unwrap(), Some(3));
+        v.set_base(0);
+        assert_eq!(v.pop_head(&ram.mem).unwrap(), Some(7), "unmapped path");
+        assert_eq!(v.pop_head(&guard).unwrap(), Some(1));
+        assert_eq!(v.pop_head(&guard).unwrap(), Some(2));
+        assert_eq!(v.pop_head(&guard).unwrap(), None);
+        // New addresses drop the map until the worker maps the ring again.
+        v.set_addresses(&ram.mem, drv.desc, drv.avail, drv.used)
+            .unwrap();
+        assert!(v.mapped(&guard).is_none());
     }
 
     #[test]

@@ -183,6 +183,7 @@ fn with_pair<T>(
     let slot = shared.slot(index)?;
     let guard = slot.mem.memory();
     let mut pair = slot.pair.lock().unwrap_or_else(|p| p.into_inner());
+    pair.map_rings(&guard);
     Some(f(&mut pair, &guard))
 }
 

@@ -14,7 +14,7 @@ pub mod options;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 pub use options::HubPortOptions;
@@ -46,6 +46,9 @@ struct Inbox {
     event: OwnedFd,
     /// Delivers to the port's guest on the sender's thread (set by the device).
     waker: Mutex<Option<RxWaker>>,
+    /// Set before `event` is signalled: the receiver reads (clears) the eventfd only when this
+    /// says it may be readable, not with a system call every time the inbox runs empty.
+    signalled: AtomicBool,
     dropped_full: AtomicU64,
 }
 
@@ -61,13 +64,19 @@ impl Inbox {
             frames: Mutex::new(InboxFrames::default()),
             event: sys::eventfd()?,
             waker: Mutex::new(None),
+            signalled: AtomicBool::new(false),
             dropped_full: AtomicU64::new(0),
         })
     }
 
     /// Queues a copy of the frame in `bufs`; false if the inbox is full.
     fn push(&self, bufs: &[IoSlice<'_>]) -> bool {
-        let mut f = lock(&self.frames);
+        self.push_locked(&mut lock(&self.frames), bufs)
+    }
+
+    /// [`Self::push`] with the inbox already locked (a sender keeps it locked across a run of
+    /// frames to the same port).
+    fn push_locked(&self, f: &mut InboxFrames, bufs: &[IoSlice<'_>]) -> bool {
         if f.queued.len() >= INBOX_FRAMES {
             self.dropped_full.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -91,6 +100,7 @@ impl Inbox {
             }
         }
         // A saturated counter still reads as "something waits".
+        self.signalled.store(true, Ordering::Release);
         sys::eventfd_signal(self.event.as_raw_fd());
     }
 }
@@ -186,42 +196,56 @@ impl Hub {
     /// Queues each frame in its destination inboxes; collects the inboxes that got frames.
     fn switch(&self, from: u64, frames: &[&[IoSlice<'_>]], targets: &mut Vec<Arc<Inbox>>) {
         let mut s = lock(&self.state);
+        let HubState { members, macs, .. } = &mut *s;
         let mut signal: u64 = 0; // bit i: member i got something (hubs beyond 64 ports: all)
+        let (mut unicast, mut flooded) = (0, 0);
+        // The inbox of the last unicast frame, kept locked while the frames after it go there too
+        // (one lock per run of frames, not per frame).
+        let mut held: Option<(usize, MutexGuard<'_, InboxFrames>)> = None;
         for frame in frames {
             let mut header = [0u8; 12];
             crate::copy_prefix(frame, &mut header);
             let dst: [u8; 6] = header[..6].try_into().unwrap_or_default();
             let src: [u8; 6] = header[6..12].try_into().unwrap_or_default();
-            if src[0] & 1 == 0 && s.macs.get(&src) != Some(&from) {
-                if s.macs.len() >= MAC_TABLE_LIMIT {
-                    s.macs.clear();
+            if src[0] & 1 == 0 && macs.get(&src) != Some(&from) {
+                if macs.len() >= MAC_TABLE_LIMIT {
+                    macs.clear();
                 }
-                s.macs.insert(src, from);
+                macs.insert(src, from);
             }
-            let target = (dst[0] & 1 == 0)
-                .then(|| s.macs.get(&dst).copied())
-                .flatten();
+            let target = (dst[0] & 1 == 0).then(|| macs.get(&dst).copied()).flatten();
             match target {
                 Some(key) if key == from => {} // behind the sender itself: nothing to do
                 Some(key) => {
-                    if let Some((i, m)) = s.members.iter().enumerate().find(|(_, m)| m.key == key) {
-                        if m.inbox.push(frame) {
+                    let Some(i) = members.iter().position(|m| m.key == key) else {
+                        continue;
+                    };
+                    let inbox = &members[i].inbox;
+                    if held.as_ref().is_none_or(|(h, _)| *h != i) {
+                        held = Some((i, lock(&inbox.frames)));
+                    }
+                    if let Some((_, frames)) = held.as_mut() {
+                        if inbox.push_locked(frames, frame) {
                             signal |= 1 << i.min(63);
                         }
-                        self.unicast.fetch_add(1, Ordering::Relaxed);
                     }
+                    unicast += 1;
                 }
                 None => {
-                    for (i, m) in s.members.iter().enumerate() {
+                    held = None;
+                    for (i, m) in members.iter().enumerate() {
                         if m.key != from && m.inbox.push(frame) {
                             signal |= 1 << i.min(63);
                         }
                     }
-                    self.flooded.fetch_add(1, Ordering::Relaxed);
+                    flooded += 1;
                 }
             }
         }
-        for (i, m) in s.members.iter().enumerate() {
+        drop(held);
+        self.unicast.fetch_add(unicast, Ordering::Relaxed);
+        self.flooded.fetch_add(flooded, Ordering::Relaxed);
+        for (i, m) in members.iter().enumerate() {
             if signal & (1 << i.min(63)) != 0 {
                 targets.push(m.inbox.clone());
             }
@@ -317,9 +341,12 @@ impl HubQueue {
         }
         self.taken.spare.clear();
         if f.queued.is_empty() {
-            // Clear the signal, then look again: a sender pushes before it signals, so a frame
-            // queued meanwhile is either seen now or leaves the descriptor readable.
-            let _ = sys::read(self.inbox.event.as_raw_fd(), &mut [0u8; 8]);
+            // Clear the signal (if one was sent), then look again: a sender pushes before it
+            // signals, so a frame queued meanwhile is either seen now or leaves the descriptor
+            // readable.
+            if self.inbox.signalled.swap(false, Ordering::Acquire) {
+                let _ = sys::read(self.inbox.event.as_raw_fd(), &mut [0u8; 8]);
+            }
             if f.queued.is_empty() {
                 return false;
             }
