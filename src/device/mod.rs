@@ -17,7 +17,7 @@ pub mod dirty_log;
 pub mod features;
 pub mod guest_iov;
 pub mod queue_pair;
-mod ring_map;
+pub mod ring_map;
 mod rx;
 pub mod rx_filter;
 #[cfg(test)]
