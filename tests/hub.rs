@@ -74,6 +74,64 @@ fn ports_on_one_shared_worker_switch_frames_on_its_thread() {
     });
 }
 
+/// A unicast frame goes straight into the destination guest's buffers while it has some; when
+/// it runs out the rest wait in the port's inbox and arrive, in order, once it posts more.
+#[test]
+fn frames_go_guest_to_guest_and_wait_in_order_for_buffers() {
+    let dir = TempDir::new("hub-direct");
+    let (a_sock, b_sock, qmp_path) = (dir.path("a.sock"), dir.path("b.sock"), dir.path("qmp.sock"));
+    let mut cmd = Daemon::command(&[
+        "--netdev",
+        "hubport,id=h0,hubid=3",
+        "--netdev",
+        "hubport,id=h1,hubid=3",
+    ]);
+    cmd.arg("--port")
+        .arg(format!("id=a,socket-path={},netdev=h0", a_sock.display()))
+        .arg("--port")
+        .arg(format!("id=b,socket-path={},netdev=h1", b_sock.display()))
+        .arg("--qmp")
+        .arg(&qmp_path);
+    let _daemon = Daemon::start(cmd, 3);
+    let mut qmp = Qmp::connect(&qmp_path);
+    let mut a = TestFrontend::connect(&a_sock, 1, F_EVENT_IDX);
+    let mut b = TestFrontend::connect(&b_sock, 1, F_EVENT_IDX);
+    a.rings[0].post_buffers(&a.ram, 0, 16, BUF as u32, true);
+    a.kick(0);
+    // The hub learns where B is.
+    switch(&mut b, &mut a, 0, &frame(MAC_A, MAC_B, 1));
+    // B has two buffers for five frames.
+    b.rings[0].post_buffers(&b.ram, 0, 2, BUF as u32, true);
+    b.kick(0);
+    let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(MAC_B, MAC_A, 10 + i)).collect();
+    for (slot, f) in frames.iter().enumerate() {
+        a.send(0, slot as u16, f);
+        a.wait_used(1, 1);
+    }
+    let mut got = b.wait_used(0, 2);
+    assert_eq!(
+        hub_counter(&mut qmp, 1, "hub-direct"),
+        2,
+        "written straight in"
+    );
+    b.rings[0].post_buffers(&b.ram, 2, 3, BUF as u32, true);
+    b.kick(0);
+    got.extend(b.wait_used(0, 3));
+    for ((id, len), f) in got.iter().zip(&frames) {
+        assert_eq!(*len as usize, 12 + f.len());
+        let data = b
+            .ram
+            .read(b.rings[0].buffer_addr(*id as u16, BUF) + 12, f.len());
+        assert_eq!(&data, f, "frames arrive whole and in order");
+    }
+    assert_eq!(
+        hub_counter(&mut qmp, 1, "hub-direct"),
+        2,
+        "the rest were queued"
+    );
+    assert_eq!(hub_counter(&mut qmp, 1, "rx-dropped-inbox-full"), 0);
+}
+
 /// Runs the hub scenario on a daemon started with `extra` arguments, then hands the names of
 /// its threads, both frontends still connected, to `threads`.
 fn switch_and_swap(tag: &str, extra: &[&str], threads: impl FnOnce(&[String])) {

@@ -91,6 +91,36 @@ fn rx_waits_for_buffers_instead_of_dropping() {
     assert_eq!(used, vec![(0, sent.len() as u32)]);
 }
 
+/// Without EVENT_IDX the driver kicks after every refill unless `used.flags` says not to: while
+/// rx has buffers the device says not to, and asks again once the guest runs out.
+#[test]
+fn rx_kicks_are_asked_for_only_when_out_of_buffers() {
+    const NO_NOTIFY: u16 = 1;
+    let mut t = TestFrontend::new(1, F_MRG_RXBUF);
+    t.rings[0].post_buffers(&t.ram, 0, 2, 2048, true);
+    t.kick(0);
+    let mut sent = hdr();
+    sent.extend_from_slice(&frame(100, 1));
+    t.peer_send(0, &sent);
+    t.wait_used(0, 1);
+    assert_eq!(t.rings[0].used_flags(&t.ram) & NO_NOTIFY, NO_NOTIFY);
+    // The second frame takes the last buffer, the third finds none.
+    t.peer_send(0, &sent);
+    t.peer_send(0, &sent);
+    t.wait_used(0, 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.rings[0].used_flags(&t.ram) & NO_NOTIFY != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kicks never asked for again while the guest is out of buffers"
+        );
+        std::thread::yield_now();
+    }
+    t.rings[0].post_buffers(&t.ram, 2, 1, 2048, true);
+    t.kick(0);
+    assert_eq!(t.wait_used(0, 1).len(), 1, "the waiting frame arrives");
+}
+
 #[test]
 fn two_queue_pairs_are_independent() {
     let mut t = TestFrontend::new(2, F_MRG_RXBUF | F_EVENT_IDX);

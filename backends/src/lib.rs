@@ -154,11 +154,24 @@ pub(crate) fn copy_parts(parts: &[&[u8]], bufs: &mut [IoSliceMut<'_>]) -> usize 
     copied
 }
 
-/// Delivers what a queue's backend holds to its guest right now, on the calling thread, if the
-/// queue's worker is not busy; returns false (the caller then wakes the worker) if it is, or if
-/// the queue is gone.
+/// How an in-process backend (the hub) gets frames to a queue's guest on the sender's thread
+/// instead of waking the queue's worker.
 #[derive(Clone)]
-pub struct RxWaker(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+pub struct RxWaker {
+    /// Delivers what the queue's backend holds right now, if the queue's worker is not busy;
+    /// false (the caller then wakes the worker) if it is, or if the queue is gone.
+    pub wake: std::sync::Arc<WakeFn>,
+    /// Writes the given frames straight into the guest's buffers (one copy, sender's memory to
+    /// the guest's), if the worker is not busy and nothing older waits in the backend; returns
+    /// how many it took from the front (delivered, or dropped by the guest's filter). The caller
+    /// queues the rest.
+    pub deliver: std::sync::Arc<DeliverFn>,
+}
+
+/// [`RxWaker::wake`].
+pub type WakeFn = dyn Fn() -> bool + Send + Sync;
+/// [`RxWaker::deliver`]: frames as the sender's segments, each without a virtio-net header.
+pub type DeliverFn = dyn Fn(&[&[IoSlice<'_>]]) -> usize + Send + Sync;
 
 impl std::fmt::Debug for RxWaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

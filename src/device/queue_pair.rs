@@ -413,7 +413,13 @@ impl QueuePair {
                 }
             }
         }
-        // Used rings (entries, idx, notification fields) may have been written: log them.
+        self.finish_round();
+    }
+
+    /// After a round of work: logs the used rings while migrating (entries, idx and
+    /// notification fields may have been written), registers the backend events the pair can act
+    /// on now, and publishes its counts.
+    pub(super) fn finish_round(&mut self) {
         if let Some(log) = self.logging() {
             for ring in [&self.rx, &self.tx] {
                 if let Some((gpa, len)) = ring.used_ring_range() {
@@ -482,22 +488,38 @@ impl PairHandle {
         self.state.clone()
     }
 
-    /// Runs the pair's rx path on the caller's thread if its worker is not busy (an in-process
-    /// backend delivering without a wake-up); false if it is busy or the pair is gone.
+    /// Lets an in-process backend (the hub) run the pair's rx path, or hand it frames, on the
+    /// sender's thread when the pair's worker is not busy (the pair's lock is free).
     pub fn rx_waker(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> RxWaker {
-        let state = Arc::downgrade(&self.state);
-        RxWaker(Arc::new(move || {
-            let Some(state) = state.upgrade() else {
-                return false;
-            };
-            let Ok(mut pair) = state.try_lock() else {
-                return false;
-            };
-            let guard = mem.memory();
-            pair.map_rings(&guard);
-            pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
-            true
-        }))
+        let (state, deliver_state) = (Arc::downgrade(&self.state), Arc::downgrade(&self.state));
+        let deliver_mem = mem.clone();
+        RxWaker {
+            wake: Arc::new(move || {
+                let Some(state) = state.upgrade() else {
+                    return false;
+                };
+                let Ok(mut pair) = state.try_lock() else {
+                    return false;
+                };
+                let guard = mem.memory();
+                pair.map_rings(&guard);
+                pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
+                true
+            }),
+            deliver: Arc::new(move |frames| {
+                let Some(state) = deliver_state.upgrade() else {
+                    return 0;
+                };
+                let Ok(mut pair) = state.try_lock() else {
+                    return 0;
+                };
+                let guard = deliver_mem.memory();
+                pair.map_rings(&guard);
+                let taken = pair.deliver_frames(&guard, frames);
+                pair.finish_round();
+                taken
+            }),
+        }
     }
 
     /// Locks the pair's state.

@@ -5,13 +5,14 @@
 //! ring. Only when the guest has too little buffer space posted does a frame go through a bounce
 //! buffer, where it waits for more buffers instead of being lost.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 
 use vhost_user_netd_backends::MAX_FRAME_LEN;
 use vm_memory::GuestMemoryMmap;
 
 use super::guest_iov::{ChainError, Direction};
 use super::queue_pair::QueuePair;
+use super::vring::READ_AHEAD;
 
 /// Frames handled per wake-up before the worker looks at its other events.
 const RX_BATCH: usize = 256;
@@ -45,10 +46,13 @@ impl QueuePair {
         if !self.rx_deliverable() {
             return;
         }
+        // The guest's kicks after each refill are wasted work on both sides while it has
+        // buffers posted: they are asked for again only when it runs out.
+        self.rx.disable_notification(mem);
         let mut frames = 0;
         self.rx.read_ahead(mem, PREFETCH_CHAINS);
         while frames < RX_BATCH {
-            match self.rx_one(mem) {
+            match self.rx_one(mem, None) {
                 RxStep::Delivered => frames += 1,
                 RxStep::BackendEmpty | RxStep::RingError => break,
                 RxStep::NoBuffers => {
@@ -75,6 +79,41 @@ impl QueuePair {
             }
         }
         self.publish(mem, true);
+    }
+
+    /// Writes frames another port of the daemon hands over (the hub) straight into the guest's
+    /// buffers, if the pair can take them now: rx running, link up, and nothing older waiting
+    /// in its backend or bounce buffer (so frames stay in order). Returns how many it took from
+    /// the front; the caller queues the rest in the backend, whose wake-up then handles a guest
+    /// out of buffers as usual.
+    pub(super) fn deliver_frames(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        frames: &[&[IoSlice<'_>]],
+    ) -> usize {
+        if !self.rx_deliverable()
+            || !self.params.link_up
+            || self.params.backend_vnet_hdr
+            || self.rx_starved
+            || self.bounce_len > 0
+            || self.backend.as_ref().is_none_or(|b| b.pending_input())
+        {
+            return 0;
+        }
+        self.rx.disable_notification(mem);
+        self.rx.read_ahead(mem, frames.len().min(READ_AHEAD) as u16);
+        let mut taken = 0;
+        for frame in frames {
+            if !matches!(self.rx_one(mem, Some(frame)), RxStep::Delivered) {
+                break;
+            }
+            taken += 1;
+            if self.rx.unpublished() >= PUBLISH_EVERY {
+                self.publish(mem, true);
+            }
+        }
+        self.publish(mem, true);
+        taken
     }
 
     pub(super) fn ring_failed(&mut self, rx: bool, e: impl std::fmt::Display) {
@@ -159,23 +198,38 @@ impl QueuePair {
         }
     }
 
-    fn rx_one(&mut self, mem: &GuestMemoryMmap) -> RxStep {
-        let need = if self.bounce_len > 0 {
-            self.bounce_len
-        } else {
-            self.params.max_rx_frame
+    /// Delivers one frame: the backend's next, or `handed` (a frame without a virtio-net header
+    /// that another port of the daemon hands over; never through the bounce buffer).
+    fn rx_one(&mut self, mem: &GuestMemoryMmap, handed: Option<&[IoSlice<'_>]>) -> RxStep {
+        let hdr = self.params.hdr_len;
+        let need = match handed {
+            Some(frame) => hdr + frame.iter().map(|b| b.len()).sum::<usize>(),
+            None if self.bounce_len > 0 => self.bounce_len,
+            None => self.params.max_rx_frame,
         };
         let capacity = match self.gather_rx_buffers(mem, need) {
             Ok(c) => c,
             Err(step) => return step,
         };
         if capacity < need {
+            if handed.is_some() {
+                self.rx.rewind(self.heads.len() as u16);
+                return RxStep::NoBuffers;
+            }
             return self.rx_through_bounce(mem, capacity);
         }
-        let hdr = self.params.hdr_len;
         let vnet = self.params.backend_vnet_hdr;
         if !vnet {
             self.iov.split_front(hdr, &mut self.hdr_iov);
+        }
+        if let Some(frame) = handed {
+            let mut at = 0;
+            for part in frame {
+                self.iov.write_at(at, part);
+                at += part.len();
+            }
+            self.hdr_iov.write_at(0, &[0u8; 12][..hdr]);
+            return self.deliver_filled(mem, at + hdr, false);
         }
         let Some(backend) = self.backend.as_mut() else {
             return RxStep::BackendEmpty;
@@ -204,6 +258,14 @@ impl QueuePair {
                 return RxStep::BackendEmpty;
             }
         };
+        self.deliver_filled(mem, len, vnet)
+    }
+
+    /// Completes a frame of `len` bytes (header included) now in the gathered buffers, unless
+    /// the guest's filter refuses it. `vnet`: the header came from the backend (else it was
+    /// split off into `hdr_iov`).
+    fn deliver_filled(&mut self, mem: &GuestMemoryMmap, len: usize, vnet: bool) -> RxStep {
+        let hdr = self.params.hdr_len;
         if len < hdr {
             // A backend frame shorter than its own header: nothing to deliver.
             self.rx.rewind(self.heads.len() as u16);

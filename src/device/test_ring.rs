@@ -228,6 +228,12 @@ impl DriverRing {
         u16::from_le_bytes([b[0], b[1]])
     }
 
+    /// The device's `used.flags` (bit 0: `VRING_USED_F_NO_NOTIFY`, "do not kick me").
+    pub fn used_flags(&self, ram: &GuestRam) -> u16 {
+        let b = ram.read(self.used, 2);
+        u16::from_le_bytes([b[0], b[1]])
+    }
+
     pub fn used_idx(&self, ram: &GuestRam) -> u16 {
         let v: u16 = ram
             .mem

@@ -64,6 +64,8 @@ pub struct Vring {
     pub kick: Option<EventFd>,
     /// The frontend's call eventfd (device → guest interrupt).
     pub call: Option<EventFd>,
+    /// `VRING_USED_F_NO_NOTIFY` is set (without EVENT_IDX): no need to store it again.
+    kicks_off: bool,
     /// Host pointers to the ring's parts in the memory it was last used with.
     map: Option<RingMap>,
     /// `SET_VRING_ENABLE` state.
@@ -122,6 +124,7 @@ impl Vring {
         self.avail = GuestAddress(avail);
         self.used = GuestAddress(used);
         self.addresses_set = true;
+        self.kicks_off = false;
         self.map = None;
         self.ahead_len = 0;
         self.broken = false;
@@ -362,6 +365,7 @@ impl Vring {
     /// Asks the driver to kick us when it adds buffers. Returns true if buffers arrived
     /// meanwhile (the caller should process them rather than wait).
     pub fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> Result<bool, RingError> {
+        self.kicks_off = false;
         if self.event_idx {
             if !self.store_used(mem, 4 + 8 * u64::from(self.size), self.next_avail.0) {
                 return Err(RingError::BadAddress);
@@ -375,8 +379,8 @@ impl Vring {
 
     /// Tells the driver not to kick us (we are processing anyway).
     pub fn disable_notification(&mut self, mem: &GuestMemoryMmap) {
-        if !self.event_idx {
-            let _ = self.store_used(mem, 0, VRING_USED_F_NO_NOTIFY);
+        if !self.event_idx && !self.kicks_off {
+            self.kicks_off = self.store_used(mem, 0, VRING_USED_F_NO_NOTIFY);
         }
         // With EVENT_IDX the avail_event we wrote last time already stops kicks once passed.
     }

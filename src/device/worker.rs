@@ -24,6 +24,10 @@ use super::queue_pair::{PairEvent, QueuePair};
 
 /// Event data of the worker's own stop eventfd.
 const STOP: u64 = u64::MAX;
+/// Rounds of work on hot rings between two looks at the epoll.
+const EPOLL_EVERY: u32 = 8;
+/// Empty polling rounds between two yields of the core.
+const YIELD_EVERY: u32 = 4;
 /// Bits of the event data below the slot.
 const SLOT_SHIFT: u32 = 8;
 
@@ -201,6 +205,8 @@ fn run(shared: &Shared) {
     let budget = poll_budget();
     let mut poll_until: Option<Instant> = None;
     let mut hot: Vec<usize> = Vec::new();
+    let mut rounds_without_epoll = 0;
+    let mut idle_rounds: u32 = 0;
     loop {
         let polling = poll_until.is_some_and(|t| Instant::now() < t);
         if !polling && !hot.is_empty() {
@@ -217,6 +223,22 @@ fn run(shared: &Shared) {
                 continue;
             }
         }
+        // While polling, the hot rings are looked at directly and the epoll only every few
+        // rounds: each `epoll_wait` (like each yield) is a system call on the path of every
+        // frame in flight.
+        if polling && !hot.is_empty() && buffered.is_empty() && rounds_without_epoll < EPOLL_EVERY {
+            rounds_without_epoll += 1;
+            if poll_hot(shared, &hot, &mut touched) {
+                idle_rounds = 0;
+                poll_until = Some(Instant::now() + budget);
+                settle(shared, &touched, budget, &mut buffered, &mut hot);
+            } else {
+                idle_rounds += 1;
+                pause(idle_rounds);
+            }
+            continue;
+        }
+        rounds_without_epoll = 0;
         let timeout = if !buffered.is_empty() || polling {
             0
         } else {
@@ -231,17 +253,13 @@ fn run(shared: &Shared) {
             }
         };
         if n == 0 && buffered.is_empty() {
-            touched.clear();
-            for &index in &hot {
-                if with_pair(shared, index, |pair, mem| pair.poll_rings(mem)).unwrap_or(false) {
-                    touched.push(index);
-                }
-            }
-            if touched.is_empty() {
-                std::thread::yield_now();
-            } else {
+            if poll_hot(shared, &hot, &mut touched) {
+                idle_rounds = 0;
                 poll_until = Some(Instant::now() + budget);
                 settle(shared, &touched, budget, &mut buffered, &mut hot);
+            } else {
+                idle_rounds += 1;
+                pause(idle_rounds);
             }
             continue;
         }
@@ -281,6 +299,29 @@ fn run(shared: &Shared) {
             touched.push(index);
         }
         settle(shared, &touched, budget, &mut buffered, &mut hot);
+    }
+}
+
+/// Takes what the guest queued on the hot pairs' rings; `touched` gets the pairs that had some.
+fn poll_hot(shared: &Shared, hot: &[usize], touched: &mut Vec<usize>) -> bool {
+    touched.clear();
+    for &index in hot {
+        if with_pair(shared, index, |pair, mem| pair.poll_rings(mem)).unwrap_or(false) {
+            touched.push(index);
+        }
+    }
+    !touched.is_empty()
+}
+
+/// A polling round found nothing: pause briefly before looking again, and give the core away
+/// only every few rounds (a yield is a system call, and usually nothing else wants the core).
+fn pause(idle_rounds: u32) {
+    if idle_rounds % YIELD_EVERY == 0 {
+        std::thread::yield_now();
+    } else {
+        for _ in 0..16 {
+            std::hint::spin_loop();
+        }
     }
 }
 

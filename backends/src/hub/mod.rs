@@ -3,11 +3,12 @@
 //!
 //! A hub learns which port each source MAC sits behind; a unicast frame to a known MAC goes to
 //! that port only, broadcast, multicast and unknown unicast to every other port (QEMU's hub
-//! floods everything). Each port has an inbox: a bounded queue of reused buffers and an eventfd
-//! that is its queue's descriptor. A sender copies a frame out of its guest's memory into each
-//! destination inbox and signals the inbox once per batch; the destination's worker copies it into
-//! its guest's memory. A full inbox drops the frame and counts it: a slow guest cannot stall the
-//! others.
+//! floods everything). A unicast frame goes guest memory to guest memory: the sender writes it
+//! straight into the destination guest's rx buffers (one copy) when that port's worker is idle
+//! and nothing older waits for it. Otherwise, and for flooded frames, it goes through the port's
+//! inbox: a bounded queue of reused buffers and an eventfd that is its queue's descriptor,
+//! signalled once per batch; the destination's worker copies the frames into its guest's memory.
+//! A full inbox drops the frame and counts it: a slow guest cannot stall the others.
 
 pub mod options;
 
@@ -90,12 +91,18 @@ impl Inbox {
         true
     }
 
+    /// Writes `frames` straight into the port's guest if it can take them now; how many it took.
+    fn deliver_direct(&self, frames: &[&[IoSlice<'_>]]) -> usize {
+        let waker = lock(&self.waker).clone();
+        waker.map_or(0, |w| (w.deliver)(frames))
+    }
+
     /// Gets the frames to the guest: delivered right here if the port's worker is idle, else the
     /// worker is woken. Frames the guest could not take yet leave the inbox readable.
     fn deliver(&self) {
         let waker = lock(&self.waker).clone();
         if let Some(w) = waker {
-            if (w.0)() && lock(&self.frames).queued.is_empty() {
+            if (w.wake)() && lock(&self.frames).queued.is_empty() {
                 return;
             }
         }
@@ -148,6 +155,8 @@ pub struct Hub {
     unicast: AtomicU64,
     /// Frames that went to every other port.
     flooded: AtomicU64,
+    /// Unicast frames written straight into the destination guest's buffers (not queued).
+    direct: AtomicU64,
 }
 
 impl Hub {
@@ -162,6 +171,7 @@ impl Hub {
             state: Mutex::new(HubState::default()),
             unicast: AtomicU64::new(0),
             flooded: AtomicU64::new(0),
+            direct: AtomicU64::new(0),
         });
         all.retain(|_, h| h.strong_count() > 0);
         all.insert(id, Arc::downgrade(&hub));
@@ -182,26 +192,63 @@ impl Hub {
         s.macs.retain(|_, k| *k != key);
     }
 
-    /// Forwards a batch of frames from port `from`. Every destination gets them delivered once,
-    /// after the hub's lock is released (delivery may run the destination's rx path).
-    /// `targets` is the caller's scratch (kept across batches: no allocation per batch).
-    fn forward(&self, from: u64, frames: &[&[IoSlice<'_>]], targets: &mut Vec<Arc<Inbox>>) {
-        targets.clear();
-        self.switch(from, frames, targets);
-        for inbox in targets.drain(..) {
-            inbox.deliver();
+    /// Forwards a batch of frames from port `from`. A run of frames to one port is written
+    /// straight into that port's guest when it can take them now (one copy); what it cannot take
+    /// is queued in its inbox (after the hub's lock is released: delivery runs the destination's
+    /// rx path). `scratch` is the caller's, kept across batches: no allocation per batch.
+    fn forward(&self, from: u64, frames: &[&[IoSlice<'_>]], scratch: &mut Forwarding) {
+        scratch.routes.clear();
+        scratch.ports.clear();
+        self.route(from, frames, scratch);
+        let mut signal: u64 = 0; // bit i: port i got something queued (beyond 64 ports: all)
+        let mut i = 0;
+        while i < frames.len() {
+            match scratch.routes[i] {
+                Route::Nowhere => i += 1,
+                Route::Flood => {
+                    for (p, (key, inbox)) in scratch.ports.iter().enumerate() {
+                        if *key != from && inbox.push(frames[i]) {
+                            signal |= 1 << p.min(63);
+                        }
+                    }
+                    i += 1;
+                }
+                Route::To(p) => {
+                    let end = i + scratch.routes[i..]
+                        .iter()
+                        .take_while(|r| **r == Route::To(p))
+                        .count();
+                    let inbox = &scratch.ports[p].1;
+                    let direct = inbox.deliver_direct(&frames[i..end]);
+                    self.direct.fetch_add(direct as u64, Ordering::Relaxed);
+                    if direct < end - i {
+                        let mut queue = lock(&inbox.frames);
+                        for frame in &frames[i + direct..end] {
+                            if inbox.push_locked(&mut queue, frame) {
+                                signal |= 1 << p.min(63);
+                            }
+                        }
+                    }
+                    i = end;
+                }
+            }
+        }
+        for (p, (_, inbox)) in scratch.ports.iter().enumerate() {
+            if signal & (1 << p.min(63)) != 0 {
+                inbox.deliver();
+            }
         }
     }
 
-    /// Queues each frame in its destination inboxes; collects the inboxes that got frames.
-    fn switch(&self, from: u64, frames: &[&[IoSlice<'_>]], targets: &mut Vec<Arc<Inbox>>) {
+    /// Learns the frames' source MACs and decides where each goes; `scratch.ports` gets the
+    /// hub's ports (the routes index it).
+    fn route(&self, from: u64, frames: &[&[IoSlice<'_>]], scratch: &mut Forwarding) {
         let mut s = lock(&self.state);
         let HubState { members, macs, .. } = &mut *s;
-        let mut signal: u64 = 0; // bit i: member i got something (hubs beyond 64 ports: all)
+        scratch
+            .ports
+            .extend(members.iter().map(|m| (m.key, m.inbox.clone())));
         let (mut unicast, mut flooded) = (0, 0);
-        // The inbox of the last unicast frame, kept locked while the frames after it go there too
-        // (one lock per run of frames, not per frame).
-        let mut held: Option<(usize, MutexGuard<'_, InboxFrames>)> = None;
         for frame in frames {
             let mut header = [0u8; 12];
             crate::copy_prefix(frame, &mut header);
@@ -214,43 +261,43 @@ impl Hub {
                 macs.insert(src, from);
             }
             let target = (dst[0] & 1 == 0).then(|| macs.get(&dst).copied()).flatten();
-            match target {
-                Some(key) if key == from => {} // behind the sender itself: nothing to do
-                Some(key) => {
-                    let Some(i) = members.iter().position(|m| m.key == key) else {
-                        continue;
-                    };
-                    let inbox = &members[i].inbox;
-                    if held.as_ref().is_none_or(|(h, _)| *h != i) {
-                        held = Some((i, lock(&inbox.frames)));
+            let route = match target {
+                Some(key) if key == from => Route::Nowhere, // behind the sender itself
+                Some(key) => match members.iter().position(|m| m.key == key) {
+                    Some(p) => {
+                        unicast += 1;
+                        Route::To(p)
                     }
-                    if let Some((_, frames)) = held.as_mut() {
-                        if inbox.push_locked(frames, frame) {
-                            signal |= 1 << i.min(63);
-                        }
-                    }
-                    unicast += 1;
-                }
+                    None => Route::Nowhere,
+                },
                 None => {
-                    held = None;
-                    for (i, m) in members.iter().enumerate() {
-                        if m.key != from && m.inbox.push(frame) {
-                            signal |= 1 << i.min(63);
-                        }
-                    }
                     flooded += 1;
+                    Route::Flood
                 }
-            }
+            };
+            scratch.routes.push(route);
         }
-        drop(held);
         self.unicast.fetch_add(unicast, Ordering::Relaxed);
         self.flooded.fetch_add(flooded, Ordering::Relaxed);
-        for (i, m) in members.iter().enumerate() {
-            if signal & (1 << i.min(63)) != 0 {
-                targets.push(m.inbox.clone());
-            }
-        }
     }
+}
+
+/// Where one frame of a batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Nowhere (its destination is behind the sender).
+    Nowhere,
+    /// To port `.0` of the batch's port list only.
+    To(usize),
+    /// To every port but the sender.
+    Flood,
+}
+
+/// A sender's reusable scratch for [`Hub::forward`].
+#[derive(Debug, Default)]
+struct Forwarding {
+    routes: Vec<Route>,
+    ports: Vec<(u64, Arc<Inbox>)>,
 }
 
 /// A `hubport` netdev: one port of hub `hubid`.
@@ -288,7 +335,7 @@ impl Backend for HubPortBackend {
             hub: self.hub.clone(),
             key: self.key,
             inbox: self.inbox.clone(),
-            targets: Vec::new(),
+            scratch: Forwarding::default(),
             taken: InboxFrames::default(),
         }))
     }
@@ -307,6 +354,7 @@ impl Backend for HubPortBackend {
             ("hub-macs-learned", macs),
             ("hub-unicast", self.hub.unicast.load(Ordering::Relaxed)),
             ("hub-flooded", self.hub.flooded.load(Ordering::Relaxed)),
+            ("hub-direct", self.hub.direct.load(Ordering::Relaxed)),
             (
                 "rx-dropped-inbox-full",
                 self.inbox.dropped_full.load(Ordering::Relaxed),
@@ -321,8 +369,8 @@ pub struct HubQueue {
     hub: Arc<Hub>,
     key: u64,
     inbox: Arc<Inbox>,
-    /// The inboxes a batch went to (reused).
-    targets: Vec<Arc<Inbox>>,
+    /// Scratch for forwarding a batch (reused).
+    scratch: Forwarding,
     /// Frames taken from the inbox in one go (one lock per batch, not per frame), and the
     /// buffers they leave, handed back to the inbox's spares at the next take.
     taken: InboxFrames,
@@ -372,12 +420,12 @@ impl BackendQueue for HubQueue {
     }
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.hub.forward(self.key, &[bufs], &mut self.targets);
+        self.hub.forward(self.key, &[bufs], &mut self.scratch);
         Ok(bufs.iter().map(|b| b.len()).sum())
     }
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
-        self.hub.forward(self.key, frames, &mut self.targets);
+        self.hub.forward(self.key, frames, &mut self.scratch);
         Ok(frames.len())
     }
 
