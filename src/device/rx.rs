@@ -94,7 +94,6 @@ impl QueuePair {
         if !self.rx_deliverable()
             || !self.params.link_up
             || self.params.backend_vnet_hdr
-            || self.rx_starved
             || self.bounce_len > 0
             || self.backend.as_ref().is_none_or(|b| b.pending_input())
         {
@@ -108,6 +107,8 @@ impl QueuePair {
                 break;
             }
             taken += 1;
+            // The guest had buffers after all (its kick may still be on its way).
+            self.rx_starved = false;
             if self.rx.unpublished() >= PUBLISH_EVERY {
                 self.publish(mem, true);
             }
