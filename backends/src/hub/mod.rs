@@ -249,9 +249,22 @@ impl Hub {
             .ports
             .extend(members.iter().map(|m| (m.key, m.inbox.clone())));
         let (mut unicast, mut flooded) = (0, 0);
+        // The last frame's addresses and route: a batch is mostly one flow, so most frames skip
+        // both table lookups. (Within a batch learning only adds sources behind `from`, which
+        // changes no earlier route.)
+        let mut last: Option<([u8; 12], Route)> = None;
         for frame in frames {
             let mut header = [0u8; 12];
             crate::copy_prefix(frame, &mut header);
+            if let Some((_, route)) = last.filter(|(h, _)| *h == header) {
+                match route {
+                    Route::To(_) => unicast += 1,
+                    Route::Flood => flooded += 1,
+                    Route::Nowhere => {}
+                }
+                scratch.routes.push(route);
+                continue;
+            }
             let dst: [u8; 6] = header[..6].try_into().unwrap_or_default();
             let src: [u8; 6] = header[6..12].try_into().unwrap_or_default();
             if src[0] & 1 == 0 && macs.get(&src) != Some(&from) {
@@ -276,6 +289,7 @@ impl Hub {
                 }
             };
             scratch.routes.push(route);
+            last = Some((header, route));
         }
         self.unicast.fetch_add(unicast, Ordering::Relaxed);
         self.flooded.fetch_add(flooded, Ordering::Relaxed);
