@@ -27,7 +27,7 @@ const STOP: u64 = u64::MAX;
 /// Rounds of work on hot rings between two looks at the epoll.
 const EPOLL_EVERY: u32 = 8;
 /// Empty polling rounds between two yields of the core.
-const YIELD_EVERY: u32 = 4;
+const YIELD_EVERY: u32 = 8;
 /// Bits of the event data below the slot.
 const SLOT_SHIFT: u32 = 8;
 
@@ -313,15 +313,17 @@ fn poll_hot(shared: &Shared, hot: &[usize], touched: &mut Vec<usize>) -> bool {
     !touched.is_empty()
 }
 
-/// A polling round found nothing: pause briefly before looking again, and give the core away
-/// only every few rounds (a yield is a system call, and usually nothing else wants the core).
+/// A polling round found nothing: pause before looking again, longer the longer nothing came
+/// (16 pauses, doubling up to 256: each look reads cache lines the guest's core is writing, so
+/// looking too often slows the guest down), and give the core away every few rounds (a yield
+/// is a system call, and usually nothing else wants the core).
 fn pause(idle_rounds: u32) {
     if idle_rounds % YIELD_EVERY == 0 {
         std::thread::yield_now();
-    } else {
-        for _ in 0..16 {
-            std::hint::spin_loop();
-        }
+        return;
+    }
+    for _ in 0..16u32 << idle_rounds.saturating_sub(1).min(4) {
+        std::hint::spin_loop();
     }
 }
 
