@@ -3,12 +3,12 @@
 //!
 //! A hub learns which port each source MAC sits behind; a unicast frame to a known MAC goes to
 //! that port only, broadcast, multicast and unknown unicast to every other port (QEMU's hub
-//! floods everything). A unicast frame goes guest memory to guest memory: the sender writes it
-//! straight into the destination guest's rx buffers (one copy) when that port's worker is idle
-//! and nothing older waits for it. Otherwise, and for flooded frames, it goes through the port's
-//! inbox: a bounded queue of reused buffers and an eventfd that is its queue's descriptor,
-//! signalled once per batch; the destination's worker copies the frames into its guest's memory.
-//! A full inbox drops the frame and counts it: a slow guest cannot stall the others.
+//! floods everything). Frames go guest memory to guest memory: the sender writes each straight
+//! into a destination guest's rx buffers (one copy) when that port's worker is idle and nothing
+//! older waits for it. Otherwise it goes through the port's inbox: a bounded queue of reused
+//! buffers and an eventfd that is its queue's descriptor, signalled once per batch; the
+//! destination's worker copies the frames into its guest's memory. A full inbox drops the frame
+//! and counts it: a slow guest cannot stall the others.
 
 pub mod options;
 
@@ -70,13 +70,8 @@ impl Inbox {
         })
     }
 
-    /// Queues a copy of the frame in `bufs`; false if the inbox is full.
-    fn push(&self, bufs: &[IoSlice<'_>]) -> bool {
-        self.push_locked(&mut lock(&self.frames), bufs)
-    }
-
-    /// [`Self::push`] with the inbox already locked (a sender keeps it locked across a run of
-    /// frames to the same port).
+    /// Queues a copy of the frame in `bufs` (the caller holds the inbox's lock, across a run of
+    /// frames to this port); false if the inbox is full.
     fn push_locked(&self, f: &mut InboxFrames, bufs: &[IoSlice<'_>]) -> bool {
         if f.queued.len() >= INBOX_FRAMES {
             self.dropped_full.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +150,8 @@ pub struct Hub {
     unicast: AtomicU64,
     /// Frames that went to every other port.
     flooded: AtomicU64,
-    /// Unicast frames written straight into the destination guest's buffers (not queued).
+    /// Frames written straight into a destination guest's buffers, not queued (a flooded frame
+    /// counts once per port it reached that way).
     direct: AtomicU64,
 }
 
@@ -203,41 +199,49 @@ impl Hub {
         let mut signal: u64 = 0; // bit i: port i got something queued (beyond 64 ports: all)
         let mut i = 0;
         while i < frames.len() {
-            match scratch.routes[i] {
-                Route::Nowhere => i += 1,
+            let route = scratch.routes[i];
+            let end = i + scratch.routes[i..]
+                .iter()
+                .take_while(|r| **r == route)
+                .count();
+            let run = &frames[i..end];
+            match route {
+                Route::Nowhere => {}
+                Route::To(p) => signal |= self.hand_over(&scratch.ports[p].1, run) << p.min(63),
                 Route::Flood => {
                     for (p, (key, inbox)) in scratch.ports.iter().enumerate() {
-                        if *key != from && inbox.push(frames[i]) {
-                            signal |= 1 << p.min(63);
+                        if *key != from {
+                            signal |= self.hand_over(inbox, run) << p.min(63);
                         }
                     }
-                    i += 1;
-                }
-                Route::To(p) => {
-                    let end = i + scratch.routes[i..]
-                        .iter()
-                        .take_while(|r| **r == Route::To(p))
-                        .count();
-                    let inbox = &scratch.ports[p].1;
-                    let direct = inbox.deliver_direct(&frames[i..end]);
-                    self.direct.fetch_add(direct as u64, Ordering::Relaxed);
-                    if direct < end - i {
-                        let mut queue = lock(&inbox.frames);
-                        for frame in &frames[i + direct..end] {
-                            if inbox.push_locked(&mut queue, frame) {
-                                signal |= 1 << p.min(63);
-                            }
-                        }
-                    }
-                    i = end;
                 }
             }
+            i = end;
         }
         for (p, (_, inbox)) in scratch.ports.iter().enumerate() {
             if signal & (1 << p.min(63)) != 0 {
                 inbox.deliver();
             }
         }
+    }
+
+    /// Gets a run of frames to one port: written straight into its guest as far as it can take
+    /// them now, the rest queued in its inbox. Returns 1 if something was queued (the inbox must
+    /// then be signalled), else 0.
+    fn hand_over(&self, inbox: &Inbox, run: &[&[IoSlice<'_>]]) -> u64 {
+        let direct = inbox.deliver_direct(run);
+        self.direct.fetch_add(direct as u64, Ordering::Relaxed);
+        if direct == run.len() {
+            return 0;
+        }
+        let mut queue = lock(&inbox.frames);
+        let mut queued = 0;
+        for frame in &run[direct..] {
+            if inbox.push_locked(&mut queue, frame) {
+                queued = 1;
+            }
+        }
+        queued
     }
 
     /// Learns the frames' source MACs and decides where each goes; `scratch.ports` gets the
