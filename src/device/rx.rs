@@ -219,18 +219,26 @@ impl QueuePair {
             }
             return self.rx_through_bounce(mem, capacity);
         }
-        let vnet = self.params.backend_vnet_hdr;
-        if !vnet {
-            self.iov.split_front(hdr, &mut self.hdr_iov);
-        }
         if let Some(frame) = handed {
-            let mut at = 0;
+            // The header, then the frame, straight into the buffers. The frame fills every
+            // chain gathered for it (gathering stopped once they held it), so `num_buffers` is
+            // known now.
+            let mut header = [0u8; 12];
+            if self.params.mrg_rxbuf {
+                header[NUM_BUFFERS_OFFSET..]
+                    .copy_from_slice(&(self.heads.len() as u16).to_le_bytes());
+            }
+            self.iov.write_at(0, &header[..hdr]);
+            let mut at = hdr;
             for part in frame {
                 self.iov.write_at(at, part);
                 at += part.len();
             }
-            self.hdr_iov.write_at(0, &[0u8; 12][..hdr]);
-            return self.deliver_filled(mem, at + hdr, false);
+            return self.deliver_filled(mem, at, true);
+        }
+        let vnet = self.params.backend_vnet_hdr;
+        if !vnet {
+            self.iov.split_front(hdr, &mut self.hdr_iov);
         }
         let Some(backend) = self.backend.as_mut() else {
             return RxStep::BackendEmpty;
@@ -263,8 +271,8 @@ impl QueuePair {
     }
 
     /// Completes a frame of `len` bytes (header included) now in the gathered buffers, unless
-    /// the guest's filter refuses it. `vnet`: the header came from the backend (else it was
-    /// split off into `hdr_iov`).
+    /// the guest's filter refuses it. `vnet`: the header is in the buffers too (from the backend,
+    /// or written there), else it was split off into `hdr_iov`.
     fn deliver_filled(&mut self, mem: &GuestMemoryMmap, len: usize, vnet: bool) -> RxStep {
         let hdr = self.params.hdr_len;
         if len < hdr {
