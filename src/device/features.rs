@@ -28,6 +28,7 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 
 /// Size of `struct virtio_net_hdr` without `num_buffers`.
 pub const LEGACY_HDR_LEN: usize = 10;
@@ -38,6 +39,10 @@ pub const HDR_LEN: usize = 12;
 /// carry them, MQ only with several queue pairs, MAC/MTU only when configured.
 pub fn offered(caps: &Capabilities, queue_pairs: u16, has_mac: bool, has_mtu: bool) -> u64 {
     let mut f = VIRTIO_F_VERSION_1
+        // Every ring's buffers are used in the order they were made available (chains a frame
+        // did not need go back and are taken first next time), so a driver may rely on it
+        // (DPDK's virtio PMD then reclaims without looking buffers up by id).
+        | VIRTIO_F_IN_ORDER
         | VIRTIO_NET_F_MRG_RXBUF
         | VIRTIO_RING_F_EVENT_IDX
         | VIRTIO_RING_F_INDIRECT_DESC
@@ -132,6 +137,7 @@ mod tests {
             0
         );
         assert_ne!(f & VIRTIO_F_VERSION_1, 0);
+        assert_ne!(f & VIRTIO_F_IN_ORDER, 0);
         caps.vnet_hdr = true;
         let f = offered(&caps, 2, true, true);
         for bit in [

@@ -312,6 +312,7 @@ impl Handler {
             FrontendReq::GET_FEATURES => Ok(u64_reply(dev.offered_features())),
             FrontendReq::SET_FEATURES => {
                 let v = parse::<VhostUserU64>(p)?.value;
+                debug!("features acked by the frontend: {v:#x}");
                 dev.set_features(v)?;
                 self.features_set = true;
                 for i in 0..self.enable_requested.len() {
