@@ -55,6 +55,44 @@ fn thread_names(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// A daemon with ports `a` and `b` on hub ports `h0` and `h1` of hub 0, and a QMP socket.
+struct Hub {
+    daemon: Daemon,
+    a_sock: std::path::PathBuf,
+    b_sock: std::path::PathBuf,
+    qmp_path: std::path::PathBuf,
+}
+
+impl Hub {
+    fn start(dir: &TempDir, extra: &[&str]) -> Hub {
+        let (a_sock, b_sock, qmp_path) =
+            (dir.path("a.sock"), dir.path("b.sock"), dir.path("qmp.sock"));
+        let mut cmd = Daemon::command(&[
+            "--netdev",
+            "hubport,id=h0,hubid=0",
+            "--netdev",
+            "hubport,id=h1,hubid=0",
+        ]);
+        cmd.arg("--port")
+            .arg(format!("id=a,socket-path={},netdev=h0", a_sock.display()))
+            .arg("--port")
+            .arg(format!("id=b,socket-path={},netdev=h1", b_sock.display()))
+            .arg("--qmp")
+            .arg(&qmp_path)
+            .args(extra);
+        Hub {
+            daemon: Daemon::start(cmd, 3),
+            a_sock,
+            b_sock,
+            qmp_path,
+        }
+    }
+
+    fn qmp(&self) -> Qmp {
+        Qmp::connect(&self.qmp_path)
+    }
+}
+
 #[test]
 fn two_ports_on_a_hub_switch_frames_and_survive_a_hot_swap() {
     switch_and_swap("hub", &[], |names| {
@@ -80,24 +118,10 @@ fn ports_on_one_shared_worker_switch_frames_on_its_thread() {
 #[test]
 fn frames_go_guest_to_guest_and_wait_in_order_for_buffers() {
     let dir = TempDir::new("hub-direct");
-    let (a_sock, b_sock, qmp_path) = (dir.path("a.sock"), dir.path("b.sock"), dir.path("qmp.sock"));
-    let mut cmd = Daemon::command(&[
-        "--netdev",
-        "hubport,id=h0,hubid=3",
-        "--netdev",
-        "hubport,id=h1,hubid=3",
-    ]);
-    cmd.arg("--port")
-        .arg(format!("id=a,socket-path={},netdev=h0", a_sock.display()))
-        .arg("--port")
-        .arg(format!("id=b,socket-path={},netdev=h1", b_sock.display()))
-        .arg("--qmp")
-        .arg(&qmp_path)
-        // Both pairs on one worker: while it sends A's frames, B's pair is never busy, so
-        // whether a frame goes straight in depends only on B's buffers.
-        .args(["--workers", "1"]);
-    let _daemon = Daemon::start(cmd, 3);
-    let mut qmp = Qmp::connect(&qmp_path);
+    // Both pairs on one worker: while it sends A's frames, B's pair is never busy, so whether a
+    // frame goes straight in depends only on B's buffers.
+    let hub = Hub::start(&dir, &["--workers", "1"]);
+    let (a_sock, b_sock, mut qmp) = (hub.a_sock.clone(), hub.b_sock.clone(), hub.qmp());
     let mut a = TestFrontend::connect(&a_sock, 1, F_EVENT_IDX);
     let mut b = TestFrontend::connect(&b_sock, 1, F_EVENT_IDX);
     a.rings[0].post_buffers(&a.ram, 0, 16, BUF as u32, true);
@@ -143,22 +167,8 @@ fn frames_go_guest_to_guest_and_wait_in_order_for_buffers() {
 /// its threads, both frontends still connected, to `threads`.
 fn switch_and_swap(tag: &str, extra: &[&str], threads: impl FnOnce(&[String])) {
     let dir = TempDir::new(tag);
-    let (a_sock, b_sock, qmp_path) = (dir.path("a.sock"), dir.path("b.sock"), dir.path("qmp.sock"));
-    let mut cmd = Daemon::command(&[
-        "--netdev",
-        "hubport,id=h0,hubid=0",
-        "--netdev",
-        "hubport,id=h1,hubid=0",
-    ]);
-    cmd.arg("--port")
-        .arg(format!("id=a,socket-path={},netdev=h0", a_sock.display()))
-        .arg("--port")
-        .arg(format!("id=b,socket-path={},netdev=h1", b_sock.display()))
-        .arg("--qmp")
-        .arg(&qmp_path)
-        .args(extra);
-    let daemon = Daemon::start(cmd, 3);
-    let mut qmp = Qmp::connect(&qmp_path);
+    let hub = Hub::start(&dir, extra);
+    let (a_sock, b_sock, mut qmp) = (hub.a_sock.clone(), hub.b_sock.clone(), hub.qmp());
     let mut a = TestFrontend::connect(&a_sock, 1, F_EVENT_IDX);
     let mut b = TestFrontend::connect(&b_sock, 1, F_EVENT_IDX);
     for t in [&mut a, &mut b] {
@@ -198,5 +208,5 @@ fn switch_and_swap(tag: &str, extra: &[&str], threads: impl FnOnce(&[String])) {
         .execute("netdev_add", json!({"type": "hubport", "id": "h2"}))
         .unwrap_err();
     assert_eq!(err["desc"], "Parameter 'hubid' is missing");
-    threads(&thread_names(daemon.child.id()));
+    threads(&thread_names(hub.daemon.child.id()));
 }

@@ -183,18 +183,23 @@ mod tests {
     use crate::device::test_ring::GuestRam;
     use vm_memory::Bytes;
 
-    #[test]
-    fn reads_and_writes_land_where_vm_memory_puts_them() {
-        let ram = GuestRam::new();
-        let mem = Arc::new(ram.mem.clone());
-        let map = RingMap::new(
+    /// An 8-entry ring: table at 0x1000, avail at 0x2000, used at 0x3000.
+    fn ring_at_0x1000(mem: &Arc<GuestMemoryMmap>) -> RingMap {
+        RingMap::new(
             mem.clone(),
             8,
             GuestAddress(0x1000),
             GuestAddress(0x2000),
             GuestAddress(0x3000),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn reads_and_writes_land_where_vm_memory_puts_them() {
+        let ram = GuestRam::new();
+        let mem = Arc::new(ram.mem.clone());
+        let map = ring_at_0x1000(&mem);
         assert!(map.is_for(&mem));
         assert!(!map.is_for(&ram.mem.clone()));
         mem.write_obj(0x1234u16.to_le(), GuestAddress(0x2002))
@@ -214,14 +219,7 @@ mod tests {
     fn accesses_outside_a_part_are_refused() {
         let ram = GuestRam::new();
         let mem = Arc::new(ram.mem.clone());
-        let map = RingMap::new(
-            mem,
-            8,
-            GuestAddress(0x1000),
-            GuestAddress(0x2000),
-            GuestAddress(0x3000),
-        )
-        .unwrap();
+        let map = ring_at_0x1000(&mem);
         assert_eq!(map.desc(8), None);
         assert_eq!(map.avail_u16(6 + 16), None);
         assert_eq!(map.avail_u16(1), None, "misaligned");
@@ -233,14 +231,7 @@ mod tests {
     fn buffers_translate_as_vm_memory_does_and_only_inside_memory() {
         let ram = GuestRam::new();
         let mem = Arc::new(ram.mem.clone());
-        let map = RingMap::new(
-            mem.clone(),
-            8,
-            GuestAddress(0x1000),
-            GuestAddress(0x2000),
-            GuestAddress(0x3000),
-        )
-        .unwrap();
+        let map = ring_at_0x1000(&mem);
         for addr in [0x5000, 0x5100, 0] {
             assert_eq!(
                 map.buffer(addr, 100),

@@ -226,30 +226,25 @@ fn run(shared: &Shared) {
         // While polling, the hot rings are looked at directly and the epoll only every few
         // rounds: each `epoll_wait` (like each yield) is a system call on the path of every
         // frame in flight.
-        if polling && !hot.is_empty() && buffered.is_empty() && rounds_without_epoll < EPOLL_EVERY {
+        let skip_epoll =
+            polling && !hot.is_empty() && buffered.is_empty() && rounds_without_epoll < EPOLL_EVERY;
+        let n = if skip_epoll {
             rounds_without_epoll += 1;
-            if poll_hot(shared, &hot, &mut touched) {
-                idle_rounds = 0;
-                poll_until = Some(Instant::now() + budget);
-                settle(shared, &touched, budget, &mut buffered, &mut hot);
-            } else {
-                idle_rounds += 1;
-                pause(idle_rounds);
-            }
-            continue;
-        }
-        rounds_without_epoll = 0;
-        let timeout = if !buffered.is_empty() || polling {
             0
         } else {
-            -1
-        };
-        let n = match shared.epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                error!("epoll_wait: {e}");
-                return;
+            rounds_without_epoll = 0;
+            let timeout = if !buffered.is_empty() || polling {
+                0
+            } else {
+                -1
+            };
+            match shared.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error!("epoll_wait: {e}");
+                    return;
+                }
             }
         };
         if n == 0 && buffered.is_empty() {
