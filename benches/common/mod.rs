@@ -50,6 +50,42 @@ pub fn cpu_seconds(stat_path: &str) -> f64 {
     (f(11) + f(12)) as f64 / 100.0
 }
 
+/// The machine's CPU time stolen by the hypervisor and its total CPU time, in ticks (the `cpu`
+/// line of /proc/stat).
+fn steal_and_total() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (ticks.get(7).copied().unwrap_or(0), ticks.iter().sum())
+}
+
+/// How much of the machine's CPU time the host took while a section ran: on a shared VM a
+/// section that ran while the host was busy shows it here instead of only in odd figures.
+pub struct StealMeter((u64, u64));
+
+impl StealMeter {
+    pub fn start() -> Self {
+        StealMeter(steal_and_total())
+    }
+
+    /// Prints the share of the time since `start` that was stolen.
+    pub fn report(&self) {
+        let (steal, total) = steal_and_total();
+        let (steal, total) = (steal - self.0 .0, (total - self.0 .1).max(1));
+        println!(
+            "    host steal during this section: {:.1}% of the machine's CPU time",
+            steal as f64 * 100.0 / total as f64
+        );
+    }
+}
+
 /// CPU time of process `pid` in seconds.
 pub fn process_cpu_seconds(pid: u32) -> f64 {
     cpu_seconds(&format!("/proc/{pid}/stat"))

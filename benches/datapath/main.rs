@@ -45,7 +45,7 @@ mod raw_tap;
 mod report;
 mod tap_rate;
 
-use common::runs_and_window;
+use common::{runs_and_window, StealMeter};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
 
@@ -58,20 +58,19 @@ fn main() {
     let (runs, window) = runs_and_window(3, 4.0);
     let scratch = std::env::temp_dir().join(format!("vunetd-bench-dp-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
-    if wanted("hub") {
-        hub_loop::run(runs, window, &scratch.join("hub"));
-    }
-    if wanted("tap") {
-        tap_rate::run(runs, window, &scratch);
-    }
-    if wanted("gso") {
-        gso::run(runs, window, &scratch);
-    }
-    if wanted("mq") {
-        tap_rate::run_multiqueue(runs, window, &scratch);
-    }
-    if wanted("idle") {
-        gso::run_idle(window, &scratch);
+    let sections: [(&str, &dyn Fn()); 5] = [
+        ("hub", &|| hub_loop::run(runs, window, &scratch.join("hub"))),
+        ("tap", &|| tap_rate::run(runs, window, &scratch)),
+        ("gso", &|| gso::run(runs, window, &scratch)),
+        ("mq", &|| tap_rate::run_multiqueue(runs, window, &scratch)),
+        ("idle", &|| gso::run_idle(window, &scratch)),
+    ];
+    for (name, section) in sections {
+        if wanted(name) {
+            let steal = StealMeter::start();
+            section();
+            steal.report();
+        }
     }
     let _ = std::fs::remove_dir_all(&scratch);
 }
