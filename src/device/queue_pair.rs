@@ -325,6 +325,11 @@ impl QueuePair {
             self.rx_starved = false;
             self.process_rx(mem);
             worked = true;
+        } else if self.rx_buffered_in_backend() {
+            // Frames another thread left in the backend (a hub port whose worker was busy): the
+            // worker looks at its epoll only every few rounds while polling.
+            self.process_rx(mem);
+            worked = true;
         }
         if worked {
             self.update_interest();
