@@ -482,6 +482,32 @@ mod tests {
     }
 
     #[test]
+    fn a_new_memory_table_is_mapped_again_and_hostile_indexes_still_break_the_ring() {
+        let ram = GuestRam::new();
+        let first = GuestMemoryAtomic::new(ram.mem.clone());
+        let mut drv = DriverRing::new(&ram, 8, 0x4000);
+        let mut v = ring(&ram, &drv, false);
+        v.map_in(&first.memory());
+        // The frontend sends a new memory table: the old map is not used with it.
+        let second = GuestMemoryAtomic::new(ram.mem.clone());
+        let guard = second.memory();
+        assert!(v.mapped(&guard).is_none());
+        v.map_in(&guard);
+        assert!(v.mapped(&guard).is_some());
+        drv.make_available(&ram, &[1]);
+        v.read_ahead(&guard, 8);
+        assert_eq!(v.pop_head(&guard).unwrap(), Some(1));
+        // A head beyond the queue is read ahead but refused by the chain walk, not prefetched
+        // outside the table; an index jump breaks the ring on the mapped path too.
+        drv.make_available(&ram, &[200]);
+        v.read_ahead(&guard, 8);
+        assert_eq!(v.pop_head(&guard).unwrap(), Some(200));
+        drv.set_avail_idx(&ram, 2 + 9);
+        assert_eq!(v.pop_head(&guard), Err(RingError::AvailIndexOutOfRange));
+        assert!(!v.is_running());
+    }
+
+    #[test]
     fn avail_index_jump_breaks_the_ring() {
         let ram = GuestRam::new();
         let drv = DriverRing::new(&ram, 8, 0x4000);
