@@ -16,8 +16,6 @@ use super::vring::READ_AHEAD;
 
 /// Frames handled per wake-up before the worker looks at its other events.
 const RX_BATCH: usize = 256;
-/// Chains whose descriptors are fetched ahead when a batch starts.
-const PREFETCH_CHAINS: u16 = 32;
 /// Used elements written before they are published mid-batch.
 const PUBLISH_EVERY: u16 = 64;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
@@ -50,7 +48,7 @@ impl QueuePair {
         // buffers posted: they are asked for again only when it runs out.
         self.rx.disable_notification(mem);
         let mut frames = 0;
-        self.rx.read_ahead(mem, PREFETCH_CHAINS);
+        self.rx.read_ahead(mem, READ_AHEAD as u16);
         while frames < RX_BATCH {
             match self.rx_one(mem, None) {
                 RxStep::Delivered => frames += 1,
@@ -107,11 +105,13 @@ impl QueuePair {
                 break;
             }
             taken += 1;
-            // The guest had buffers after all (its kick may still be on its way).
-            self.rx_starved = false;
             if self.rx.unpublished() >= PUBLISH_EVERY {
                 self.publish(mem, true);
             }
+        }
+        if taken > 0 {
+            // The guest had buffers after all (its kick may still be on its way).
+            self.rx_starved = false;
         }
         self.publish(mem, true);
         taken

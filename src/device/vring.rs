@@ -257,9 +257,13 @@ impl Vring {
     /// just written these lines and goes on writing the entries after them: read one by one
     /// between frames, each read would fetch the line again.
     pub fn read_ahead(&mut self, mem: &GuestMemoryMmap, max: u16) {
+        // Whatever was read ahead before goes: a window left behind would match positions again
+        // once the index wraps (65 536 heads later, e.g. after rounds without a map).
+        self.ahead_len = 0;
         if self.avail_seen == self.next_avail && !self.refresh_avail(mem).is_ok_and(|n| n > 0) {
             return;
         }
+        // Not `self.mapped()`: `self.ahead` is borrowed mutably below.
         let Some(map) = self.map.as_ref().filter(|m| m.is_for(mem)) else {
             return;
         };
@@ -479,6 +483,32 @@ mod tests {
         v.set_addresses(&ram.mem, drv.desc, drv.avail, drv.used)
             .unwrap();
         assert!(v.mapped(&guard).is_none());
+    }
+
+    #[test]
+    fn heads_read_ahead_are_not_reused_after_the_index_wraps() {
+        let ram = GuestRam::new();
+        let atomic = GuestMemoryAtomic::new(ram.mem.clone());
+        let mut drv = DriverRing::new(&ram, 8, 0x4000);
+        let mut v = ring(&ram, &drv, false);
+        v.map_in(&atomic.memory());
+        drv.make_available(&ram, &[1]);
+        v.read_ahead(&atomic.memory(), 8);
+        assert_eq!(v.pop_head(&atomic.memory()).unwrap(), Some(1));
+        // 65 535 more heads through memory the ring is not mapped in (read-ahead does nothing
+        // there), until the index is back where the window was.
+        for i in 1..=u32::from(u16::MAX) {
+            drv.make_available(&ram, &[(i % 8) as u16]);
+            v.read_ahead(&ram.mem, 8);
+            assert!(v.pop_head(&ram.mem).unwrap().is_some());
+        }
+        drv.make_available(&ram, &[5]);
+        v.read_ahead(&ram.mem, 8);
+        assert_eq!(
+            v.pop_head(&ram.mem).unwrap(),
+            Some(5),
+            "not the stale head 1"
+        );
     }
 
     #[test]
