@@ -462,6 +462,25 @@ impl QueuePair {
     }
 }
 
+/// A pair as another thread sees it: usable only while its worker is not holding it.
+#[derive(Clone)]
+struct IdlePair {
+    state: std::sync::Weak<Mutex<QueuePair>>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+}
+
+impl IdlePair {
+    /// Runs `f` on the pair with its memory (rings mapped) if the pair still exists and its lock
+    /// is free right now; never waits.
+    fn with<T>(&self, f: impl FnOnce(&mut QueuePair, &GuestMemoryMmap) -> T) -> Option<T> {
+        let state = self.state.upgrade()?;
+        let mut pair = state.try_lock().ok()?;
+        let guard = self.mem.memory();
+        pair.map_rings(&guard);
+        Some(f(&mut pair, &guard))
+    }
+}
+
 /// A queue pair on its worker.
 #[derive(Debug)]
 pub struct PairHandle {
@@ -496,33 +515,24 @@ impl PairHandle {
     /// Lets an in-process backend (the hub) run the pair's rx path, or hand it frames, on the
     /// sender's thread when the pair's worker is not busy (the pair's lock is free).
     pub fn rx_waker(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> RxWaker {
-        let (state, deliver_state) = (Arc::downgrade(&self.state), Arc::downgrade(&self.state));
-        let deliver_mem = mem.clone();
+        let idle = IdlePair {
+            state: Arc::downgrade(&self.state),
+            mem,
+        };
+        let deliver_to = idle.clone();
         RxWaker {
             wake: Arc::new(move || {
-                let Some(state) = state.upgrade() else {
-                    return false;
-                };
-                let Ok(mut pair) = state.try_lock() else {
-                    return false;
-                };
-                let guard = mem.memory();
-                pair.map_rings(&guard);
-                pair.on_event(&guard, PairEvent::Backend, EventSet::IN);
-                true
+                idle.with(|pair, mem| pair.on_event(mem, PairEvent::Backend, EventSet::IN))
+                    .is_some()
             }),
             deliver: Arc::new(move |frames| {
-                let Some(state) = deliver_state.upgrade() else {
-                    return 0;
-                };
-                let Ok(mut pair) = state.try_lock() else {
-                    return 0;
-                };
-                let guard = deliver_mem.memory();
-                pair.map_rings(&guard);
-                let taken = pair.deliver_frames(&guard, frames);
-                pair.finish_round();
-                taken
+                deliver_to
+                    .with(|pair, mem| {
+                        let taken = pair.deliver_frames(mem, frames);
+                        pair.finish_round();
+                        taken
+                    })
+                    .unwrap_or(0)
             }),
         }
     }

@@ -199,7 +199,7 @@ fn run(shared: &Shared) {
     let mut touched: Vec<usize> = Vec::new();
     // After work, keep looking for a short while before sleeping: under load the next frame is
     // usually microseconds away. Pairs that had work are "hot" meanwhile: the guest is not asked
-    // to kick them, the worker reads their rings itself (yielding the core between looks), which
+    // to kick them, the worker reads their rings itself (pausing between looks, see `pause`), which
     // saves the guest's kick and our wake-up. Before it sleeps the worker cools them (kicks
     // asked for again). Idle, the worker sleeps.
     let budget = poll_budget();
@@ -261,6 +261,8 @@ fn run(shared: &Shared) {
         if n > 0 && !budget.is_zero() {
             poll_until = Some(Instant::now() + budget);
         }
+        // Work came: the next empty look starts with a short pause again.
+        idle_rounds = 0;
         touched.clear();
         for ev in &events[..n] {
             let data = ev.data();
