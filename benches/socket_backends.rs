@@ -179,16 +179,12 @@ const PEER_BATCH: usize = 64;
 /// Sets a socket buffer size option (as root, beyond the sysctl maximum).
 fn set_buffer(sock: &UdpSocket, option: libc::c_int, bytes: libc::c_int) {
     use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt reads one c_int from a live local.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = vhost_user_netd_backends::sys::setsockopt_int(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        option,
+        bytes,
+    );
 }
 
 /// One `sendmmsg` of every buffer, or one `recvmmsg` into them, on a connected socket.

@@ -3,14 +3,17 @@
 //! thread inside the tap's namespace pinned to one core. The tap's queue drops what its reader
 //! does not take (the tap's `tx_dropped`), so the source never waits for the reader.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use vhost_user_netd_backends::sys;
+
 use crate::common::pin_to_core;
 use crate::frames;
 use crate::netns::Netns;
+use crate::packet::PacketSocket;
 
 const BATCH: usize = 64;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
@@ -22,63 +25,20 @@ pub struct Generator {
     thread: Option<JoinHandle<()>>,
 }
 
-fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
-    // SAFETY: the option value is one int, valid for the call.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    assert_eq!(
-        ret,
-        0,
-        "setsockopt {name}: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// A packet socket that only sends, on interface `ifname`.
-fn sending_socket(ifname: &str, vnet_hdr: bool) -> OwnedFd {
-    let name = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: `name` is NUL-terminated.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-    assert!(ifindex > 0, "no interface {ifname}");
-    // SAFETY: plain socket(2); protocol 0 receives nothing.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: fd was just created and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; zero is valid for every field.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex;
-    // SAFETY: addr is a valid sockaddr_ll of the size passed.
-    let ret = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(
-        ret,
-        0,
-        "bind to {ifname}: {}",
-        std::io::Error::last_os_error()
-    );
-    set_int(&fd, libc::SOL_PACKET, PACKET_QDISC_BYPASS, 1);
+/// A packet socket that only sends, on interface `ifname`, past the qdisc, with a virtio-net
+/// header in front of each frame if `vnet_hdr`.
+fn sending_socket(ifname: &str, vnet_hdr: bool) -> PacketSocket {
+    let sock = PacketSocket::sender(ifname)
+        .unwrap_or_else(|e| panic!("AF_PACKET socket on {ifname}: {e}"));
+    let mut options = vec![PACKET_QDISC_BYPASS];
     if vnet_hdr {
-        set_int(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, 1);
+        options.push(PACKET_VNET_HDR);
     }
-    fd
+    for option in options {
+        sys::setsockopt_int(sock.as_raw_fd(), libc::SOL_PACKET, option, 1)
+            .unwrap_or_else(|e| panic!("setsockopt {option}: {e}"));
+    }
+    sock
 }
 
 impl Generator {

@@ -31,6 +31,9 @@ mod frontend;
 #[path = "../../tests/common/netns.rs"]
 #[allow(dead_code)]
 mod netns;
+#[path = "../../tests/common/packet.rs"]
+#[allow(dead_code)]
+mod packet;
 #[path = "../../tests/common/tap.rs"]
 #[allow(dead_code)]
 mod tap;

@@ -23,37 +23,16 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+impl AsRawFd for PacketSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl PacketSocket {
     pub fn bind(ifname: &str, timeout: Duration) -> io::Result<Self> {
-        let name = CString::new(ifname).expect("ifname");
-        // SAFETY: `name` is a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: plain socket(2) call.
-        let fd = check(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from(ETH_P_ALL.to_be()),
-            )
-        })?;
-        // SAFETY: fd was just created and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain data; zero is valid for every field.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ALL.to_be();
-        addr.sll_ifindex = ifindex;
-        // SAFETY: addr is a valid sockaddr_ll of the size passed.
-        check(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        })?;
+        let sock = Self::open(ifname, ETH_P_ALL)?;
+        let fd = &sock.fd;
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as i64,
             tv_usec: i64::from(timeout.subsec_micros()),
@@ -66,6 +45,41 @@ impl PacketSocket {
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as u32,
+            )
+        })?;
+        Ok(sock)
+    }
+
+    /// A packet socket on `ifname` that only sends (protocol 0: it receives nothing).
+    pub fn sender(ifname: &str) -> io::Result<Self> {
+        Self::open(ifname, 0)
+    }
+
+    /// A packet socket for `protocol` (network order applied here) bound to `ifname`.
+    fn open(ifname: &str, protocol: u16) -> io::Result<Self> {
+        let name = CString::new(ifname).expect("ifname");
+        // SAFETY: `name` is a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: plain socket(2) call.
+        let fd = check(unsafe {
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol.to_be()))
+        })?;
+        // SAFETY: fd was just created and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; zero is valid for every field.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol.to_be();
+        addr.sll_ifindex = ifindex;
+        // SAFETY: addr is a valid sockaddr_ll of the size passed.
+        check(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         })?;
         Ok(PacketSocket { fd, ifindex })
