@@ -158,6 +158,9 @@ fn run(config: Config) -> Result<(), Failure> {
         "SHUTDOWN",
         Some(serde_json::json!({ "guest": false, "reason": reason })),
     );
+    // Clients that read get SHUTDOWN before the sockets close; one that does not is not waited
+    // for beyond this.
+    qmp.events.drain(std::time::Duration::from_millis(500));
     for path in &created {
         if let Err(e) = std::fs::remove_file(path) {
             error!("removing {}: {e}", path.display());

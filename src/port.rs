@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::config::{Listen, PortConfig};
 use crate::device::queue_pair::MacWatch;
 use crate::device::{DeviceConfig, NetDevice};
 use crate::qmp::events::EventBus;
-use crate::vhost_user::handler::{lock, Handler};
+use crate::vhost_user::handler::{lock, ConnectionError, Handler};
 use crate::vhost_user::socket::Connection;
 
 /// Longest wait between client-mode reconnection attempts.
@@ -47,6 +47,8 @@ pub struct Port {
     /// `NIC_RX_FILTER_CHANGED` may be sent (QEMU's rule: once, then again only after
     /// `query-rx-filter`).
     rx_filter_armed: Arc<AtomicBool>,
+    /// Connections ended because the frontend's memory vanished under a mapping.
+    memory_faults: Arc<AtomicU64>,
 }
 
 impl Port {
@@ -63,6 +65,7 @@ impl Port {
             binding: Arc::new(Mutex::new(binding)),
             events: None,
             rx_filter_armed: Arc::new(AtomicBool::new(true)),
+            memory_faults: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -141,6 +144,11 @@ impl Port {
     pub fn link_state(&self) -> (bool, bool) {
         let b = self.binding();
         (b.link_up, b.backend.as_ref().is_some_and(|x| x.carrier()))
+    }
+
+    /// Connections ended because the frontend's memory vanished under a mapping.
+    pub fn memory_faults(&self) -> u64 {
+        self.memory_faults.load(Ordering::Relaxed)
     }
 
     /// The bound backend's own counters.
@@ -230,10 +238,20 @@ impl Port {
                 }
             }
         };
-        let mut handler = Handler::new(Connection::new(stream), device);
+        let mut handler = match Handler::new(Connection::new(stream), device) {
+            Ok(h) => h,
+            Err(e) => {
+                error!("port {}: cannot serve the connection: {e}", self.config.id);
+                return;
+            }
+        };
         self.emit("VHOST_USER_PORT_CONNECTED");
         match handler.run() {
             Ok(()) => info!("port {}: frontend disconnected", self.config.id),
+            Err(e @ ConnectionError::MemoryLost(_)) => {
+                self.memory_faults.fetch_add(1, Ordering::Relaxed);
+                error!("port {}: {e}", self.config.id);
+            }
             Err(e) => warn!("port {}: connection ended: {e}", self.config.id),
         }
         // The device (and its workers) go with the handler, before the event goes out.

@@ -10,6 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::frontend::*;
+use common::raw_frontend::{RawFrontend, NEED_REPLY, V1};
 use vhost::VhostBackend;
 
 const F_WRITE: u16 = 2;
@@ -254,64 +255,38 @@ fn a_new_frontend_gets_a_fresh_device_after_disconnect() {
     server.join().unwrap();
 }
 
-/// Raw vhost-user messages, for input the `Frontend` would never send.
-fn raw(sock: &mut UnixStream, request: u32, flags: u32, payload: &[u8]) {
-    let mut m = Vec::new();
-    m.extend_from_slice(&request.to_le_bytes());
-    m.extend_from_slice(&flags.to_le_bytes());
-    m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    m.extend_from_slice(payload);
-    sock.write_all(&m).unwrap();
-}
-
-fn read_reply(sock: &mut UnixStream) -> (u32, Vec<u8>) {
-    let mut h = [0u8; 12];
-    sock.read_exact(&mut h).unwrap();
-    let size = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
-    let mut p = vec![0u8; size];
-    sock.read_exact(&mut p).unwrap();
-    (u32::from_le_bytes([h[0], h[1], h[2], h[3]]), p)
-}
-
-const V1: u32 = 1;
-const NEED_REPLY: u32 = 8;
-
 #[test]
 fn hostile_vhost_user_messages_get_errors_not_crashes() {
-    let (mut sock, _peers, port, server) = start_device(1, None);
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (sock, _peers, port, server) = start_device(1, None);
+    let mut fe = RawFrontend::new(sock);
     // Negotiate REPLY_ACK so failures are reported.
-    raw(&mut sock, 15, V1, &[]); // GET_PROTOCOL_FEATURES
-    let (_, p) = read_reply(&mut sock);
+    fe.send(15, V1, &[], &[]); // GET_PROTOCOL_FEATURES
+    let (_, p) = fe.reply();
     let pf = u64::from_le_bytes(p[..8].try_into().unwrap());
     assert_ne!(pf & 0x8, 0, "REPLY_ACK offered");
-    raw(&mut sock, 16, V1, &0x8u64.to_le_bytes());
-    let ack = |sock: &mut UnixStream| -> u64 {
-        let (_, p) = read_reply(sock);
-        u64::from_le_bytes(p[..8].try_into().unwrap())
-    };
+    fe.send(16, V1, &0x8u64.to_le_bytes(), &[]);
+    let ack = |fe: &mut RawFrontend| fe.reply_u64();
     // Unknown request, wrong payload sizes, vring out of range, bad ring size, no memory.
-    raw(&mut sock, 999, V1 | NEED_REPLY, &[]);
-    assert_eq!(ack(&mut sock), 1, "unknown request");
-    raw(&mut sock, 2, V1 | NEED_REPLY, &[1, 2, 3]); // SET_FEATURES with 3 bytes
-    assert_eq!(ack(&mut sock), 1, "short payload");
+    fe.send(999, V1 | NEED_REPLY, &[], &[]);
+    assert_eq!(ack(&mut fe), 1, "unknown request");
+    fe.send(2, V1 | NEED_REPLY, &[1, 2, 3], &[]); // SET_FEATURES with 3 bytes
+    assert_eq!(ack(&mut fe), 1, "short payload");
     let state = |index: u32, num: u32| [index.to_le_bytes(), num.to_le_bytes()].concat();
-    raw(&mut sock, 8, V1 | NEED_REPLY, &state(99, 256)); // SET_VRING_NUM on vring 99
-    assert_eq!(ack(&mut sock), 1, "vring out of range");
-    raw(&mut sock, 8, V1 | NEED_REPLY, &state(0, 300)); // not a power of two
-    assert_eq!(ack(&mut sock), 1, "bad ring size");
-    raw(&mut sock, 2, V1 | NEED_REPLY, &(1u64 << 63).to_le_bytes()); // unoffered feature
-    assert_eq!(ack(&mut sock), 1, "unoffered feature");
+    fe.send(8, V1 | NEED_REPLY, &state(99, 256), &[]); // SET_VRING_NUM on vring 99
+    assert_eq!(ack(&mut fe), 1, "vring out of range");
+    fe.send(8, V1 | NEED_REPLY, &state(0, 300), &[]); // not a power of two
+    assert_eq!(ack(&mut fe), 1, "bad ring size");
+    fe.send(2, V1 | NEED_REPLY, &(1u64 << 63).to_le_bytes(), &[]); // unoffered feature
+    assert_eq!(ack(&mut fe), 1, "unoffered feature");
     let mut addr = vec![0u8; 40];
     addr[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
-    raw(&mut sock, 9, V1 | NEED_REPLY, &addr); // SET_VRING_ADDR without a memory table
-    assert_eq!(ack(&mut sock), 1, "ring address outside any region");
+    fe.send(9, V1 | NEED_REPLY, &addr, &[]); // SET_VRING_ADDR without a memory table
+    assert_eq!(ack(&mut fe), 1, "ring address outside any region");
     let mut table = vec![0u8; 8 + 32];
     table[0] = 1; // one region, but no descriptor attached
     table[16..24].copy_from_slice(&4096u64.to_le_bytes());
-    raw(&mut sock, 5, V1 | NEED_REPLY, &table);
-    assert_eq!(ack(&mut sock), 1, "memory table without fds");
+    fe.send(5, V1 | NEED_REPLY, &table, &[]);
+    assert_eq!(ack(&mut fe), 1, "memory table without fds");
     // GET_CONFIG asking for far too much: a zero-size config reply, not a crash.
     let cfg = [
         0u32.to_le_bytes(),
@@ -321,31 +296,31 @@ fn hostile_vhost_user_messages_get_errors_not_crashes() {
     .concat();
     let mut req = cfg.clone();
     req.extend_from_slice(&vec![0u8; 4000]);
-    raw(&mut sock, 24, V1, &req);
-    let (code, p) = read_reply(&mut sock);
+    fe.send(24, V1, &req, &[]);
+    let (code, p) = fe.reply();
     assert_eq!(
         (code, u32::from_le_bytes(p[4..8].try_into().unwrap())),
         (24, 0)
     );
     // GET_VRING_BASE of a vring that does not exist still answers.
-    raw(&mut sock, 11, V1, &state(77, 0));
-    assert_eq!(read_reply(&mut sock).0, 11);
+    fe.send(11, V1, &state(77, 0), &[]);
+    assert_eq!(fe.reply().0, 11);
     // Every refused request was counted (the config read and vring base of vring 77 too).
     let device = port.device().expect("connected");
     let failed = vhost_user_netd::vhost_user::handler::lock(&device).failed_requests();
     assert_eq!(failed, 9, "refused requests counted");
     drop(device);
     // Still serving: GET_FEATURES answers.
-    raw(&mut sock, 1, V1, &[]);
-    assert_eq!(read_reply(&mut sock).1.len(), 8);
+    fe.send(1, V1, &[], &[]);
+    assert_eq!(fe.reply().1.len(), 8);
     // A payload over the size limit ends the connection (the wire can no longer be trusted).
-    raw(&mut sock, 1, V1, &[]);
-    read_reply(&mut sock);
+    fe.send(1, V1, &[], &[]);
+    fe.reply();
     let mut m = Vec::new();
     m.extend_from_slice(&1u32.to_le_bytes());
     m.extend_from_slice(&V1.to_le_bytes());
     m.extend_from_slice(&u32::MAX.to_le_bytes());
-    sock.write_all(&m).unwrap();
+    fe.sock.write_all(&m).unwrap();
     server
         .join()
         .expect("server thread ended without panicking");
@@ -353,8 +328,9 @@ fn hostile_vhost_user_messages_get_errors_not_crashes() {
 
 #[test]
 fn bad_header_version_ends_the_connection_cleanly() {
-    let (mut sock, _peers, _port, server) = start_device(1, None);
-    raw(&mut sock, 1, 0x2, &[]);
+    let (sock, _peers, _port, server) = start_device(1, None);
+    let mut fe = RawFrontend::new(sock);
+    fe.send(1, 0x2, &[], &[]);
     server
         .join()
         .expect("server thread ended without panicking");
@@ -554,9 +530,11 @@ fn control_queue_commands_set_the_filter_the_rx_path_applies() {
     }
     let events = Arc::new(EventBus::default());
     let sink = Sink::default();
-    let session = SessionOut::new(Box::new(sink.clone()));
+    let session = SessionOut::spawn(Box::new(sink.clone()), Box::new(|| {}), "sink", ()).unwrap();
     events.subscribe(&session);
     let changes = || {
+        // Events are written by the session's own thread.
+        session.drain(std::time::Instant::now() + Duration::from_secs(5));
         String::from_utf8_lossy(&sink.0.lock().unwrap())
             .matches("NIC_RX_FILTER_CHANGED")
             .count()

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use log::{debug, error};
+use log::{debug, error, warn};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -362,8 +362,13 @@ fn run_worker(
                 debug!("control queue worker stopping");
                 return;
             }
-            if let Some(k) = &ctrl.ring.kick {
-                let _ = k.read();
+            if let Some(Err(e)) = ctrl.ring.kick.as_ref().map(EventFd::read) {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    // Not an eventfd after all: it would stay ready and spin this thread.
+                    warn!("control queue: kick descriptor unreadable ({e}); dropped");
+                    ctrl.unregister_kick();
+                    ctrl.counts.ring_errors += 1;
+                }
             }
             ctrl.counts.kicks += 1;
             ctrl.process(&guard);

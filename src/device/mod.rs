@@ -8,6 +8,8 @@
 //!   the receive filter its commands set.
 //! - [`features`], [`config_space`]: what is offered and reported.
 //! - [`counters`]: per-pair statistics; [`announce`]: RARP frames; [`dirty_log`]: migration.
+//! - [`memory_fault`]: frontend files checked before they are mapped, and recovery when one
+//!   shrinks under its mapping (SIGBUS).
 
 pub mod announce;
 pub mod config_space;
@@ -16,6 +18,7 @@ pub mod ctrl_queue;
 pub mod dirty_log;
 pub mod features;
 pub mod guest_iov;
+pub mod memory_fault;
 pub mod queue_pair;
 pub mod ring_map;
 mod rx;
@@ -27,6 +30,7 @@ pub mod vring;
 pub mod worker;
 
 use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use log::{info, warn};
@@ -189,17 +193,18 @@ impl NetDevice {
         }
     }
 
-    /// Keeps the frontend's backend-request channel (for config-change notifications).
+    /// Keeps the frontend's backend-request channel (for config-change notifications). It must
+    /// be non-blocking: it is written with the device locked.
     pub fn set_backend_channel(&mut self, channel: std::os::unix::net::UnixStream) {
-        // A frontend that stops reading must not block the control plane.
-        let _ = channel.set_write_timeout(Some(std::time::Duration::from_secs(1)));
         self.backend_channel = Some(channel);
     }
 
     /// Tells the frontend the config space changed (`VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`), if
-    /// it gave us a channel. No reply is asked for: nothing waits on this channel.
+    /// it gave us a channel. No reply is asked for: nothing waits on this channel. A channel
+    /// that cannot take the message at once belongs to a frontend that stopped reading it; it is
+    /// dropped rather than waited for (the device lock is held here).
     fn notify_config_change(&mut self) {
-        let Some(channel) = self.backend_channel.as_mut() else {
+        let Some(channel) = self.backend_channel.as_ref() else {
             return;
         };
         const CONFIG_CHANGE_MSG: u32 = 2;
@@ -207,9 +212,16 @@ impl NetDevice {
         let mut msg = [0u8; 12];
         msg[..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
         msg[4..8].copy_from_slice(&VERSION_1.to_le_bytes());
-        if let Err(e) = std::io::Write::write_all(channel, &msg) {
-            warn!("config-change notification failed: {e}");
-            self.backend_channel = None;
+        match vhost_user_netd_backends::sys::write(channel.as_raw_fd(), &msg) {
+            Ok(n) if n == msg.len() => {}
+            Ok(n) => {
+                warn!("config-change notification cut after {n} bytes; channel dropped");
+                self.backend_channel = None;
+            }
+            Err(e) => {
+                warn!("config-change notification failed ({e}); channel dropped");
+                self.backend_channel = None;
+            }
         }
     }
 

@@ -385,20 +385,42 @@ impl QueuePair {
         }
     }
 
+    /// Reads a ring's kick. A kick that cannot be read (it is not an eventfd after all) would
+    /// stay ready for ever and spin the worker: it is dropped, and the ring runs on without
+    /// kicks (counted as a ring error).
+    fn take_kick(&mut self, rx: bool) {
+        let ring = if rx { &mut self.rx } else { &mut self.tx };
+        let Some(k) = &ring.kick else { return };
+        match k.read() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                if let Some(kick) = ring.kick.take() {
+                    let _ = self.epoll.ctl(
+                        ControlOperation::Delete,
+                        kick.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                }
+                self.counts.ring_errors += 1;
+                warn!(
+                    "pair {}: kick descriptor unreadable ({e}); dropped",
+                    self.index
+                );
+            }
+        }
+    }
+
     pub(super) fn on_event(&mut self, mem: &GuestMemoryMmap, event: PairEvent, set: EventSet) {
         match event {
             PairEvent::RxKick => {
-                if let Some(k) = &self.rx.kick {
-                    let _ = k.read();
-                }
+                self.take_kick(true);
                 self.counts.kicks += 1;
                 self.rx_starved = false;
                 self.process_rx(mem);
             }
             PairEvent::TxKick => {
-                if let Some(k) = &self.tx.kick {
-                    let _ = k.read();
-                }
+                self.take_kick(false);
                 self.counts.kicks += 1;
                 self.process_tx(mem);
             }

@@ -64,6 +64,10 @@ impl QmpContext {
 }
 
 /// Descriptors a session received: those that came with the command being handled, and those
+/// Most descriptors one session may hold by name (each is a descriptor of the daemon's, which
+/// every port shares).
+pub const MAX_NAMED_FDS: usize = 64;
+
 /// `getfd` named (consumed by `netdev_add fd=NAME`, closed by `closefd`).
 #[derive(Debug, Default)]
 pub struct SessionFds {
@@ -182,6 +186,12 @@ pub fn dispatch(
                 .received
                 .pop()
                 .ok_or_else(|| QmpError::generic("No file descriptor supplied via SCM_RIGHTS"))?;
+            if fds.named.len() >= MAX_NAMED_FDS && !fds.named.contains_key(&name) {
+                return Err(QmpError::generic(format!(
+                    "Too many file descriptors held by this session (at most {MAX_NAMED_FDS}); \
+                     use or close one first"
+                )));
+            }
             fds.named.insert(name, fd); // a reused name closes the old descriptor
             done
         }
@@ -364,5 +374,22 @@ mod tests {
         assert_eq!(e.desc, "File descriptor named 'a' not found");
         let e = dispatch(&ctx, &mut fds, "getfd", &Map::new()).unwrap_err();
         assert_eq!(e.desc, "Parameter 'fdname' is missing");
+        // A session holds a bounded number of descriptors.
+        for i in 0..MAX_NAMED_FDS {
+            fds.received
+                .push(std::fs::File::open("/dev/null").unwrap().into());
+            dispatch(&ctx, &mut fds, "getfd", &name(&format!("f{i}"))).unwrap();
+        }
+        fds.received
+            .push(std::fs::File::open("/dev/null").unwrap().into());
+        let e = dispatch(&ctx, &mut fds, "getfd", &name("one-more")).unwrap_err();
+        assert!(
+            e.desc.starts_with("Too many file descriptors"),
+            "{}",
+            e.desc
+        );
+        fds.received
+            .push(std::fs::File::open("/dev/null").unwrap().into());
+        dispatch(&ctx, &mut fds, "getfd", &name("f0")).expect("a reused name replaces");
     }
 }

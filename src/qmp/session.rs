@@ -5,6 +5,7 @@ use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{debug, info};
 use serde_json::{json, Value};
@@ -32,10 +33,20 @@ impl QmpInput for TcpStream {
     }
 }
 
-/// Serves one client on `reader`/`out` until EOF or a write failure.
+/// How long `quit` waits for its reply to be written before the daemon shuts down.
+const QUIT_REPLY_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves one client on `reader`/`out` until EOF or until its output is closed.
 pub fn run(mut reader: impl QmpInput, out: Arc<SessionOut>, ctx: &QmpContext, peer: &str) {
+    serve(&mut reader, &out, ctx, peer);
+    // Replies already queued still go out (a client may half-close after its last command).
+    out.finish();
+    debug!("QMP {peer}: session ended");
+}
+
+fn serve(reader: &mut impl QmpInput, out: &Arc<SessionOut>, ctx: &QmpContext, peer: &str) {
     let greeting = json!({ "QMP": { "version": version_info(), "capabilities": [] } });
-    if out.send(&encode(&greeting)).is_err() {
+    if out.send_reply(encode(&greeting)).is_err() {
         return;
     }
     let mut negotiated = false;
@@ -50,19 +61,19 @@ pub fn run(mut reader: impl QmpInput, out: Arc<SessionOut>, ctx: &QmpContext, pe
         };
         splitter.feed(&buf[..n], &mut frames);
         for frame in frames.drain(..) {
-            let (reply, after) = handle(frame, &mut negotiated, &mut fds, &out, ctx);
+            let (reply, after) = handle(frame, &mut negotiated, &mut fds, out, ctx);
             // Descriptors belong to the command they came with; getfd took what it wanted.
             fds.received.clear();
-            if out.send(&reply).is_err() {
+            if out.send_reply(reply).is_err() {
                 return;
             }
             if after == After::Quit {
                 info!("QMP {peer}: quit");
+                out.drain(Instant::now() + QUIT_REPLY_WAIT);
                 crate::signals::request_shutdown();
             }
         }
     }
-    debug!("QMP {peer}: session ended");
 }
 
 fn handle(

@@ -35,6 +35,7 @@ pub fn port_stats(port: &Port) -> Value {
         "connected": device.is_some(),
                 "link-up": link && bound,
         "vhost-user-failed-requests": device.as_ref().map_or(0, |d| lock(d).failed_requests()),
+        "memory-faults": port.memory_faults(),
         "queue-pairs": pairs,
         "backend": backend,
     })

@@ -6,7 +6,7 @@
 //! `SEND_RARP`/`NET_SET_MTU` must be handled. A bad message gets a failed REPLY_ACK (or a logged
 //! error) and the connection goes on; only a broken wire (bad header, oversized payload) ends it.
 
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
@@ -16,13 +16,14 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
+use super::frontend_fd::{self, FdError, Notifier};
 use super::memory::{MemoryTable, RegionDesc, MAX_MEM_SLOTS};
 use super::socket::{Connection, Message, WireError};
 use crate::device::config_space::CONFIG_LEN;
 use crate::device::dirty_log::DirtyLog;
 use crate::device::features::VHOST_USER_F_PROTOCOL_FEATURES;
+use crate::device::memory_fault::FaultDomain;
 use crate::device::vring::Vring;
 use crate::device::NetDevice;
 
@@ -58,12 +59,26 @@ pub enum RequestError {
     Device(#[from] crate::device::DeviceError),
     #[error(transparent)]
     Memory(#[from] super::memory::MemoryError),
+    #[error(transparent)]
+    Fd(#[from] FdError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
 
 fn invalid(s: impl Into<String>) -> RequestError {
     RequestError::Invalid(s.into())
+}
+
+/// Why a connection ended other than by the frontend closing it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(
+        "guest memory at host address {0:#x} vanished (the frontend shrank the file behind a \
+         mapping): device torn down"
+    )]
+    MemoryLost(usize),
 }
 
 /// What to send back.
@@ -127,28 +142,37 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(conn: Connection, device: Arc<Mutex<NetDevice>>) -> Self {
+    pub fn new(conn: Connection, device: Arc<Mutex<NetDevice>>) -> std::io::Result<Self> {
         // Two per queue pair, then the control queue.
         let vrings = usize::from(lock(&device).queue_pairs()) * 2 + 1;
-        Handler {
+        // A mapping that loses its memory shuts this connection down (see memory_fault).
+        let domain = FaultDomain::new(conn.socket())?;
+        Ok(Handler {
             conn,
             device,
-            memory: MemoryTable::default(),
+            memory: MemoryTable::new(domain),
             protocol: VhostUserProtocolFeatures::empty(),
             features_set: false,
             enable_requested: vec![false; vrings],
-        }
+        })
     }
 
-    /// Serves requests until the frontend goes away or the wire breaks.
-    pub fn run(&mut self) -> Result<(), WireError> {
-        loop {
+    /// Serves requests until the frontend goes away, the wire breaks or a mapping of the
+    /// frontend's memory loses its pages.
+    pub fn run(&mut self) -> Result<(), ConnectionError> {
+        let end = loop {
             let msg = match self.conn.recv() {
                 Ok(m) => m,
-                Err(WireError::Closed) => return Ok(()),
-                Err(e) => return Err(e),
+                Err(e) => break e,
             };
-            self.serve(msg)?;
+            if let Err(e) = self.serve(msg) {
+                break e;
+            }
+        };
+        match (self.memory.domain().fault(), end) {
+            (Some(addr), _) => Err(ConnectionError::MemoryLost(addr)),
+            (None, WireError::Closed) => Ok(()),
+            (None, e) => Err(e.into()),
         }
     }
 
@@ -456,7 +480,8 @@ impl Handler {
                 let fd = msg
                     .take_fd()
                     .ok_or_else(|| invalid("SET_LOG_BASE without a descriptor"))?;
-                let dirty = DirtyLog::map(fd, log.mmap_size, log.mmap_offset)?;
+                let dirty =
+                    DirtyLog::map(fd, log.mmap_size, log.mmap_offset, self.memory.domain())?;
                 dev.set_dirty_log(Some(Arc::new(dirty)));
                 info!("dirty log of {} bytes installed", { log.mmap_size });
                 // QEMU waits for a reply; rust-vmm frontends expect the log message echoed.
@@ -466,7 +491,7 @@ impl Handler {
                 let fd = msg
                     .take_fd()
                     .ok_or_else(|| invalid("SET_BACKEND_REQ_FD without a descriptor"))?;
-                dev.set_backend_channel(std::os::unix::net::UnixStream::from(fd));
+                dev.set_backend_channel(frontend_fd::channel(fd)?);
                 Ok(Outcome::Done)
             }
             // The log eventfd is only for frontends that want a signal per logged write; we
@@ -531,10 +556,14 @@ impl Handler {
         index: usize,
         fd: Option<OwnedFd>,
     ) -> Result<(), RequestError> {
-        let event = fd.map(|fd| {
-            // SAFETY: we own `fd` (received with SCM_RIGHTS); EventFd takes over its ownership.
-            unsafe { <EventFd as std::os::fd::FromRawFd>::from_raw_fd(fd.into_raw_fd()) }
-        });
+        let what = match request {
+            FrontendReq::SET_VRING_KICK => Notifier::Kick,
+            FrontendReq::SET_VRING_CALL => Notifier::Call,
+            _ => Notifier::Error,
+        };
+        // Every notifier is non-blocking from here on: a call that would block means an
+        // interrupt is already pending, and a write never holds the locks below for long.
+        let event = fd.map(|fd| frontend_fd::notifier(fd, what)).transpose()?;
         let index = index as u32;
         match request {
             FrontendReq::SET_VRING_KICK => {

@@ -2,10 +2,16 @@
 //! translation of its virtual addresses (ring addresses) into guest physical addresses.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use log::debug;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress, MmapRegion,
+};
+
+use crate::device::memory_fault::{self, FaultDomain, FitError, Shrink};
 
 /// Most regions a frontend may add (QEMU's libvhost-user uses the same figure).
 pub const MAX_MEM_SLOTS: u64 = 509;
@@ -19,6 +25,8 @@ pub enum MemoryError {
     MissingFd,
     #[error("more than {MAX_MEM_SLOTS} regions")]
     TooManyRegions,
+    #[error("region's file: {0}")]
+    File(#[from] FitError),
     #[error("mapping the region failed: {0}")]
     Map(String),
     #[error("regions overlap or cannot form guest memory: {0}")]
@@ -57,14 +65,23 @@ struct MappedRegion {
     region: Arc<GuestRegionMmap>,
 }
 
-/// The current set of mapped regions.
-#[derive(Debug, Default)]
+/// The current set of mapped regions of one frontend connection.
+#[derive(Debug)]
 pub struct MemoryTable {
     regions: Vec<MappedRegion>,
+    /// Where a region whose file shrinks later is reported (see [`memory_fault`]).
+    domain: Arc<FaultDomain>,
 }
 
-fn map(desc: RegionDesc, fd: OwnedFd) -> Result<MappedRegion, MemoryError> {
+/// Maps one region: only if the file really has the bytes it describes, and registered with the
+/// SIGBUS handler in case the file shrinks later.
+fn map(
+    desc: RegionDesc,
+    fd: OwnedFd,
+    domain: &Arc<FaultDomain>,
+) -> Result<MappedRegion, MemoryError> {
     desc.check()?;
+    let shrink = memory_fault::check_fits(fd.as_fd(), desc.mmap_offset, desc.memory_size)?;
     let file = File::from(fd);
     let mmap = MmapRegion::from_file(
         FileOffset::new(file, desc.mmap_offset),
@@ -73,13 +90,43 @@ fn map(desc: RegionDesc, fd: OwnedFd) -> Result<MappedRegion, MemoryError> {
     .map_err(|e| MemoryError::Map(e.to_string()))?;
     let region = GuestRegionMmap::new(mmap, GuestAddress(desc.guest_phys_addr))
         .ok_or(MemoryError::BadRegion)?;
-    Ok(MappedRegion {
-        desc,
-        region: Arc::new(region),
-    })
+    let region = Arc::new(region);
+    let start = region
+        .get_host_address(MemoryRegionAddress(0))
+        .map_err(|e| MemoryError::Map(e.to_string()))?;
+    memory_fault::register(start, region.len() as usize, region.clone(), domain)
+        .map_err(|e| MemoryError::Map(e.to_string()))?;
+    if shrink == Shrink::Possible {
+        debug!(
+            "region at {:#x} is not sealed against shrinking; a shrink disconnects the frontend",
+            desc.guest_phys_addr
+        );
+    }
+    Ok(MappedRegion { desc, region })
+}
+
+impl Drop for MemoryTable {
+    fn drop(&mut self) {
+        self.regions.clear();
+        // Regions only this table held are unmapped now (others when their last user lets go).
+        memory_fault::sweep();
+    }
 }
 
 impl MemoryTable {
+    /// An empty table whose regions report faults to `domain`.
+    pub fn new(domain: Arc<FaultDomain>) -> Self {
+        MemoryTable {
+            regions: Vec::new(),
+            domain,
+        }
+    }
+
+    /// The connection's fault domain (for the dirty log's mapping too).
+    pub fn domain(&self) -> &Arc<FaultDomain> {
+        &self.domain
+    }
+
     /// Replaces the whole table (`SET_MEM_TABLE`); returns the new guest memory.
     pub fn replace(
         &mut self,
@@ -90,10 +137,11 @@ impl MemoryTable {
         }
         let mut mapped = Vec::new();
         for (desc, fd) in regions {
-            mapped.push(map(desc, fd.ok_or(MemoryError::MissingFd)?)?);
+            mapped.push(map(desc, fd.ok_or(MemoryError::MissingFd)?, &self.domain)?);
         }
         let mem = build(&mapped)?;
         self.regions = mapped;
+        memory_fault::sweep();
         Ok(mem)
     }
 
@@ -110,7 +158,7 @@ impl MemoryTable {
         if self.regions.len() as u64 >= MAX_MEM_SLOTS {
             return Err(MemoryError::TooManyRegions);
         }
-        let region = map(desc, fd.ok_or(MemoryError::MissingFd)?)?;
+        let region = map(desc, fd.ok_or(MemoryError::MissingFd)?, &self.domain)?;
         self.regions.push(region);
         match build(&self.regions) {
             Ok(mem) => Ok(Some(mem)),

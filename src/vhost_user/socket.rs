@@ -67,6 +67,11 @@ impl Connection {
         Connection { stream }
     }
 
+    /// The socket (to shut it down from elsewhere).
+    pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.stream)
+    }
+
     /// Receives one message; the payload is read whole.
     pub fn recv(&mut self) -> Result<Message, WireError> {
         let mut header = [0u8; HEADER_LEN];

@@ -13,6 +13,7 @@ pub mod packet;
 pub mod python;
 pub mod qemu;
 pub mod qmp;
+pub mod raw_frontend;
 pub mod tap;
 
 use std::path::PathBuf;

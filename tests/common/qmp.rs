@@ -54,35 +54,11 @@ impl Qmp {
         arguments: Value,
         fd: &impl std::os::fd::AsRawFd,
     ) -> Result<Value, Value> {
-        use std::os::fd::AsRawFd;
         let msg = json!({ "execute": command, "arguments": arguments }).to_string();
-        let mut iov = libc::iovec {
-            iov_base: msg.as_ptr() as *mut libc::c_void,
-            iov_len: msg.len(),
-        };
-        let mut control = [0u64; 4];
-        // SAFETY: msghdr is plain data.
-        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = control.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE is a constant computation.
-        hdr.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
-        // SAFETY: the control buffer holds one cmsg with one int; the pointers are into it.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&hdr);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd.as_raw_fd());
-        }
-        // SAFETY: hdr points at live buffers for the duration of the call.
-        let sent = unsafe { libc::sendmsg(self.writer.as_raw_fd(), &hdr, 0) };
-        assert_eq!(
-            sent as usize,
-            msg.len(),
-            "sendmsg: {}",
-            std::io::Error::last_os_error()
+        super::raw_frontend::send_with_fds(
+            std::os::fd::AsRawFd::as_raw_fd(&self.writer),
+            msg.as_bytes(),
+            &[fd.as_raw_fd()],
         );
         self.reply()
     }
