@@ -169,6 +169,8 @@ impl Handler {
                 break e;
             }
         };
+        // The frontend sees the end now, not when the last duplicate of the socket closes.
+        self.conn.shutdown();
         match (self.memory.domain().fault(), end) {
             (Some(addr), _) => Err(ConnectionError::MemoryLost(addr)),
             (None, WireError::Closed) => Ok(()),

@@ -67,6 +67,12 @@ impl Connection {
         Connection { stream }
     }
 
+    /// Ends the connection for the frontend now, whoever else still holds a duplicate of the
+    /// socket (a fault domain does).
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
     /// The socket (to shut it down from elsewhere).
     pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
         std::os::fd::AsFd::as_fd(&self.stream)
