@@ -44,79 +44,110 @@ pub fn run(mut reader: impl QmpInput, out: Arc<SessionOut>, ctx: &QmpContext, pe
     debug!("QMP {peer}: session ended");
 }
 
+/// The greeting a session starts with.
+pub fn greeting() -> String {
+    encode(&json!({ "QMP": { "version": version_info(), "capabilities": [] } }))
+}
+
+/// One session's command state: negotiation and the descriptors it holds. Transport-free, so
+/// that a byte stream can drive it in a test or a fuzz target.
+#[derive(Debug, Default)]
+pub struct Session {
+    negotiated: bool,
+    /// Descriptors that came with the current command and those `getfd` named.
+    pub fds: SessionFds,
+}
+
+/// What one command produced.
+#[derive(Debug)]
+pub struct Handled {
+    /// The encoded reply (`return` or `error`).
+    pub reply: String,
+    pub after: After,
+    /// Negotiation just completed: the session starts getting events.
+    pub subscribe: bool,
+}
+
+impl Session {
+    /// Handles one frame; descriptors that came with it and were not taken are closed.
+    pub fn handle(&mut self, frame: Frame, ctx: &QmpContext) -> Handled {
+        let was_negotiated = self.negotiated;
+        let (reply, after) = self.reply(frame, ctx);
+        // Descriptors belong to the command they came with; getfd took what it wanted.
+        self.fds.received.clear();
+        Handled {
+            reply,
+            after,
+            subscribe: self.negotiated && !was_negotiated,
+        }
+    }
+
+    fn reply(&mut self, frame: Frame, ctx: &QmpContext) -> (String, After) {
+        let text = match frame {
+            Frame::Value(t) => t,
+            Frame::Error(e) => return (encode_error(&QmpError::generic(e), None), After::Nothing),
+        };
+        let value: Value = match serde_json::from_slice(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                let e = QmpError::generic(format!("JSON parse error, {e}"));
+                return (encode_error(&e, None), After::Nothing);
+            }
+        };
+        let cmd = match parse_command(value) {
+            Ok(c) => c,
+            Err((e, id)) => return (encode_error(&e, id), After::Nothing),
+        };
+        if !self.negotiated {
+            if cmd.name != "qmp_capabilities" {
+                let e = QmpError::command_not_found(
+                    "Expecting capabilities negotiation with 'qmp_capabilities'",
+                );
+                return (encode_error(&e, cmd.id), After::Nothing);
+            }
+            return match negotiate(&cmd.arguments) {
+                Ok(()) => {
+                    self.negotiated = true;
+                    (encode_return(json!({}), cmd.id), After::Nothing)
+                }
+                Err(e) => (encode_error(&e, cmd.id), After::Nothing),
+            };
+        }
+        match dispatch(ctx, &mut self.fds, &cmd.name, &cmd.arguments) {
+            Ok((value, after)) => (encode_return(value, cmd.id), after),
+            Err(e) => (encode_error(&e, cmd.id), After::Nothing),
+        }
+    }
+}
+
 fn serve(reader: &mut impl QmpInput, out: &Arc<SessionOut>, ctx: &QmpContext, peer: &str) {
-    let greeting = json!({ "QMP": { "version": version_info(), "capabilities": [] } });
-    if out.send_reply(encode(&greeting)).is_err() {
+    if out.send_reply(greeting()).is_err() {
         return;
     }
-    let mut negotiated = false;
-    let mut fds = SessionFds::default();
+    let mut session = Session::default();
     let mut splitter = Splitter::default();
     let mut frames = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match reader.read_with_fds(&mut buf, &mut fds.received) {
+        let n = match reader.read_with_fds(&mut buf, &mut session.fds.received) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         splitter.feed(&buf[..n], &mut frames);
         for frame in frames.drain(..) {
-            let (reply, after) = handle(frame, &mut negotiated, &mut fds, out, ctx);
-            // Descriptors belong to the command they came with; getfd took what it wanted.
-            fds.received.clear();
-            if out.send_reply(reply).is_err() {
+            let handled = session.handle(frame, ctx);
+            if handled.subscribe {
+                ctx.events.subscribe(out);
+            }
+            if out.send_reply(handled.reply).is_err() {
                 return;
             }
-            if after == After::Quit {
+            if handled.after == After::Quit {
                 info!("QMP {peer}: quit");
                 out.drain(Instant::now() + QUIT_REPLY_WAIT);
                 crate::signals::request_shutdown();
             }
         }
-    }
-}
-
-fn handle(
-    frame: Frame,
-    negotiated: &mut bool,
-    fds: &mut SessionFds,
-    out: &Arc<SessionOut>,
-    ctx: &QmpContext,
-) -> (String, After) {
-    let text = match frame {
-        Frame::Value(t) => t,
-        Frame::Error(e) => return (encode_error(&QmpError::generic(e), None), After::Nothing),
-    };
-    let value: Value = match serde_json::from_slice(&text) {
-        Ok(v) => v,
-        Err(e) => {
-            let e = QmpError::generic(format!("JSON parse error, {e}"));
-            return (encode_error(&e, None), After::Nothing);
-        }
-    };
-    let cmd = match parse_command(value) {
-        Ok(c) => c,
-        Err((e, id)) => return (encode_error(&e, id), After::Nothing),
-    };
-    if !*negotiated {
-        if cmd.name != "qmp_capabilities" {
-            let e = QmpError::command_not_found(
-                "Expecting capabilities negotiation with 'qmp_capabilities'",
-            );
-            return (encode_error(&e, cmd.id), After::Nothing);
-        }
-        return match negotiate(&cmd.arguments) {
-            Ok(()) => {
-                *negotiated = true;
-                ctx.events.subscribe(out);
-                (encode_return(json!({}), cmd.id), After::Nothing)
-            }
-            Err(e) => (encode_error(&e, cmd.id), After::Nothing),
-        };
-    }
-    match dispatch(ctx, fds, &cmd.name, &cmd.arguments) {
-        Ok((value, after)) => (encode_return(value, cmd.id), after),
-        Err(e) => (encode_error(&e, cmd.id), After::Nothing),
     }
 }
 
