@@ -1,0 +1,66 @@
+//! Guest frames into the user-mode stack (`-netdev user`): ARP, NDP, DHCP, DNS, TFTP, ICMP,
+//! UDP and TCP, through the netdev's own queue as the datapath hands them over.
+//!
+//! The stack runs with `restrict=on` and no upstream resolvers, so nothing reaches past the
+//! process. Checked: everything the stack answers is a whole Ethernet frame behind the
+//! virtio-net header, addressed to the guest (or broadcast), from the stack's MAC, and no
+//! larger than the buffer it was given.
+
+#![no_main]
+
+use std::io::{IoSlice, IoSliceMut};
+
+use libfuzzer_sys::fuzz_target;
+use vhost_user_netd::qmp::commands::SessionFds;
+use vhost_user_netd_backends::{NetdevConfig, VNET_HDR_LEN};
+
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+fn check(frame: &[u8], capacity: usize) {
+    assert!(frame.len() <= capacity);
+    assert!(frame.len() >= VNET_HDR_LEN + 14, "a frame shorter than an Ethernet header");
+    let eth = &frame[VNET_HDR_LEN..];
+    let dst = &eth[..6];
+    assert!(
+        dst == GUEST_MAC || dst[0] & 1 != 0,
+        "frame to {dst:02x?}, not the guest"
+    );
+    assert_eq!(eth[6] & 1, 0, "multicast source address");
+}
+
+fuzz_target!(|data: &[u8]| {
+    static SETUP: std::sync::Once = std::sync::Once::new();
+    SETUP.call_once(|| {
+        vhost_user_netd_backends::user::set_resolv_conf("/nonexistent/resolv.conf".into());
+    });
+    let Ok(config) = NetdevConfig::parse_cli("user,id=u0,restrict=on,ipv6=on") else {
+        return;
+    };
+    let Ok(backend) = config.open(&mut SessionFds::default()) else {
+        return;
+    };
+    let Ok(mut queue) = backend.queue(0) else {
+        return;
+    };
+    let hdr = [0u8; VNET_HDR_LEN];
+    let mut out = vec![0u8; 65_600];
+    let mut rest = data;
+    while let [a, b, tail @ ..] = rest {
+        let len = usize::from(u16::from_le_bytes([*a, *b]) % 1600).min(tail.len());
+        let (mut frame, tail) = tail.split_at(len);
+        let fixed;
+        if frame.len() >= 12 {
+            // Sent by the guest: its own MAC as the source, so that answers come back to it.
+            let mut f = frame.to_vec();
+            f[6..12].copy_from_slice(&GUEST_MAC);
+            fixed = f;
+            frame = &fixed;
+        }
+        let _ = queue.send(&[IoSlice::new(&hdr), IoSlice::new(frame)]);
+        while let Ok(n) = queue.recv(&mut [IoSliceMut::new(&mut out)]) {
+            check(&out[..n], out.len());
+        }
+        rest = tail;
+    }
+    backend.shutdown();
+});
