@@ -18,7 +18,10 @@ const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
 fn check(frame: &[u8], capacity: usize) {
     assert!(frame.len() <= capacity);
-    assert!(frame.len() >= VNET_HDR_LEN + 14, "a frame shorter than an Ethernet header");
+    assert!(
+        frame.len() >= VNET_HDR_LEN + 14,
+        "a frame shorter than an Ethernet header"
+    );
     let eth = &frame[VNET_HDR_LEN..];
     let dst = &eth[..6];
     assert!(
