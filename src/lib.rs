@@ -9,6 +9,8 @@
 //! - The host-side backends live in the `vhost-user-netd-backends` crate (`backends/`), which
 //!   knows nothing about virtio.
 //! - [`qmp`]: the QMP management socket (QEMU's net QAPI).
+//! - [`events`]: asynchronous events and their fan-out to subscribers (QMP sessions).
+//! - [`mac`]: MAC address text.
 //! - [`registry`]: netdevs (command line and QMP) and ports; live rebinding.
 //! - [`announcer`]: `announce-self` timers.
 //! - [`signals`]: clean shutdown on SIGTERM.
@@ -17,6 +19,8 @@ pub mod announcer;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod events;
+pub mod mac;
 pub mod port;
 pub mod qmp;
 pub mod registry;

@@ -15,10 +15,11 @@ use log::{error, info, warn};
 use vhost_user_netd_backends::{Backend, Capabilities};
 
 use crate::config::{Listen, PortConfig};
+use crate::device::lock;
 use crate::device::queue_pair::MacWatch;
 use crate::device::{DeviceConfig, NetDevice};
-use crate::qmp::events::EventBus;
-use crate::vhost_user::handler::{lock, ConnectionError, Handler};
+use crate::events::EventBus;
+use crate::vhost_user::handler::{ConnectionError, Handler};
 use crate::vhost_user::socket::Connection;
 
 /// Longest wait between client-mode reconnection attempts.

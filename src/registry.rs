@@ -8,8 +8,8 @@ use serde_json::Value;
 use vhost_user_netd_backends::netdev::FdSource;
 use vhost_user_netd_backends::{Backend, LinkEvent, LinkWatch, NetdevConfig};
 
+use crate::events::EventBus;
 use crate::port::Port;
-use crate::qmp::events::EventBus;
 
 /// A netdev and its open backend.
 #[derive(Debug, Clone)]

@@ -307,7 +307,7 @@ fn hostile_vhost_user_messages_get_errors_not_crashes() {
     assert_eq!(fe.reply().0, 11);
     // Every refused request was counted (the config read and vring base of vring 77 too).
     let device = port.device().expect("connected");
-    let failed = vhost_user_netd::vhost_user::handler::lock(&device).failed_requests();
+    let failed = vhost_user_netd::device::lock(&device).failed_requests();
     assert_eq!(failed, 9, "refused requests counted");
     drop(device);
     // Still serving: GET_FEATURES answers.
@@ -514,7 +514,8 @@ fn delivered(t: &mut TestFrontend, frame: &[u8]) {
 #[test]
 fn control_queue_commands_set_the_filter_the_rx_path_applies() {
     use std::sync::{Arc, Mutex};
-    use vhost_user_netd::qmp::events::{EventBus, SessionOut};
+    use vhost_user_netd::events::{EventBus, EventSink};
+    use vhost_user_netd::qmp::session_out::SessionOut;
 
     /// Collects what the event bus writes.
     #[derive(Clone, Default)]
@@ -531,7 +532,8 @@ fn control_queue_commands_set_the_filter_the_rx_path_applies() {
     let events = Arc::new(EventBus::default());
     let sink = Sink::default();
     let session = SessionOut::spawn(Box::new(sink.clone()), Box::new(|| {}), "sink", ()).unwrap();
-    events.subscribe(&session);
+    let subscriber: Arc<dyn EventSink> = session.clone();
+    events.subscribe(&subscriber);
     let changes = || {
         // Events are written by the session's own thread.
         session.drain(std::time::Instant::now() + Duration::from_secs(5));
@@ -625,7 +627,7 @@ fn control_queue_commands_set_the_filter_the_rx_path_applies() {
     );
 
     let device = port.device().unwrap();
-    let counts = vhost_user_netd::vhost_user::handler::lock(&device).counters()[0];
+    let counts = vhost_user_netd::device::lock(&device).counters()[0];
     assert_eq!(counts.rx_dropped_filtered, 3);
     assert_eq!(counts.ctrl_commands, 4);
     assert_eq!(counts.ctrl_errors, 4);

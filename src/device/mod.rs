@@ -31,7 +31,7 @@ pub mod worker;
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{info, warn};
 use vhost_user_netd_backends::{Backend, Capabilities, Offloads};
@@ -41,6 +41,12 @@ use self::config_space::NetConfigSpace;
 use self::counters::Counts;
 use self::ctrl_queue::CtrlHandle;
 use self::queue_pair::{DatapathParams, PairHandle};
+
+/// Locks the device, recovering from a poisoned lock (a panicked holder left consistent state:
+/// every mutation is a single assignment or a completed call).
+pub fn lock(device: &Mutex<NetDevice>) -> MutexGuard<'_, NetDevice> {
+    device.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Default MTU when neither the port nor the frontend set one.
 pub const DEFAULT_MTU: u16 = 1500;
@@ -394,7 +400,7 @@ impl NetDevice {
         let zero = [0u8; 12];
         let hdr: &[u8] = if vnet { &zero[..hdr_len] } else { &[] };
         backend.send(&[IoSlice::new(hdr), IoSlice::new(&frame)])?;
-        info!("sent RARP for {}", crate::config::format_mac(&mac));
+        info!("sent RARP for {}", crate::mac::format_mac(&mac));
         Ok(())
     }
 

@@ -10,9 +10,9 @@ use serde_json::{json, Map, Value};
 use vhost_user_netd_backends::netdev::FdSource;
 use vhost_user_netd_backends::{NetdevConfig, OptionError, OptionSource, Opts};
 
-use super::events::EventBus;
 use super::protocol::QmpError;
 use crate::announcer::{Announcer, Schedule, MAX_ROUNDS};
+use crate::events::EventBus;
 use crate::registry::{Registry, RegistryError};
 
 /// The QEMU version whose net QAPI this daemon speaks.

@@ -4,14 +4,14 @@
 //! - [`protocol`]: the command envelope and reply/event encoding, with QEMU's error texts.
 //! - [`session`]: greeting, capabilities negotiation, one client's command loop.
 //! - [`commands`]: typed handlers; they reach the daemon through a control handle only.
-//! - [`events`]: timestamped events to every negotiated session.
+//! - [`session_out`]: a session's bounded output queue and writer (an event sink).
 //! - [`server`]: `unix:` and loopback `tcp:` listeners.
 //! - [`stats`]: the per-port statistics query.
 
 pub mod commands;
-pub mod events;
 pub mod framing;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod session_out;
 pub mod stats;

@@ -139,15 +139,13 @@ pub fn encode_error(error: &QmpError, id: Option<Value>) -> String {
     ascii_json(&Value::Object(m))
 }
 
-/// An event with the current time.
-pub fn encode_event(name: &str, data: Option<Value>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+/// `{"event": ..., "data": ..., "timestamp": {"seconds": ..., "microseconds": ...}}`.
+pub fn encode_event(event: &crate::events::Event) -> String {
+    let now = event.timestamp;
     let mut m = Map::new();
-    m.insert("event".into(), Value::String(name.into()));
-    if let Some(d) = data {
-        m.insert("data".into(), d);
+    m.insert("event".into(), Value::String(event.name.clone()));
+    if let Some(d) = &event.data {
+        m.insert("data".into(), d.clone());
     }
     m.insert(
         "timestamp".into(),
@@ -215,9 +213,16 @@ mod tests {
             e,
             "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"x\"}}\r\n"
         );
-        let ev: Value =
-            serde_json::from_str(encode_event("X", Some(json!({"a": 1}))).trim_end()).unwrap();
-        assert!(ev["timestamp"]["seconds"].as_u64().unwrap() > 1_600_000_000);
-        assert!(ev["timestamp"]["microseconds"].as_u64().unwrap() < 1_000_000);
+        let event = crate::events::Event {
+            name: "X".into(),
+            data: Some(json!({"a": 1})),
+            timestamp: std::time::Duration::new(1_700_000_000, 123_456_789),
+        };
+        let ev: Value = serde_json::from_str(encode_event(&event).trim_end()).unwrap();
+        assert_eq!(
+            ev,
+            json!({"event": "X", "data": {"a": 1},
+                   "timestamp": {"seconds": 1_700_000_000u64, "microseconds": 123_456}})
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::io::Write;
-use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,9 +12,9 @@ use std::sync::Arc;
 use log::{info, warn};
 
 use super::commands::QmpContext;
-use super::events::{SessionOut, STALL_LIMIT};
 use super::protocol::{encode_error, QmpError};
 use super::session::{self, QmpInput};
+use super::session_out::{SessionOut, STALL_LIMIT};
 use crate::config::QmpAddr;
 
 /// Most QMP sessions served at once; a client beyond it gets an error and is disconnected.
@@ -175,13 +175,5 @@ fn serve<S: ClientStream>(
         if let Err(e) = start_session(stream, ctx.clone(), slot) {
             warn!("QMP: starting a session: {e}");
         }
-    }
-}
-
-/// Whether `host` resolves only to loopback addresses (QMP over TCP is for local use).
-pub fn is_loopback(host: &str, port: u16) -> bool {
-    match (host, port).to_socket_addrs() {
-        Ok(mut addrs) => addrs.all(|a| a.ip().is_loopback()),
-        Err(_) => false,
     }
 }

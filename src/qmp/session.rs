@@ -11,9 +11,9 @@ use log::{debug, info};
 use serde_json::{json, Value};
 
 use super::commands::{dispatch, version_info, After, QmpContext, SessionFds};
-use super::events::SessionOut;
 use super::framing::{Frame, Splitter};
 use super::protocol::{encode, encode_error, encode_return, parse_command, QmpError};
+use super::session_out::SessionOut;
 
 /// Where a session reads from: bytes, plus descriptors where the transport carries them.
 pub trait QmpInput {
@@ -137,7 +137,8 @@ fn serve(reader: &mut impl QmpInput, out: &Arc<SessionOut>, ctx: &QmpContext, pe
         for frame in frames.drain(..) {
             let handled = session.handle(frame, ctx);
             if handled.subscribe {
-                ctx.events.subscribe(out);
+                let sink: Arc<dyn crate::events::EventSink> = out.clone();
+                ctx.events.subscribe(&sink);
             }
             if out.send_reply(handled.reply).is_err() {
                 return;

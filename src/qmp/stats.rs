@@ -2,8 +2,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::device::lock;
 use crate::port::Port;
-use crate::vhost_user::handler::lock;
 
 /// One port's statistics; counters are those of the current connection.
 pub fn port_stats(port: &Port) -> Value {
@@ -51,7 +51,7 @@ pub fn rx_filter(port: &Port) -> Value {
     let Some(f) = filter else {
         let mac = port.main_mac().map_or_else(
             || "00:00:00:00:00:00".to_string(),
-            |m| crate::config::format_mac(&m),
+            |m| crate::mac::format_mac(&m),
         );
         return json!({
             "name": name,
@@ -86,7 +86,7 @@ pub fn rx_filter(port: &Port) -> Value {
         "normal"
     };
     let macs =
-        |list: &[[u8; 6]]| -> Vec<String> { list.iter().map(crate::config::format_mac).collect() };
+        |list: &[[u8; 6]]| -> Vec<String> { list.iter().map(crate::mac::format_mac).collect() };
     json!({
         "name": name,
         "promiscuous": f.promisc,
@@ -96,7 +96,7 @@ pub fn rx_filter(port: &Port) -> Value {
         "broadcast-allowed": !f.nobcast,
         "multicast-overflow": f.multicast_overflow,
         "unicast-overflow": f.unicast_overflow,
-        "main-mac": crate::config::format_mac(&f.mac),
+        "main-mac": crate::mac::format_mac(&f.mac),
         "vlan-table": vlans,
         "unicast-table": macs(&f.unicast),
         "multicast-table": macs(&f.multicast),

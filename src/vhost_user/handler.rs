@@ -7,7 +7,7 @@
 //! error) and the connection goes on; only a broken wire (bad header, oversized payload) ends it.
 
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use log::{debug, info, warn};
 use vhost::vhost_user::message::{
@@ -25,7 +25,7 @@ use crate::device::dirty_log::DirtyLog;
 use crate::device::features::VHOST_USER_F_PROTOCOL_FEATURES;
 use crate::device::memory_fault::FaultDomain;
 use crate::device::vring::Vring;
-use crate::device::NetDevice;
+use crate::device::{lock, NetDevice};
 
 /// Low byte of a kick/call payload: the vring index; this bit: no descriptor (polling).
 const VRING_NOFD_MASK: u64 = 0x100;
@@ -596,12 +596,6 @@ impl Handler {
         }
         Ok(())
     }
-}
-
-/// Locks the device, recovering from a poisoned lock (a panicked holder left consistent state:
-/// every mutation is a single assignment or a completed call).
-pub fn lock(device: &Mutex<NetDevice>) -> MutexGuard<'_, NetDevice> {
-    device.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum ReplyKind {

@@ -12,8 +12,8 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vhost_user_netd::config::{Listen, PortConfig};
+use vhost_user_netd::events::EventBus;
 use vhost_user_netd::port::Port;
-use vhost_user_netd::qmp::events::EventBus;
 use vhost_user_netd_backends::socketpair::SocketpairBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 

@@ -1,5 +1,5 @@
-//! Everything a session sends (replies and events) goes through a bounded queue that the
-//! session's own writer thread empties, so nothing that emits an event (a port thread, the
+//! A QMP session's output: everything it sends (replies and events) goes through a bounded
+//! queue that the session's own writer thread empties, so nothing that emits an event (a port thread, the
 //! datapath, shutdown) ever waits for a QMP client.
 //!
 //! Replies are flow-controlled: a session stops reading commands while [`REPLY_WINDOW`]
@@ -9,13 +9,13 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::warn;
-use serde_json::Value;
 
 use super::protocol::encode_event;
+use crate::events::{Event, EventSink};
 
 /// Most messages waiting for one client before it is disconnected.
 pub const QUEUE_LIMIT: usize = 256;
@@ -209,50 +209,24 @@ impl SessionOut {
     }
 }
 
-/// Fan-out of events to negotiated sessions.
-#[derive(Debug, Default)]
-pub struct EventBus {
-    sessions: Mutex<Vec<Weak<SessionOut>>>,
-}
-
-impl EventBus {
-    /// Starts delivering events to `out`.
-    pub fn subscribe(&self, out: &Arc<SessionOut>) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(out));
+impl EventSink for SessionOut {
+    fn deliver(&self, event: &Event) -> bool {
+        self.send(encode_event(event)).is_ok()
     }
 
-    fn live(&self) -> Vec<Arc<SessionOut>> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|w| w.upgrade().is_some_and(|s| !s.is_closed()));
-        sessions.iter().filter_map(Weak::upgrade).collect()
+    fn is_closed(&self) -> bool {
+        SessionOut::is_closed(self)
     }
 
-    /// Queues `name` with `data` (timestamped now) for every live subscribed session. Never
-    /// waits for a client.
-    pub fn emit(&self, name: &str, data: Option<Value>) {
-        let line = encode_event(name, data);
-        for out in self.live() {
-            // A session that cannot take it any more was just disconnected.
-            let _ = out.send(line.clone());
-        }
-    }
-
-    /// Waits (at most `timeout`) until every session has written what is queued for it: before
-    /// the process exits, so that `SHUTDOWN` reaches clients that read.
-    pub fn drain(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        for out in self.live() {
-            out.drain(deadline);
-        }
+    fn drain(&self, deadline: Instant) {
+        SessionOut::drain(self, deadline);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventBus;
 
     /// A writer that blocks until released, recording what it wrote.
     #[derive(Clone, Default)]
@@ -289,7 +263,8 @@ mod tests {
         )
         .unwrap();
         let bus = EventBus::default();
-        bus.subscribe(&out);
+        let sink: Arc<dyn EventSink> = out.clone();
+        bus.subscribe(&sink);
         let start = Instant::now();
         // The writer holds one message in its blocked write; QUEUE_LIMIT more fill the queue.
         for _ in 0..QUEUE_LIMIT + 2 {
@@ -298,7 +273,7 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(1), "emit never waits");
         assert!(*hung_up.lock().unwrap(), "the client was hung up");
         assert!(out.is_closed());
-        assert!(bus.live().is_empty(), "and unsubscribed");
+        assert_eq!(bus.sinks(), 0, "and unsubscribed");
         *gate.open.0.lock().unwrap() = true;
         gate.open.1.notify_all();
     }
