@@ -1,7 +1,8 @@
 //! The virtio-net device: the only code that knows virtio (rings, feature bits, the virtio-net
 //! header, guest memory).
 //!
-//! - [`guest_iov`]: descriptor chains → host iovecs (all guest-memory `unsafe` is there).
+//! - [`guest_iov`]: descriptor chains → host iovecs. Guest-memory `unsafe` is there and in
+//!   [`ring_map`], [`dirty_log`] and [`memory_fault`].
 //! - [`vring`]: one split ring: avail reads, batched used writes, notifications.
 //! - [`queue_pair`]: a pair's state, lock and worker thread; `rx` and `tx`: its two paths.
 //! - [`ctrl_queue`] and [`rx_filter`]: the control queue, when the frontend hands it over, and

@@ -1,5 +1,5 @@
 //! QMP listeners (`unix:` paths and loopback `tcp:`): one thread per listener, and per session a
-//! reader thread (commands) and a writer thread (replies and events, see [`super::events`]).
+//! reader thread (commands) and a writer thread (replies and events, see [`super::session_out`]).
 //! At most [`MAX_SESSIONS`] sessions run at once over all listeners.
 
 use std::io;
