@@ -12,7 +12,7 @@ use vhost_user_netd::port::{bind_listener, inherited_listener, Port};
 use vhost_user_netd::qmp::commands::QmpContext;
 use vhost_user_netd::registry::{Netdev, Registry};
 use vhost_user_netd::signals;
-use vhost_user_netd_backends::netdev::InheritedFds;
+use vhost_user_netd_backends::InheritedFds;
 
 /// Exit code for bad command-line input (as clap uses).
 const EXIT_USAGE: u8 = 2;

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use vhost_user_netd_backends::netdev::FdSource;
+use vhost_user_netd_backends::FdSource;
 use vhost_user_netd_backends::{Backend, LinkEvent, LinkWatch, NetdevConfig};
 
 use crate::events::EventBus;

@@ -21,6 +21,7 @@
 pub mod batching;
 pub mod datagram;
 pub mod dgram;
+pub mod fd_source;
 pub mod hub;
 pub mod l2tpv3;
 pub mod netdev;
@@ -35,6 +36,7 @@ pub mod user;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::RawFd;
 
+pub use fd_source::{FdSource, InheritedFds};
 pub use netdev::{NetdevConfig, NetdevKind};
 pub use options::{OptionError, OptionSource, Opts};
 

@@ -3,17 +3,16 @@
 //! Netdevs from the command line and (later) from QMP's `netdev_add` both become a
 //! [`NetdevConfig`] here; nothing else parses netdev options.
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::dgram::{DgramBackend, DgramOptions};
+use crate::fd_source::FdSource;
 use crate::hub::{HubPortBackend, HubPortOptions};
 use crate::l2tpv3::{L2tpv3Backend, L2tpv3Options};
 use crate::options::{OptionError, Opts};
 use crate::stream::{StreamBackend, StreamOptions};
-use crate::sys;
 use crate::tap::{TapBackend, TapOptions};
 use crate::user::{UserBackend, UserOptions};
 use crate::{Backend, Error};
@@ -142,38 +141,6 @@ impl NetdevConfig {
     }
 }
 
-/// Where `fd=NAME` options find their descriptors: inherited numbers on the command line,
-/// names passed with `getfd` over QMP.
-pub trait FdSource {
-    /// Takes ownership of the descriptor `name` refers to.
-    fn take_fd(&mut self, name: &str) -> Result<OwnedFd, Error>;
-}
-
-/// Descriptors inherited from the parent process, named by number.
-#[derive(Debug, Default)]
-pub struct InheritedFds {
-    taken: Vec<i32>,
-}
-
-impl FdSource for InheritedFds {
-    fn take_fd(&mut self, name: &str) -> Result<OwnedFd, Error> {
-        let bad =
-            |why: &str| Error::Option(OptionError::Invalid(format!("descriptor '{name}' {why}")));
-        let number: i32 = name
-            .parse()
-            .map_err(|_| bad("is not a descriptor number"))?;
-        if number <= 2 {
-            return Err(bad("is one of stdin/stdout/stderr"));
-        }
-        if self.taken.contains(&number) {
-            return Err(bad("is used twice"));
-        }
-        let fd = sys::adopt_inherited_fd(number).map_err(|_| bad("is not open"))?;
-        self.taken.push(number);
-        Ok(fd)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,13 +179,5 @@ mod tests {
                 .to_string(),
             "Invalid parameter 'bogus'"
         );
-    }
-
-    #[test]
-    fn inherited_fds_are_checked() {
-        let mut fds = InheritedFds::default();
-        assert!(fds.take_fd("abc").is_err());
-        assert!(fds.take_fd("1").is_err());
-        assert!(fds.take_fd("987654").is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
-use vhost_user_netd_backends::netdev::FdSource;
+use vhost_user_netd_backends::FdSource;
 use vhost_user_netd_backends::{NetdevConfig, OptionError, OptionSource, Opts};
 
 use super::protocol::QmpError;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub use options::{DgramMode, DgramOptions, MulticastLocal};
 
 use crate::datagram::{Bare, DatagramCounters, DatagramQueue, Destination};
-use crate::netdev::FdSource;
+use crate::fd_source::FdSource;
 use crate::socket_address::SocketAddress;
 use crate::{sys, Backend, BackendQueue, Capabilities, Error, OptionError};
 

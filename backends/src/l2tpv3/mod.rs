@@ -12,7 +12,7 @@ use std::sync::Arc;
 pub use options::L2tpv3Options;
 
 use crate::datagram::{DatagramCounters, DatagramQueue, Destination};
-use crate::netdev::FdSource;
+use crate::fd_source::FdSource;
 use crate::{sys, Backend, BackendQueue, Capabilities, Error, OptionError};
 use header::{HeaderLayout, L2tpEncap, RefusedCounters};
 

@@ -25,7 +25,7 @@ use serde_json::Value;
 pub use options::StreamOptions;
 use queue::{StreamIo, StreamQueue};
 
-use crate::netdev::FdSource;
+use crate::fd_source::FdSource;
 use crate::socket_address::{describe_inet, describe_unix, SocketAddress, UnixAddress};
 use crate::{sys, Backend, BackendQueue, Capabilities, Error, LinkEvent, LinkWatch};
 

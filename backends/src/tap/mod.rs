@@ -20,7 +20,7 @@ use log::{info, warn};
 
 pub use options::TapOptions;
 
-use crate::netdev::FdSource;
+use crate::fd_source::FdSource;
 use crate::sys;
 use crate::{Backend, BackendQueue, Capabilities, Error, Offloads, VNET_HDR_LEN};
 
