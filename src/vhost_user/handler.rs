@@ -327,197 +327,307 @@ impl Handler {
     }
 
     fn dispatch(&mut self, msg: &mut Message) -> Result<Outcome, RequestError> {
-        let device = Arc::clone(&self.device);
-        let mut guard = lock(&device);
-        let dev: &mut NetDevice = &mut guard;
         let Ok(request) = FrontendReq::try_from(msg.request) else {
             return Err(RequestError::Unsupported(msg.request));
         };
-        let p = &msg.payload;
-        match request {
-            FrontendReq::GET_FEATURES => Ok(u64_reply(dev.offered_features())),
-            FrontendReq::SET_FEATURES => {
-                let v = parse::<VhostUserU64>(p)?.value;
-                debug!("features acked by the frontend: {v:#x}");
-                dev.set_features(v)?;
-                self.features_set = true;
-                for i in 0..self.enable_requested.len() {
-                    self.apply_enable(dev, i)?;
-                }
-                Ok(Outcome::Done)
-            }
-            FrontendReq::SET_OWNER => Ok(Outcome::Done),
-            FrontendReq::RESET_OWNER | FrontendReq::RESET_DEVICE => {
-                self.reset(dev)?;
-                Ok(Outcome::Done)
-            }
-            FrontendReq::GET_PROTOCOL_FEATURES => Ok(u64_reply(offered_protocol_features().bits())),
-            FrontendReq::SET_PROTOCOL_FEATURES => {
-                let v = parse::<VhostUserU64>(p)?.value;
-                let offered = offered_protocol_features();
-                let Some(f) =
-                    VhostUserProtocolFeatures::from_bits(v).filter(|f| offered.contains(*f))
-                else {
-                    return Err(invalid(format!(
-                        "protocol features {v:#x} were not offered"
-                    )));
-                };
-                self.protocol = f;
-                Ok(Outcome::Done)
-            }
-            // Counted in vrings, as libvhost-user and rust-vmm frontends (cloud-hypervisor) read
-            // it: two per pair and the control queue. QEMU compares it with its queue pairs,
-            // which the larger figure satisfies too.
-            FrontendReq::GET_QUEUE_NUM => Ok(u64_reply(u64::from(dev.queue_pairs()) * 2 + 1)),
-            FrontendReq::GET_MAX_MEM_SLOTS => Ok(u64_reply(MAX_MEM_SLOTS)),
-            FrontendReq::SET_MEM_TABLE => self.set_mem_table(dev, msg),
-            FrontendReq::ADD_MEM_REG => {
-                let r = parse::<VhostUserSingleMemoryRegion>(p)?;
-                let fd = msg.take_fd();
-                if let Some(mem) = self.memory.add(region_desc(&r), fd)? {
-                    Self::set_guest_memory(dev, mem)?;
-                }
-                Ok(Outcome::Done)
-            }
-            FrontendReq::REM_MEM_REG => {
-                let r = parse::<VhostUserSingleMemoryRegion>(p)?;
-                let mem = self.memory.remove(region_desc(&r))?;
-                Self::set_guest_memory(dev, mem)?;
-                Ok(Outcome::Done)
-            }
-            FrontendReq::SET_VRING_NUM => {
-                let s = parse::<VhostUserVringState>(p)?;
-                if !Self::with_ring(dev, s.index, |ring| ring.set_size(s.num))? {
-                    return Err(invalid(format!(
-                        "vring size {} is not a power of two up to 32768",
-                        { s.num }
-                    )));
-                }
-                Ok(Outcome::Done)
-            }
-            FrontendReq::SET_VRING_ADDR => {
-                let a = parse::<VhostUserVringAddr>(p)?;
-                let translate = |va: u64, what: &str| {
-                    self.memory.va_to_gpa(va).ok_or_else(|| {
-                        invalid(format!(
-                            "{what} address {va:#x} is not in any memory region"
-                        ))
-                    })
-                };
-                let desc = translate(a.descriptor, "descriptor table")?;
-                let avail = translate(a.available, "avail ring")?;
-                let used = translate(a.used, "used ring")?;
-                let mem = Self::guest_memory(dev);
-                Self::with_ring(dev, a.index, |ring| {
-                    ring.set_addresses(&mem, desc, avail, used)
-                })?
-                .map_err(|e| invalid(format!("vring {}: {e}", { a.index })))?;
-                Ok(Outcome::Done)
-            }
-            FrontendReq::SET_VRING_BASE => {
-                let s = parse::<VhostUserVringState>(p)?;
-                let base = u16::try_from(s.num)
-                    .map_err(|_| invalid(format!("vring base {} too large", { s.num })))?;
-                Self::with_ring(dev, s.index, |ring| ring.set_base(base))?;
-                Ok(Outcome::Done)
-            }
-            FrontendReq::GET_VRING_BASE => {
-                let s = parse::<VhostUserVringState>(p)?;
-                let base = if Self::is_ctrl(dev, s.index) {
-                    dev.ctrl().lock().stop()
-                } else {
-                    let (pair, rx) = dev.vring(s.index)?;
-                    let base = pair.lock().stop_ring(rx);
-                    base
-                };
-                Ok(Outcome::Reply(
-                    VhostUserVringState::new(s.index, u32::from(base))
-                        .as_slice()
-                        .to_vec(),
-                ))
-            }
-            FrontendReq::SET_VRING_KICK
-            | FrontendReq::SET_VRING_CALL
-            | FrontendReq::SET_VRING_ERR => {
-                let v = parse::<VhostUserU64>(p)?.value;
-                let index = self.vring_index((v & VRING_INDEX_MASK) as u32)?;
-                let fd = if v & VRING_NOFD_MASK != 0 {
-                    None
-                } else {
-                    msg.take_fd()
-                };
-                self.set_vring_fd(dev, request, index, fd)?;
-                Ok(Outcome::Done)
-            }
-            FrontendReq::SET_VRING_ENABLE => {
-                let s = parse::<VhostUserVringState>(p)?;
-                let index = self.vring_index(s.index)?;
-                self.enable_requested[index] = s.num != 0;
-                self.apply_enable(dev, index)?;
-                Ok(Outcome::Done)
-            }
-            FrontendReq::GET_CONFIG => {
-                let hdr = parse_prefix::<VhostUserConfig>(p)?;
-                let (offset, size) = (hdr.offset, hdr.size);
-                if p.len() != hdr.as_slice().len() + size as usize || size > MAX_CONFIG_READ {
-                    return Err(invalid(format!(
-                        "config read of {size} bytes at {offset} is malformed"
-                    )));
-                }
-                let mut bytes = vec![0u8; size as usize];
-                let config = dev.config_space().bytes();
-                let start = offset as usize;
-                if start < CONFIG_LEN {
-                    let n = (CONFIG_LEN - start).min(bytes.len());
-                    bytes[..n].copy_from_slice(&config[start..start + n]);
-                }
-                let mut reply = hdr.as_slice().to_vec();
-                reply.extend_from_slice(&bytes);
-                Ok(Outcome::Reply(reply))
-            }
-            FrontendReq::SET_CONFIG => Err(invalid("virtio-net config space is read-only")),
-            FrontendReq::SET_LOG_BASE => {
-                let log = parse::<VhostUserLog>(p)?;
-                let echo = p.to_vec();
-                let fd = msg
-                    .take_fd()
-                    .ok_or_else(|| invalid("SET_LOG_BASE without a descriptor"))?;
-                let dirty =
-                    DirtyLog::map(fd, log.mmap_size, log.mmap_offset, self.memory.domain())?;
-                dev.set_dirty_log(Some(Arc::new(dirty)));
-                info!("dirty log of {} bytes installed", { log.mmap_size });
-                // QEMU waits for a reply; rust-vmm frontends expect the log message echoed.
-                Ok(Outcome::Reply(echo))
-            }
-            FrontendReq::SET_BACKEND_REQ_FD => {
-                let fd = msg
-                    .take_fd()
-                    .ok_or_else(|| invalid("SET_BACKEND_REQ_FD without a descriptor"))?;
-                dev.set_backend_channel(frontend_fd::channel(fd)?);
-                Ok(Outcome::Done)
-            }
-            // The log eventfd is only for frontends that want a signal per logged write; we
-            // write the bitmap directly.
-            FrontendReq::SET_LOG_FD => Ok(Outcome::Done),
-            FrontendReq::SEND_RARP => {
-                let v = parse::<VhostUserU64>(p)?.value;
-                let b = v.to_le_bytes();
-                dev.send_rarp([b[0], b[1], b[2], b[3], b[4], b[5]])?;
-                Ok(Outcome::Done)
-            }
-            FrontendReq::NET_SET_MTU => {
-                let v = parse::<VhostUserU64>(p)?.value;
-                dev.set_mtu(v)?;
-                info!("frontend set MTU {v}");
-                Ok(Outcome::Done)
-            }
-            other => Err(invalid(format!("{other:?} is not supported"))),
+        let run =
+            request_fn(request).ok_or_else(|| invalid(format!("{request:?} is not supported")))?;
+        let device = Arc::clone(&self.device);
+        let mut guard = lock(&device);
+        run(self, &mut guard, msg)
+    }
+
+    fn get_features(
+        &mut self,
+        dev: &mut NetDevice,
+        _: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        Ok(u64_reply(dev.offered_features()))
+    }
+
+    fn set_features(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let v = parse::<VhostUserU64>(&msg.payload)?.value;
+        debug!("features acked by the frontend: {v:#x}");
+        dev.set_features(v)?;
+        self.features_set = true;
+        for i in 0..self.enable_requested.len() {
+            self.apply_enable(dev, i)?;
         }
+        Ok(Outcome::Done)
+    }
+
+    fn set_owner(&mut self, _: &mut NetDevice, _: &mut Message) -> Result<Outcome, RequestError> {
+        Ok(Outcome::Done)
+    }
+
+    fn reset_device(
+        &mut self,
+        dev: &mut NetDevice,
+        _: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        self.reset(dev)?;
+        Ok(Outcome::Done)
+    }
+
+    fn get_protocol_features(
+        &mut self,
+        _: &mut NetDevice,
+        _: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        Ok(u64_reply(offered_protocol_features().bits()))
+    }
+
+    fn set_protocol_features(
+        &mut self,
+        _: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let v = parse::<VhostUserU64>(&msg.payload)?.value;
+        let offered = offered_protocol_features();
+        let Some(f) = VhostUserProtocolFeatures::from_bits(v).filter(|f| offered.contains(*f))
+        else {
+            return Err(invalid(format!(
+                "protocol features {v:#x} were not offered"
+            )));
+        };
+        self.protocol = f;
+        Ok(Outcome::Done)
+    }
+
+    /// Counted in vrings, as libvhost-user and rust-vmm frontends (cloud-hypervisor) read it:
+    /// two per pair and the control queue. QEMU compares it with its queue pairs, which the
+    /// larger figure satisfies too.
+    fn get_queue_num(
+        &mut self,
+        dev: &mut NetDevice,
+        _: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        Ok(u64_reply(u64::from(dev.queue_pairs()) * 2 + 1))
+    }
+
+    fn get_max_mem_slots(
+        &mut self,
+        _: &mut NetDevice,
+        _: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        Ok(u64_reply(MAX_MEM_SLOTS))
+    }
+
+    fn add_mem_reg(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let r = parse::<VhostUserSingleMemoryRegion>(&msg.payload)?;
+        let fd = msg.take_fd();
+        if let Some(mem) = self.memory.add(region_desc(&r), fd)? {
+            Self::set_guest_memory(dev, mem)?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn rem_mem_reg(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let r = parse::<VhostUserSingleMemoryRegion>(&msg.payload)?;
+        let mem = self.memory.remove(region_desc(&r))?;
+        Self::set_guest_memory(dev, mem)?;
+        Ok(Outcome::Done)
+    }
+
+    fn set_vring_num(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let s = parse::<VhostUserVringState>(&msg.payload)?;
+        if !Self::with_ring(dev, s.index, |ring| ring.set_size(s.num))? {
+            return Err(invalid(format!(
+                "vring size {} is not a power of two up to 32768",
+                { s.num }
+            )));
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let a = parse::<VhostUserVringAddr>(&msg.payload)?;
+        let translate = |va: u64, what: &str| {
+            self.memory.va_to_gpa(va).ok_or_else(|| {
+                invalid(format!(
+                    "{what} address {va:#x} is not in any memory region"
+                ))
+            })
+        };
+        let desc = translate(a.descriptor, "descriptor table")?;
+        let avail = translate(a.available, "avail ring")?;
+        let used = translate(a.used, "used ring")?;
+        let mem = Self::guest_memory(dev);
+        Self::with_ring(dev, a.index, |ring| {
+            ring.set_addresses(&mem, desc, avail, used)
+        })?
+        .map_err(|e| invalid(format!("vring {}: {e}", { a.index })))?;
+        Ok(Outcome::Done)
+    }
+
+    fn set_vring_base(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let s = parse::<VhostUserVringState>(&msg.payload)?;
+        let base = u16::try_from(s.num)
+            .map_err(|_| invalid(format!("vring base {} too large", { s.num })))?;
+        Self::with_ring(dev, s.index, |ring| ring.set_base(base))?;
+        Ok(Outcome::Done)
+    }
+
+    fn get_vring_base(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let s = parse::<VhostUserVringState>(&msg.payload)?;
+        let base = if Self::is_ctrl(dev, s.index) {
+            dev.ctrl().lock().stop()
+        } else {
+            let (pair, rx) = dev.vring(s.index)?;
+            let base = pair.lock().stop_ring(rx);
+            base
+        };
+        let state = VhostUserVringState::new(s.index, u32::from(base));
+        Ok(Outcome::Reply(state.as_slice().to_vec()))
+    }
+
+    /// `SET_VRING_KICK`, `SET_VRING_CALL` and `SET_VRING_ERR`.
+    fn set_vring_notifier(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let request = FrontendReq::try_from(msg.request)
+            .map_err(|_| RequestError::Unsupported(msg.request))?;
+        let v = parse::<VhostUserU64>(&msg.payload)?.value;
+        let index = self.vring_index((v & VRING_INDEX_MASK) as u32)?;
+        let fd = if v & VRING_NOFD_MASK != 0 {
+            None
+        } else {
+            msg.take_fd()
+        };
+        self.set_vring_fd(dev, request, index, fd)?;
+        Ok(Outcome::Done)
+    }
+
+    fn set_vring_enable(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let s = parse::<VhostUserVringState>(&msg.payload)?;
+        let index = self.vring_index(s.index)?;
+        self.enable_requested[index] = s.num != 0;
+        self.apply_enable(dev, index)?;
+        Ok(Outcome::Done)
+    }
+
+    fn get_config(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let p = &msg.payload;
+        let hdr = parse_prefix::<VhostUserConfig>(p)?;
+        let (offset, size) = (hdr.offset, hdr.size);
+        if p.len() != hdr.as_slice().len() + size as usize || size > MAX_CONFIG_READ {
+            return Err(invalid(format!(
+                "config read of {size} bytes at {offset} is malformed"
+            )));
+        }
+        let mut bytes = vec![0u8; size as usize];
+        let config = dev.config_space().bytes();
+        let start = offset as usize;
+        if start < CONFIG_LEN {
+            let n = (CONFIG_LEN - start).min(bytes.len());
+            bytes[..n].copy_from_slice(&config[start..start + n]);
+        }
+        let mut reply = hdr.as_slice().to_vec();
+        reply.extend_from_slice(&bytes);
+        Ok(Outcome::Reply(reply))
+    }
+
+    fn set_config(&mut self, _: &mut NetDevice, _: &mut Message) -> Result<Outcome, RequestError> {
+        Err(invalid("virtio-net config space is read-only"))
+    }
+
+    fn set_log_base(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let log = parse::<VhostUserLog>(&msg.payload)?;
+        let echo = msg.payload.clone();
+        let fd = msg
+            .take_fd()
+            .ok_or_else(|| invalid("SET_LOG_BASE without a descriptor"))?;
+        let dirty = DirtyLog::map(fd, log.mmap_size, log.mmap_offset, self.memory.domain())?;
+        dev.set_dirty_log(Some(Arc::new(dirty)));
+        info!("dirty log of {} bytes installed", { log.mmap_size });
+        // QEMU waits for a reply; rust-vmm frontends expect the log message echoed.
+        Ok(Outcome::Reply(echo))
+    }
+
+    fn set_backend_req_fd(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let fd = msg
+            .take_fd()
+            .ok_or_else(|| invalid("SET_BACKEND_REQ_FD without a descriptor"))?;
+        dev.set_backend_channel(frontend_fd::channel(fd)?);
+        Ok(Outcome::Done)
+    }
+
+    /// The log eventfd is only for frontends that want a signal per logged write; we write the
+    /// bitmap directly.
+    fn set_log_fd(&mut self, _: &mut NetDevice, _: &mut Message) -> Result<Outcome, RequestError> {
+        Ok(Outcome::Done)
+    }
+
+    fn send_rarp(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let b = parse::<VhostUserU64>(&msg.payload)?.value.to_le_bytes();
+        dev.send_rarp([b[0], b[1], b[2], b[3], b[4], b[5]])?;
+        Ok(Outcome::Done)
+    }
+
+    fn net_set_mtu(
+        &mut self,
+        dev: &mut NetDevice,
+        msg: &mut Message,
+    ) -> Result<Outcome, RequestError> {
+        let v = parse::<VhostUserU64>(&msg.payload)?.value;
+        dev.set_mtu(v)?;
+        info!("frontend set MTU {v}");
+        Ok(Outcome::Done)
     }
 
     fn set_mem_table(
         &mut self,
-        dev: &NetDevice,
+        dev: &mut NetDevice,
         msg: &mut Message,
     ) -> Result<Outcome, RequestError> {
         let head = parse_prefix::<VhostUserMemory>(&msg.payload)?;
@@ -596,6 +706,41 @@ impl Handler {
         }
         Ok(())
     }
+}
+
+/// A request's handler: the connection, the device (locked) and the message.
+type RequestFn = fn(&mut Handler, &mut NetDevice, &mut Message) -> Result<Outcome, RequestError>;
+
+/// The handler of each request the daemon serves (`None`: refused as unsupported).
+fn request_fn(request: FrontendReq) -> Option<RequestFn> {
+    use FrontendReq as R;
+    Some(match request {
+        R::GET_FEATURES => Handler::get_features,
+        R::SET_FEATURES => Handler::set_features,
+        R::SET_OWNER => Handler::set_owner,
+        R::RESET_OWNER | R::RESET_DEVICE => Handler::reset_device,
+        R::GET_PROTOCOL_FEATURES => Handler::get_protocol_features,
+        R::SET_PROTOCOL_FEATURES => Handler::set_protocol_features,
+        R::GET_QUEUE_NUM => Handler::get_queue_num,
+        R::GET_MAX_MEM_SLOTS => Handler::get_max_mem_slots,
+        R::SET_MEM_TABLE => Handler::set_mem_table,
+        R::ADD_MEM_REG => Handler::add_mem_reg,
+        R::REM_MEM_REG => Handler::rem_mem_reg,
+        R::SET_VRING_NUM => Handler::set_vring_num,
+        R::SET_VRING_ADDR => Handler::set_vring_addr,
+        R::SET_VRING_BASE => Handler::set_vring_base,
+        R::GET_VRING_BASE => Handler::get_vring_base,
+        R::SET_VRING_KICK | R::SET_VRING_CALL | R::SET_VRING_ERR => Handler::set_vring_notifier,
+        R::SET_VRING_ENABLE => Handler::set_vring_enable,
+        R::GET_CONFIG => Handler::get_config,
+        R::SET_CONFIG => Handler::set_config,
+        R::SET_LOG_BASE => Handler::set_log_base,
+        R::SET_BACKEND_REQ_FD => Handler::set_backend_req_fd,
+        R::SET_LOG_FD => Handler::set_log_fd,
+        R::SEND_RARP => Handler::send_rarp,
+        R::NET_SET_MTU => Handler::net_set_mtu,
+        _ => return None,
+    })
 }
 
 enum ReplyKind {
