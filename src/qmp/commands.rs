@@ -18,22 +18,35 @@ use crate::registry::{Registry, RegistryError};
 /// The QEMU version whose net QAPI this daemon speaks.
 pub const QEMU_VERSION: (u64, u64, u64) = (10, 0, 0);
 
-/// Commands this server implements (`query-commands`); a unit test checks each dispatches.
-pub const COMMANDS: &[&str] = &[
-    "qmp_capabilities",
-    "query-version",
-    "query-commands",
-    "quit",
-    "netdev_add",
-    "netdev_del",
-    "query-netdev",
-    "set_link",
-    "getfd",
-    "closefd",
-    "x-query-port-stats",
-    "announce-self",
-    "query-rx-filter",
+/// What a command returns: its `return` value and what the session does next.
+pub type CommandResult = Result<(Value, After), QmpError>;
+
+/// A command's handler: the daemon's context, the session's descriptors, the arguments.
+type CommandFn = fn(&QmpContext, &mut SessionFds, &Map<String, Value>) -> CommandResult;
+
+/// Commands this server implements, in `query-commands` order, with their handlers.
+/// (`qmp_capabilities` is handled by the session before negotiation; here it only refuses a
+/// second negotiation.)
+const COMMAND_TABLE: &[(&str, CommandFn)] = &[
+    ("qmp_capabilities", qmp_capabilities),
+    ("query-version", query_version),
+    ("query-commands", query_commands),
+    ("quit", quit),
+    ("netdev_add", netdev_add),
+    ("netdev_del", netdev_del),
+    ("query-netdev", query_netdev),
+    ("set_link", set_link),
+    ("getfd", getfd),
+    ("closefd", closefd),
+    ("x-query-port-stats", x_query_port_stats),
+    ("announce-self", announce_self),
+    ("query-rx-filter", query_rx_filter),
 ];
+
+/// Names of the commands this server implements (`query-commands`).
+pub fn commands() -> impl Iterator<Item = &'static str> {
+    COMMAND_TABLE.iter().map(|(name, _)| *name)
+}
 
 /// What handlers may reach.
 #[derive(Debug)]
@@ -133,174 +146,207 @@ pub fn dispatch(
     fds: &mut SessionFds,
     name: &str,
     args: &Map<String, Value>,
-) -> Result<(Value, After), QmpError> {
-    let done = Ok((json!({}), After::Nothing));
-    match name {
-        "query-version" => {
-            no_arguments(args)?;
-            Ok((version_info(), After::Nothing))
-        }
-        "query-commands" => {
-            no_arguments(args)?;
-            let list: Vec<Value> = COMMANDS.iter().map(|c| json!({ "name": c })).collect();
-            Ok((Value::Array(list), After::Nothing))
-        }
-        "quit" => {
-            no_arguments(args)?;
-            ctx.quit_requested.store(true, Ordering::SeqCst);
-            Ok((json!({}), After::Quit))
-        }
-        "netdev_add" => {
-            let config = NetdevConfig::from_opts(arguments(args))?;
-            ctx.registry.add(config, fds).map_err(registry_error)?;
-            done
-        }
-        "netdev_del" => {
-            ctx.registry
-                .del(&only_string(args, "id")?)
-                .map_err(registry_error)?;
-            done
-        }
-        "query-netdev" => {
-            no_arguments(args)?;
-            Ok((Value::Array(ctx.registry.query()), After::Nothing))
-        }
-        "set_link" => {
-            let mut opts = arguments(args);
-            let name = opts.require_str("name")?;
-            let up = opts
-                .take_bool("up")?
-                .ok_or_else(|| QmpError::generic("Parameter 'up' is missing"))?;
-            opts.finish()?;
-            ctx.registry.set_link(&name, up).map_err(registry_error)?;
-            done
-        }
-        "getfd" => {
-            let name = only_string(args, "fdname")?;
-            if name.starts_with(|c: char| c.is_ascii_digit()) {
-                return Err(QmpError::generic(
-                    "Parameter 'fdname' expects a name not starting with a digit",
-                ));
-            }
-            let fd = fds
-                .received
-                .pop()
-                .ok_or_else(|| QmpError::generic("No file descriptor supplied via SCM_RIGHTS"))?;
-            if fds.named.len() >= MAX_NAMED_FDS && !fds.named.contains_key(&name) {
-                return Err(QmpError::generic(format!(
-                    "Too many file descriptors held by this session (at most {MAX_NAMED_FDS}); \
-                     use or close one first"
-                )));
-            }
-            fds.named.insert(name, fd); // a reused name closes the old descriptor
-            done
-        }
-        "closefd" => {
-            let name = only_string(args, "fdname")?;
-            fds.named.remove(&name).ok_or_else(|| {
-                QmpError::generic(format!("File descriptor named '{name}' not found"))
-            })?;
-            done
-        }
-        "announce-self" => {
-            let mut opts = arguments(args);
-            let mut delay = |key: &str, limit: u64| -> Result<u64, QmpError> {
-                match opts.take_value(key) {
-                    None => Err(QmpError::generic(format!("Parameter '{key}' is missing"))),
-                    Some(Value::Number(n)) => match n.as_i64() {
-                        Some(v) if v >= 0 && (v as u64) <= limit => Ok(v as u64),
-                        Some(_) => Err(QmpError::generic(format!(
-                            "Parameter '{key}' expects a value between 0 and {limit}"
-                        ))),
-                        None => Err(QmpError::generic(format!(
-                            "Invalid parameter type for '{key}', expected: integer"
-                        ))),
-                    },
-                    Some(_) => Err(QmpError::generic(format!(
-                        "Invalid parameter type for '{key}', expected: integer"
-                    ))),
-                }
-            };
-            let schedule = Schedule {
-                initial: delay("initial", 100_000)?,
-                max: delay("max", 100_000)?,
-                rounds: delay("rounds", MAX_ROUNDS)?,
-                step: delay("step", 10_000)?,
-            };
-            let names: Option<Vec<String>> = match opts.take_value("interfaces") {
-                None => None,
-                Some(Value::Array(list)) => Some(
-                    list.into_iter()
-                        .map(|v| match v {
-                            Value::String(s) => Ok(s),
-                            _ => Err(QmpError::generic(
-                                "Invalid parameter type for 'interfaces', expected: string",
-                            )),
-                        })
-                        .collect::<Result<_, _>>()?,
-                ),
-                Some(_) => {
-                    return Err(QmpError::generic(
-                        "Invalid parameter type for 'interfaces', expected: array",
-                    ))
-                }
-            };
-            let id = opts.take_str("id")?.unwrap_or_default();
-            opts.finish()?;
-            // As in QEMU, names that match nothing are ignored.
-            let ports = ctx
-                .registry
-                .ports()
-                .iter()
-                .filter(|p| {
-                    names
-                        .as_ref()
-                        .is_none_or(|n| n.iter().any(|n| n == p.id() || *n == p.config.netdev))
-                })
-                .cloned()
-                .collect();
-            ctx.announcer.start(id, schedule, ports);
-            done
-        }
-        "query-rx-filter" => {
-            let mut opts = arguments(args);
-            let name = opts.take_str("name")?;
-            opts.finish()?;
-            let ports: Vec<&crate::port::Port> = ctx
-                .registry
-                .ports()
-                .iter()
-                .filter(|p| name.as_deref().is_none_or(|n| n == p.id()))
-                .collect();
-            if let (Some(n), true) = (&name, ports.is_empty()) {
-                return Err(QmpError::generic(format!("invalid net client name: {n}")));
-            }
-            let list = ports
-                .iter()
-                .map(|p| {
-                    p.rx_filter_queried();
-                    super::stats::rx_filter(p)
-                })
-                .collect();
-            Ok((Value::Array(list), After::Nothing))
-        }
-        "x-query-port-stats" => {
-            no_arguments(args)?;
-            let ports = ctx
-                .registry
-                .ports()
-                .iter()
-                .map(super::stats::port_stats)
-                .collect();
-            Ok((Value::Array(ports), After::Nothing))
-        }
-        "qmp_capabilities" => Err(QmpError::command_not_found(
-            "Capabilities negotiation is already complete, command ignored",
-        )),
-        other => Err(QmpError::command_not_found(format!(
-            "The command {other} has not been found"
+) -> CommandResult {
+    match COMMAND_TABLE.iter().find(|(n, _)| *n == name) {
+        Some((_, run)) => run(ctx, fds, args),
+        None => Err(QmpError::command_not_found(format!(
+            "The command {name} has not been found"
         ))),
     }
+}
+
+fn done() -> CommandResult {
+    Ok((json!({}), After::Nothing))
+}
+
+fn qmp_capabilities(_: &QmpContext, _: &mut SessionFds, _: &Map<String, Value>) -> CommandResult {
+    Err(QmpError::command_not_found(
+        "Capabilities negotiation is already complete, command ignored",
+    ))
+}
+
+fn query_version(_: &QmpContext, _: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    no_arguments(args)?;
+    Ok((version_info(), After::Nothing))
+}
+
+fn query_commands(_: &QmpContext, _: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    no_arguments(args)?;
+    let list: Vec<Value> = commands().map(|c| json!({ "name": c })).collect();
+    Ok((Value::Array(list), After::Nothing))
+}
+
+fn quit(ctx: &QmpContext, _: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    no_arguments(args)?;
+    ctx.quit_requested.store(true, Ordering::SeqCst);
+    Ok((json!({}), After::Quit))
+}
+
+fn netdev_add(ctx: &QmpContext, fds: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    let config = NetdevConfig::from_opts(arguments(args))?;
+    ctx.registry.add(config, fds).map_err(registry_error)?;
+    done()
+}
+
+fn netdev_del(ctx: &QmpContext, _: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    ctx.registry
+        .del(&only_string(args, "id")?)
+        .map_err(registry_error)?;
+    done()
+}
+
+fn query_netdev(ctx: &QmpContext, _: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    no_arguments(args)?;
+    Ok((Value::Array(ctx.registry.query()), After::Nothing))
+}
+
+fn set_link(ctx: &QmpContext, _: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    let mut opts = arguments(args);
+    let name = opts.require_str("name")?;
+    let up = opts
+        .take_bool("up")?
+        .ok_or_else(|| QmpError::generic("Parameter 'up' is missing"))?;
+    opts.finish()?;
+    ctx.registry.set_link(&name, up).map_err(registry_error)?;
+    done()
+}
+
+fn getfd(_: &QmpContext, fds: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    let name = only_string(args, "fdname")?;
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(QmpError::generic(
+            "Parameter 'fdname' expects a name not starting with a digit",
+        ));
+    }
+    let fd = fds
+        .received
+        .pop()
+        .ok_or_else(|| QmpError::generic("No file descriptor supplied via SCM_RIGHTS"))?;
+    if fds.named.len() >= MAX_NAMED_FDS && !fds.named.contains_key(&name) {
+        return Err(QmpError::generic(format!(
+            "Too many file descriptors held by this session (at most {MAX_NAMED_FDS}); \
+             use or close one first"
+        )));
+    }
+    fds.named.insert(name, fd); // a reused name closes the old descriptor
+    done()
+}
+
+fn closefd(_: &QmpContext, fds: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    let name = only_string(args, "fdname")?;
+    fds.named
+        .remove(&name)
+        .ok_or_else(|| QmpError::generic(format!("File descriptor named '{name}' not found")))?;
+    done()
+}
+
+/// An `announce-self` delay: an integer in `0..=limit`, with QEMU's error texts.
+fn announce_delay(opts: &mut Opts, key: &str, limit: u64) -> Result<u64, QmpError> {
+    let wrong_type = || {
+        QmpError::generic(format!(
+            "Invalid parameter type for '{key}', expected: integer"
+        ))
+    };
+    match opts.take_value(key) {
+        None => Err(QmpError::generic(format!("Parameter '{key}' is missing"))),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) if v >= 0 && (v as u64) <= limit => Ok(v as u64),
+            Some(_) => Err(QmpError::generic(format!(
+                "Parameter '{key}' expects a value between 0 and {limit}"
+            ))),
+            None => Err(wrong_type()),
+        },
+        Some(_) => Err(wrong_type()),
+    }
+}
+
+/// `announce-self`'s `interfaces`: a list of names, or absent (every port).
+fn announce_interfaces(opts: &mut Opts) -> Result<Option<Vec<String>>, QmpError> {
+    match opts.take_value("interfaces") {
+        None => Ok(None),
+        Some(Value::Array(list)) => list
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(QmpError::generic(
+                    "Invalid parameter type for 'interfaces', expected: string",
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(_) => Err(QmpError::generic(
+            "Invalid parameter type for 'interfaces', expected: array",
+        )),
+    }
+}
+
+fn announce_self(ctx: &QmpContext, _: &mut SessionFds, args: &Map<String, Value>) -> CommandResult {
+    let mut opts = arguments(args);
+    let schedule = Schedule {
+        initial: announce_delay(&mut opts, "initial", 100_000)?,
+        max: announce_delay(&mut opts, "max", 100_000)?,
+        rounds: announce_delay(&mut opts, "rounds", MAX_ROUNDS)?,
+        step: announce_delay(&mut opts, "step", 10_000)?,
+    };
+    let names = announce_interfaces(&mut opts)?;
+    let id = opts.take_str("id")?.unwrap_or_default();
+    opts.finish()?;
+    // As in QEMU, names that match nothing are ignored.
+    let ports = ctx
+        .registry
+        .ports()
+        .iter()
+        .filter(|p| {
+            names
+                .as_ref()
+                .is_none_or(|n| n.iter().any(|n| n == p.id() || *n == p.config.netdev))
+        })
+        .cloned()
+        .collect();
+    ctx.announcer.start(id, schedule, ports);
+    done()
+}
+
+fn query_rx_filter(
+    ctx: &QmpContext,
+    _: &mut SessionFds,
+    args: &Map<String, Value>,
+) -> CommandResult {
+    let mut opts = arguments(args);
+    let name = opts.take_str("name")?;
+    opts.finish()?;
+    let ports: Vec<&crate::port::Port> = ctx
+        .registry
+        .ports()
+        .iter()
+        .filter(|p| name.as_deref().is_none_or(|n| n == p.id()))
+        .collect();
+    if let (Some(n), true) = (&name, ports.is_empty()) {
+        return Err(QmpError::generic(format!("invalid net client name: {n}")));
+    }
+    let list = ports
+        .iter()
+        .map(|p| {
+            p.rx_filter_queried();
+            super::stats::rx_filter(p)
+        })
+        .collect();
+    Ok((Value::Array(list), After::Nothing))
+}
+
+fn x_query_port_stats(
+    ctx: &QmpContext,
+    _: &mut SessionFds,
+    args: &Map<String, Value>,
+) -> CommandResult {
+    no_arguments(args)?;
+    let ports = ctx
+        .registry
+        .ports()
+        .iter()
+        .map(super::stats::port_stats)
+        .collect();
+    Ok((Value::Array(ports), After::Nothing))
 }
 
 #[cfg(test)]
@@ -340,7 +386,7 @@ mod tests {
     #[test]
     fn every_listed_command_is_handled() {
         let (ctx, mut fds) = (ctx(), SessionFds::default());
-        for name in COMMANDS {
+        for name in commands() {
             if let Err(e) = dispatch(&ctx, &mut fds, name, &Map::new()) {
                 assert!(
                     !e.desc.contains("has not been found"),
