@@ -7,6 +7,7 @@ use clap::Parser;
 use log::{error, info};
 use vhost_user_netd::cli::{capabilities_json, Args};
 use vhost_user_netd::config::{Config, Listen, QmpAddr};
+use vhost_user_netd::device::worker::Workers;
 use vhost_user_netd::events::EventBus;
 use vhost_user_netd::port::{bind_listener, inherited_listener, Port};
 use vhost_user_netd::qmp::commands::QmpContext;
@@ -27,13 +28,16 @@ fn main() -> ExitCode {
     if args.no_batching {
         vhost_user_netd_backends::batching::disable();
     }
-    vhost_user_netd::device::worker::set_poll_budget(std::time::Duration::from_micros(
-        args.poll_us,
-    ));
-    if let Err(e) = vhost_user_netd::device::worker::start_pool(usize::from(args.workers)) {
-        eprintln!("vhost-user-netd: --workers: {e}");
-        return ExitCode::FAILURE;
-    }
+    let workers = match Workers::start(
+        usize::from(args.workers),
+        std::time::Duration::from_micros(args.poll_us),
+    ) {
+        Ok(w) => Arc::new(w),
+        Err(e) => {
+            eprintln!("vhost-user-netd: --workers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     vhost_user_netd_backends::user::set_resolv_conf(args.resolv_conf.clone());
     vhost_user_netd_backends::sys::raise_fd_limit();
     let config = match Config::try_from(args) {
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
         eprintln!("vhost-user-netd: blocking signals: {e}");
         return ExitCode::FAILURE;
     }
-    match run(config) {
+    match run(config, workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(e)) => {
             eprintln!("vhost-user-netd: {e}");
@@ -72,7 +76,7 @@ impl From<String> for Failure {
     }
 }
 
-fn run(config: Config) -> Result<(), Failure> {
+fn run(config: Config, workers: Arc<Workers>) -> Result<(), Failure> {
     let mut fds = InheritedFds::default();
     let mut netdevs = Vec::new();
     for n in &config.netdevs {
@@ -104,7 +108,11 @@ fn run(config: Config) -> Result<(), Failure> {
                 pc.netdev, pc.queues
             )));
         }
-        ports.push(Port::new(pc.clone(), backend).with_events(events.clone()));
+        ports.push(
+            Port::new(pc.clone(), backend)
+                .with_events(events.clone())
+                .with_workers(workers.clone()),
+        );
     }
     let registry = Arc::new(Registry::new(netdevs, ports, Some(events.clone())));
 

@@ -17,6 +17,7 @@ use vhost_user_netd_backends::{Backend, Capabilities};
 use crate::config::{Listen, PortConfig};
 use crate::device::lock;
 use crate::device::queue_pair::MacWatch;
+use crate::device::worker::Workers;
 use crate::device::{DeviceConfig, NetDevice};
 use crate::events::EventBus;
 use crate::vhost_user::handler::{ConnectionError, Handler};
@@ -50,6 +51,8 @@ pub struct Port {
     rx_filter_armed: Arc<AtomicBool>,
     /// Connections ended because the frontend's memory vanished under a mapping.
     memory_faults: Arc<AtomicU64>,
+    /// Where each connection's queue pairs run.
+    workers: Arc<Workers>,
 }
 
 impl Port {
@@ -67,7 +70,14 @@ impl Port {
             events: None,
             rx_filter_armed: Arc::new(AtomicBool::new(true)),
             memory_faults: Arc::new(AtomicU64::new(0)),
+            workers: Arc::new(Workers::default()),
         }
+    }
+
+    /// Runs this port's queue pairs on `workers` (else a worker per pair).
+    pub fn with_workers(mut self, workers: Arc<Workers>) -> Self {
+        self.workers = workers;
+        self
     }
 
     /// Sends this port's connect/disconnect events to `events`.
@@ -226,7 +236,14 @@ impl Port {
     pub fn serve_connection(&self, stream: UnixStream) {
         let device = {
             let mut b = self.binding();
-            match NetDevice::new(self.device_config(), b.backend.clone(), b.caps, b.link_up) {
+            let device = NetDevice::new(
+                self.device_config(),
+                b.backend.clone(),
+                b.caps,
+                b.link_up,
+                &self.workers,
+            );
+            match device {
                 Ok(d) => {
                     d.set_mac_watch(self.mac_watch());
                     let d = Arc::new(Mutex::new(d));

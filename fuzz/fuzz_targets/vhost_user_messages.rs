@@ -239,7 +239,8 @@ fn run(data: &[u8]) {
         mtu: None,
         queue_pairs: 1,
     };
-    let Ok(device) = NetDevice::new(config, Some(Arc::new(backend)), caps, true) else {
+    let workers = vhost_user_netd::device::worker::Workers::default();
+    let Ok(device) = NetDevice::new(config, Some(Arc::new(backend)), caps, true, &workers) else {
         return;
     };
     let Ok((mut ours, theirs)) = UnixStream::pair() else {

@@ -104,18 +104,19 @@ pub struct NetDevice {
 }
 
 impl NetDevice {
-    /// Creates the device and its queue pair workers. Features are offered for `caps` (the
-    /// backend's, or the last one's while the port has none).
+    /// Creates the device and puts its queue pairs on `workers`. Features are offered for `caps`
+    /// (the backend's, or the last one's while the port has none).
     pub fn new(
         config: DeviceConfig,
         backend: Option<Arc<dyn Backend>>,
         caps: Capabilities,
         link_up: bool,
+        workers: &worker::Workers,
     ) -> io::Result<Self> {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut pairs = Vec::new();
         for index in 0..config.queue_pairs {
-            pairs.push(PairHandle::spawn(index, mem.clone())?);
+            pairs.push(PairHandle::spawn(index, mem.clone(), workers)?);
         }
         let ctrl = CtrlHandle::spawn(&pairs, config.mac.unwrap_or_default(), mem.clone())?;
         let offered = features::offered(

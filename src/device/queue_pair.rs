@@ -18,7 +18,7 @@ use super::counters::{Counts, RateLimitedLog, SharedCounters};
 use super::dirty_log::DirtyLog;
 use super::guest_iov::GuestIov;
 use super::vring::{GuestMemoryGuard, Vring};
-use super::worker::Worker;
+use super::worker::{Worker, Workers};
 
 /// What woke the worker. Stored in the epoll event's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -514,8 +514,12 @@ pub struct PairHandle {
 
 impl PairHandle {
     /// Creates the pair on a worker (its own, or the least loaded shared one).
-    pub fn spawn(index: u16, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<Self> {
-        let worker = super::worker::for_new_pair(index)?;
+    pub fn spawn(
+        index: u16,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        workers: &Workers,
+    ) -> io::Result<Self> {
+        let worker = workers.for_new_pair(index)?;
         let counters = Arc::new(SharedCounters::default());
         let pair_counters = counters.clone();
         let (slot, state) = worker.attach(mem, |epoll, token| {

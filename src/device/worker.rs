@@ -11,7 +11,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -67,8 +67,9 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// Starts a worker thread called `name` with no pairs.
-    pub fn spawn(name: String) -> io::Result<Arc<Self>> {
+    /// Starts a worker thread called `name` with no pairs; after work it keeps looking for more
+    /// for `poll_budget` before it sleeps.
+    pub fn spawn(name: String, poll_budget: Duration) -> io::Result<Arc<Self>> {
         let epoll = Arc::new(Epoll::new()?);
         let stop = EventFd::new(EFD_NONBLOCK)?;
         epoll.ctl(
@@ -83,7 +84,7 @@ impl Worker {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(&thread_shared))?;
+            .spawn(move || run(&thread_shared, poll_budget))?;
         Ok(Arc::new(Worker {
             shared,
             stop,
@@ -142,40 +143,47 @@ impl Drop for Worker {
     }
 }
 
-static POOL: OnceLock<Vec<Arc<Worker>>> = OnceLock::new();
-
-/// Starts `count` shared workers for every queue pair created from now on (`--workers`; once,
-/// at start). 0 keeps a worker per pair.
-pub fn start_pool(count: usize) -> io::Result<()> {
-    let mut pool = Vec::with_capacity(count);
-    for i in 0..count {
-        pool.push(Worker::spawn(format!("vq-worker-{i}"))?);
-    }
-    let _ = POOL.set(pool);
-    Ok(())
+/// The daemon's queue workers: `--workers N` shared ones, or (0) one per queue pair; and how
+/// long a worker keeps looking for work before it sleeps (`--poll-us`). Passed down to every
+/// device as a value.
+#[derive(Debug)]
+pub struct Workers {
+    shared: Vec<Arc<Worker>>,
+    poll_budget: Duration,
 }
 
-/// The worker a new pair goes to: the least loaded shared one, or a new one of its own.
-pub(super) fn for_new_pair(index: u16) -> io::Result<Arc<Worker>> {
-    match POOL
-        .get()
-        .and_then(|pool| pool.iter().min_by_key(|w| w.load()))
-    {
-        Some(w) => Ok(w.clone()),
-        None => Worker::spawn(format!("vq-pair-{index}")),
+impl Default for Workers {
+    /// A worker per pair, polling 50 µs.
+    fn default() -> Self {
+        Workers {
+            shared: Vec::new(),
+            poll_budget: DEFAULT_POLL_BUDGET,
+        }
     }
 }
 
-static POLL_BUDGET: OnceLock<Duration> = OnceLock::new();
+/// `--poll-us` unless set.
+pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_micros(50);
 
-/// Sets how long workers keep looking for work before they sleep (`--poll-us`; once, at start).
-pub fn set_poll_budget(budget: Duration) {
-    let _ = POLL_BUDGET.set(budget);
-}
+impl Workers {
+    /// Starts `shared` workers (0: a worker per pair, started with each pair).
+    pub fn start(shared: usize, poll_budget: Duration) -> io::Result<Self> {
+        let shared = (0..shared)
+            .map(|i| Worker::spawn(format!("vq-worker-{i}"), poll_budget))
+            .collect::<io::Result<_>>()?;
+        Ok(Workers {
+            shared,
+            poll_budget,
+        })
+    }
 
-/// The poll budget: as set, else 50 µs.
-fn poll_budget() -> Duration {
-    *POLL_BUDGET.get_or_init(|| Duration::from_micros(50))
+    /// The worker a new pair goes to: the least loaded shared one, or a new one of its own.
+    pub(super) fn for_new_pair(&self, index: u16) -> io::Result<Arc<Worker>> {
+        match self.shared.iter().min_by_key(|w| w.load()) {
+            Some(w) => Ok(w.clone()),
+            None => Worker::spawn(format!("vq-pair-{index}"), self.poll_budget),
+        }
+    }
 }
 
 /// Runs `f` on the pair in slot `index`, if there still is one, with its memory and lock.
@@ -191,7 +199,7 @@ fn with_pair<T>(
     Some(f(&mut pair, &guard))
 }
 
-fn run(shared: &Shared) {
+fn run(shared: &Shared, budget: Duration) {
     let mut events = vec![EpollEvent::default(); 32];
     // Pairs whose backend holds frames the guest can take: frames a backend already holds do not
     // make its descriptor readable, so the worker looks again without sleeping while there are.
@@ -202,7 +210,6 @@ fn run(shared: &Shared) {
     // to kick them, the worker reads their rings itself (pausing between looks, see `pause`), which
     // saves the guest's kick and our wake-up. Before it sleeps the worker cools them (kicks
     // asked for again). Idle, the worker sleeps.
-    let budget = poll_budget();
     let mut poll_until: Option<Instant> = None;
     let mut hot: Vec<usize> = Vec::new();
     let mut rounds_without_epoll = 0;
@@ -380,7 +387,7 @@ mod tests {
 
     #[test]
     fn pairs_on_one_worker_get_their_own_events_and_leave_cleanly() {
-        let worker = Worker::spawn("test-worker".into()).unwrap();
+        let worker = Worker::spawn("test-worker".into(), DEFAULT_POLL_BUDGET).unwrap();
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let (a, pair_a, count_a) = new_pair(&worker, &mem);
         let (b, pair_b, count_b) = new_pair(&worker, &mem);
