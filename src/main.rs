@@ -13,7 +13,8 @@ use vhost_user_netd::port::{bind_listener, inherited_listener, Port};
 use vhost_user_netd::qmp::commands::QmpContext;
 use vhost_user_netd::registry::{Netdev, Registry};
 use vhost_user_netd::signals;
-use vhost_user_netd_backends::InheritedFds;
+use vhost_user_netd_backends::hub::Hubs;
+use vhost_user_netd_backends::{Batching, HostEnv, InheritedFds};
 
 /// Exit code for bad command-line input (as clap uses).
 const EXIT_USAGE: u8 = 2;
@@ -25,12 +26,19 @@ fn main() -> ExitCode {
         println!("{}", capabilities_json());
         return ExitCode::SUCCESS;
     }
-    if args.no_batching {
-        vhost_user_netd_backends::batching::disable();
-    }
+    let env = HostEnv {
+        resolv_conf: args.resolv_conf.clone(),
+        batching: if args.no_batching {
+            Batching::OFF
+        } else {
+            Batching::ON
+        },
+        hubs: Hubs::default(),
+    };
     let workers = match Workers::start(
         usize::from(args.workers),
         std::time::Duration::from_micros(args.poll_us),
+        env.batching,
     ) {
         Ok(w) => Arc::new(w),
         Err(e) => {
@@ -38,7 +46,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    vhost_user_netd_backends::user::set_resolv_conf(args.resolv_conf.clone());
     vhost_user_netd_backends::sys::raise_fd_limit();
     let config = match Config::try_from(args) {
         Ok(c) => c,
@@ -51,7 +58,7 @@ fn main() -> ExitCode {
         eprintln!("vhost-user-netd: blocking signals: {e}");
         return ExitCode::FAILURE;
     }
-    match run(config, workers) {
+    match run(config, workers, env) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(e)) => {
             eprintln!("vhost-user-netd: {e}");
@@ -76,11 +83,11 @@ impl From<String> for Failure {
     }
 }
 
-fn run(config: Config, workers: Arc<Workers>) -> Result<(), Failure> {
+fn run(config: Config, workers: Arc<Workers>, env: HostEnv) -> Result<(), Failure> {
     let mut fds = InheritedFds::default();
     let mut netdevs = Vec::new();
     for n in &config.netdevs {
-        let backend = n.open(&mut fds).map_err(|e| {
+        let backend = n.open(&mut fds, &env).map_err(|e| {
             let message = format!("--netdev '{}': {e}", n.id);
             match e {
                 vhost_user_netd_backends::Error::Option(_) => Failure::Usage(message),
@@ -114,7 +121,7 @@ fn run(config: Config, workers: Arc<Workers>) -> Result<(), Failure> {
                 .with_workers(workers.clone()),
         );
     }
-    let registry = Arc::new(Registry::new(netdevs, ports, Some(events.clone())));
+    let registry = Arc::new(Registry::new(netdevs, ports, Some(events.clone())).with_env(env));
 
     let mut created = Vec::new();
     for port in registry.ports() {

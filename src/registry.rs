@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use vhost_user_netd_backends::FdSource;
-use vhost_user_netd_backends::{Backend, LinkEvent, LinkWatch, NetdevConfig};
+use vhost_user_netd_backends::{Backend, HostEnv, LinkEvent, LinkWatch, NetdevConfig};
 
 use crate::events::EventBus;
 use crate::port::Port;
@@ -34,6 +34,8 @@ pub enum RegistryError {
 #[derive(Debug)]
 pub struct Registry {
     netdevs: Mutex<Vec<Netdev>>,
+    /// What netdevs added over QMP are opened in.
+    env: HostEnv,
     ports: Vec<Port>,
     events: Option<Arc<EventBus>>,
 }
@@ -44,6 +46,7 @@ impl Registry {
     pub fn new(netdevs: Vec<Netdev>, ports: Vec<Port>, events: Option<Arc<EventBus>>) -> Self {
         let registry = Registry {
             netdevs: Mutex::new(Vec::new()),
+            env: HostEnv::default(),
             ports,
             events,
         };
@@ -91,6 +94,12 @@ impl Registry {
         self.netdevs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Opens netdevs added later (`netdev_add`) in `env`, as those of the command line were.
+    pub fn with_env(mut self, env: HostEnv) -> Self {
+        self.env = env;
+        self
+    }
+
     /// The ports (fixed at start-up).
     pub fn ports(&self) -> &[Port] {
         &self.ports
@@ -103,7 +112,7 @@ impl Registry {
             return Err(RegistryError::Duplicate(config.id));
         }
         let backend = config
-            .open(fds)
+            .open(fds, &self.env)
             .map_err(|e| RegistryError::Failed(e.to_string()))?;
         for port in self.ports.iter().filter(|p| p.config.netdev == config.id) {
             port.bind(Some(backend.clone()))

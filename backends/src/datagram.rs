@@ -8,6 +8,7 @@
 //! The wire sees exactly the datagrams it would without it. Where the kernel refuses (a path MTU
 //! smaller than the datagrams, no checksum offload on the route) the queue stops using it.
 
+use crate::batching::Batching;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,6 +119,8 @@ pub struct DatagramQueue<E: Encap> {
     tx: TxScratch,
     /// Runs of equal-sized datagrams go out with `UDP_SEGMENT` (UDP sockets, until refused).
     udp_gso: bool,
+    /// Frames per system call: up to a batch, or one (the benchmarks' reference).
+    batching: Batching,
 }
 
 impl<E: Encap> std::fmt::Debug for DatagramQueue<E> {
@@ -158,10 +161,12 @@ impl<E: Encap> DatagramQueue<E> {
         dest: Option<Destination>,
         encap: E,
         counters: Arc<DatagramCounters>,
+        batching: Batching,
     ) -> Self {
         let udp_gso = sys::socket_protocol(fd.as_raw_fd()).ok() == Some(libc::IPPROTO_UDP);
         DatagramQueue {
             udp_gso,
+            batching,
             fd,
             dest,
             encap,
@@ -211,7 +216,7 @@ impl<E: Encap> DatagramQueue<E> {
                 libc::recvmmsg(
                     self.fd.as_raw_fd(),
                     msgs.as_mut_ptr(),
-                    crate::batching::limit(BATCH) as libc::c_uint,
+                    self.batching.limit(BATCH) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
@@ -268,7 +273,7 @@ impl<E: Encap + 'static> BackendQueue for DatagramQueue<E> {
     }
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
-        let frames = &frames[..frames.len().min(crate::batching::limit(BATCH))];
+        let frames = &frames[..frames.len().min(self.batching.limit(BATCH))];
         let tx = &mut self.tx;
         tx.iovecs.clear();
         // Headers first: one per frame offered (a frame the kernel does not take now comes back
@@ -459,7 +464,13 @@ mod tests {
         let dest = Destination::inet(peer.local_addr().unwrap());
         let fd = Arc::new(OwnedFd::from(ours));
         let counters = Arc::new(DatagramCounters::default());
-        let mut q = DatagramQueue::new(fd, Some(dest), Numbered::default(), counters.clone());
+        let mut q = DatagramQueue::new(
+            fd,
+            Some(dest),
+            Numbered::default(),
+            counters.clone(),
+            Batching::ON,
+        );
         // Two runs of equal sizes with a different one between; frames in two pieces each.
         let sizes = [100usize, 100, 100, 100, 60, 100, 100];
         let frames: Vec<Vec<u8>> = sizes

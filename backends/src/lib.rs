@@ -22,6 +22,7 @@ pub mod batching;
 pub mod datagram;
 pub mod dgram;
 pub mod fd_source;
+pub mod host_env;
 pub mod hub;
 pub mod l2tpv3;
 pub mod netdev;
@@ -36,7 +37,9 @@ pub mod user;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::RawFd;
 
+pub use batching::Batching;
 pub use fd_source::{FdSource, InheritedFds};
+pub use host_env::HostEnv;
 pub use netdev::{NetdevConfig, NetdevKind};
 pub use options::{OptionError, OptionSource, Opts};
 

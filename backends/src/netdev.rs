@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::dgram::{DgramBackend, DgramOptions};
 use crate::fd_source::FdSource;
+use crate::host_env::HostEnv;
 use crate::hub::{HubPortBackend, HubPortOptions};
 use crate::l2tpv3::{L2tpv3Backend, L2tpv3Options};
 use crate::options::{OptionError, Opts};
@@ -129,14 +130,14 @@ impl NetdevConfig {
     }
 
     /// Opens the backend this configuration describes.
-    pub fn open(&self, fds: &mut dyn FdSource) -> Result<Arc<dyn Backend>, Error> {
+    pub fn open(&self, fds: &mut dyn FdSource, env: &HostEnv) -> Result<Arc<dyn Backend>, Error> {
         match &self.kind {
             NetdevKind::Tap(t) => Ok(Arc::new(TapBackend::open(t, fds)?)),
-            NetdevKind::Stream(s) => Ok(Arc::new(StreamBackend::open(s, fds)?)),
-            NetdevKind::Dgram(d) => Ok(Arc::new(DgramBackend::open(d, fds)?)),
-            NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds)?)),
-            NetdevKind::User(u) => Ok(Arc::new(UserBackend::open(u)?)),
-            NetdevKind::HubPort(h) => Ok(Arc::new(HubPortBackend::open(h)?)),
+            NetdevKind::Stream(s) => Ok(Arc::new(StreamBackend::open(s, fds, env.batching)?)),
+            NetdevKind::Dgram(d) => Ok(Arc::new(DgramBackend::open(d, fds, env.batching)?)),
+            NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds, env.batching)?)),
+            NetdevKind::User(u) => Ok(Arc::new(UserBackend::open(u, &env.resolv_conf)?)),
+            NetdevKind::HubPort(h) => Ok(Arc::new(HubPortBackend::open(h, &env.hubs)?)),
         }
     }
 }

@@ -20,12 +20,12 @@ use vhost_user_netd::qmp::commands::{QmpContext, SessionFds};
 use vhost_user_netd::qmp::framing::{Frame, Splitter};
 use vhost_user_netd::qmp::session::Session;
 use vhost_user_netd::registry::{Netdev, Registry};
-use vhost_user_netd_backends::NetdevConfig;
+use vhost_user_netd_backends::{HostEnv, NetdevConfig};
 
 fn context() -> QmpContext {
     let config = NetdevConfig::parse_cli("hubport,id=n0,hubid=0").expect("hubport config");
     let backend = config
-        .open(&mut SessionFds::default())
+        .open(&mut SessionFds::default(), &HostEnv::default())
         .expect("hubport opens");
     let port = Port::new(
         PortConfig {

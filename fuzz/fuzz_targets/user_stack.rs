@@ -12,7 +12,7 @@ use std::io::{IoSlice, IoSliceMut};
 
 use libfuzzer_sys::fuzz_target;
 use vhost_user_netd::qmp::commands::SessionFds;
-use vhost_user_netd_backends::{NetdevConfig, VNET_HDR_LEN};
+use vhost_user_netd_backends::{HostEnv, NetdevConfig, VNET_HDR_LEN};
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
@@ -32,14 +32,14 @@ fn check(frame: &[u8], capacity: usize) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    static SETUP: std::sync::Once = std::sync::Once::new();
-    SETUP.call_once(|| {
-        vhost_user_netd_backends::user::set_resolv_conf("/nonexistent/resolv.conf".into());
-    });
     let Ok(config) = NetdevConfig::parse_cli("user,id=u0,restrict=on,ipv6=on") else {
         return;
     };
-    let Ok(backend) = config.open(&mut SessionFds::default()) else {
+    let env = HostEnv {
+        resolv_conf: "/nonexistent/resolv.conf".into(),
+        ..HostEnv::default()
+    };
+    let Ok(backend) = config.open(&mut SessionFds::default(), &env) else {
         return;
     };
     let Ok(mut queue) = backend.queue(0) else {

@@ -101,6 +101,7 @@ pub struct NetDevice {
     pairs: Vec<PairHandle>,
     /// The control queue (vring `2 × queue_pairs`), used if the frontend hands it over.
     ctrl: CtrlHandle,
+    batching: vhost_user_netd_backends::Batching,
 }
 
 impl NetDevice {
@@ -139,6 +140,7 @@ impl NetDevice {
             mem,
             pairs,
             ctrl,
+            batching: workers.batching(),
         };
         device.bind(backend).map_err(io::Error::other)?;
         Ok(device)
@@ -278,6 +280,7 @@ impl NetDevice {
             14 + 4 + mtu
         };
         let params = DatapathParams {
+            batching: self.batching,
             hdr_len,
             mrg_rxbuf: acked & features::VIRTIO_NET_F_MRG_RXBUF != 0,
             indirect: acked & features::VIRTIO_RING_F_INDIRECT_DESC != 0,

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{error, warn};
-use vhost_user_netd_backends::{BackendQueue, RxWaker};
+use vhost_user_netd_backends::{BackendQueue, Batching, RxWaker};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -68,11 +68,14 @@ pub struct DatapathParams {
     pub link_up: bool,
     /// `VHOST_F_LOG_ALL`: log every guest page written (live migration in progress).
     pub log_all: bool,
+    /// Frames per backend system call: a batch, or one (`--no-batching`).
+    pub batching: Batching,
 }
 
 impl Default for DatapathParams {
     fn default() -> Self {
         DatapathParams {
+            batching: Batching::ON,
             hdr_len: 12,
             mrg_rxbuf: false,
             indirect: false,

@@ -121,7 +121,7 @@ impl QueuePair {
         self.iov.clear();
         self.tx_frames.clear();
         let mut end = BatchEnd::More;
-        let batch = vhost_user_netd_backends::batching::limit(TX_BATCH);
+        let batch = self.params.batching.limit(TX_BATCH);
         self.tx.read_ahead(mem, batch as u16);
         while self.tx_frames.len() < batch && self.iov.segments() < BATCH_SEGMENTS {
             let head = match self.tx.pop_head(mem) {

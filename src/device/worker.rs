@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vhost_user_netd_backends::Batching;
 
 use log::{debug, error};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -150,6 +151,8 @@ impl Drop for Worker {
 pub struct Workers {
     shared: Vec<Arc<Worker>>,
     poll_budget: Duration,
+    /// Whether the pairs they run batch backend system calls (`--no-batching`: one frame each).
+    batching: Batching,
 }
 
 impl Default for Workers {
@@ -158,6 +161,7 @@ impl Default for Workers {
         Workers {
             shared: Vec::new(),
             poll_budget: DEFAULT_POLL_BUDGET,
+            batching: Batching::ON,
         }
     }
 }
@@ -167,14 +171,20 @@ pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_micros(50);
 
 impl Workers {
     /// Starts `shared` workers (0: a worker per pair, started with each pair).
-    pub fn start(shared: usize, poll_budget: Duration) -> io::Result<Self> {
+    pub fn start(shared: usize, poll_budget: Duration, batching: Batching) -> io::Result<Self> {
         let shared = (0..shared)
             .map(|i| Worker::spawn(format!("vq-worker-{i}"), poll_budget))
             .collect::<io::Result<_>>()?;
         Ok(Workers {
             shared,
             poll_budget,
+            batching,
         })
+    }
+
+    /// Whether pairs batch backend system calls.
+    pub fn batching(&self) -> Batching {
+        self.batching
     }
 
     /// The worker a new pair goes to: the least loaded shared one, or a new one of its own.

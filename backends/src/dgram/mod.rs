@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 pub use options::{DgramMode, DgramOptions, MulticastLocal};
 
+use crate::batching::Batching;
 use crate::datagram::{Bare, DatagramCounters, DatagramQueue, Destination};
 use crate::fd_source::FdSource;
 use crate::socket_address::SocketAddress;
@@ -21,6 +22,7 @@ pub struct DgramBackend {
     fd: Arc<OwnedFd>,
     dest: Option<Destination>,
     counters: Arc<DatagramCounters>,
+    batching: Batching,
     description: String,
     /// A bound unix socket file, removed at shutdown.
     socket_file: Option<PathBuf>,
@@ -32,7 +34,11 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 impl DgramBackend {
-    pub fn open(options: &DgramOptions, fds: &mut dyn FdSource) -> Result<Self, Error> {
+    pub fn open(
+        options: &DgramOptions,
+        fds: &mut dyn FdSource,
+        batching: Batching,
+    ) -> Result<Self, Error> {
         let mut socket_file = None;
         let (fd, dest, description) = match options.mode()? {
             DgramMode::Multicast { group, interface } => {
@@ -90,6 +96,7 @@ impl DgramBackend {
             fd: Arc::new(fd),
             dest,
             counters: Arc::default(),
+            batching,
             description,
             socket_file,
         })
@@ -152,6 +159,7 @@ impl Backend for DgramBackend {
             self.dest,
             Bare,
             self.counters.clone(),
+            self.batching,
         )))
     }
 

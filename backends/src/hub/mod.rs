@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 pub use options::HubPortOptions;
 
@@ -33,11 +33,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The hubs of the process, by `hubid`; a hub lives while it has ports.
-fn hubs() -> &'static Mutex<HashMap<i32, Weak<Hub>>> {
-    static HUBS: OnceLock<Mutex<HashMap<i32, Weak<Hub>>>> = OnceLock::new();
-    HUBS.get_or_init(Default::default)
-}
+/// The hubs of a daemon, by `hubid`; a hub lives while it has ports. Clones share the hubs.
+#[derive(Debug, Clone, Default)]
+pub struct Hubs(Arc<Mutex<HashMap<i32, Weak<Hub>>>>);
 
 /// Frames waiting for one port's guest.
 #[derive(Debug)]
@@ -156,9 +154,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// The hub `id`, created if no port has it yet.
-    fn get(id: i32) -> Arc<Hub> {
-        let mut all = lock(hubs());
+    /// The hub `id` of `hubs`, created if no port has it yet.
+    fn get(hubs: &Hubs, id: i32) -> Arc<Hub> {
+        let mut all = lock(&hubs.0);
         if let Some(hub) = all.get(&id).and_then(Weak::upgrade) {
             return hub;
         }
@@ -328,9 +326,9 @@ pub struct HubPortBackend {
 
 impl HubPortBackend {
     /// Joins hub `hubid` (creating it).
-    pub fn open(options: &HubPortOptions) -> Result<Self, Error> {
+    pub fn open(options: &HubPortOptions, hubs: &Hubs) -> Result<Self, Error> {
         let inbox = Arc::new(Inbox::new().map_err(|e| Error::io("eventfd", e))?);
-        let hub = Hub::get(options.hubid);
+        let hub = Hub::get(hubs, options.hubid);
         let key = hub.join(inbox.clone());
         Ok(HubPortBackend { hub, key, inbox })
     }
@@ -483,13 +481,14 @@ mod tests {
 
     #[test]
     fn floods_until_it_learns_then_switches_unicast() {
+        let hubs = Hubs::default();
         let opts = HubPortOptions { hubid: 7001 };
         let (a, b, c) = (
-            HubPortBackend::open(&opts).unwrap(),
-            HubPortBackend::open(&opts).unwrap(),
-            HubPortBackend::open(&opts).unwrap(),
+            HubPortBackend::open(&opts, &hubs).unwrap(),
+            HubPortBackend::open(&opts, &hubs).unwrap(),
+            HubPortBackend::open(&opts, &hubs).unwrap(),
         );
-        let other = HubPortBackend::open(&HubPortOptions { hubid: 7002 }).unwrap();
+        let other = HubPortBackend::open(&HubPortOptions { hubid: 7002 }, &hubs).unwrap();
         let (mut qa, mut qb, mut qc, mut qo) = (
             a.queue(0).unwrap(),
             b.queue(0).unwrap(),
@@ -533,10 +532,11 @@ mod tests {
 
     #[test]
     fn a_full_inbox_drops_and_counts_without_blocking_the_sender() {
+        let hubs = Hubs::default();
         let opts = HubPortOptions { hubid: 7003 };
         let (a, b) = (
-            HubPortBackend::open(&opts).unwrap(),
-            HubPortBackend::open(&opts).unwrap(),
+            HubPortBackend::open(&opts, &hubs).unwrap(),
+            HubPortBackend::open(&opts, &hubs).unwrap(),
         );
         let mut qa = a.queue(0).unwrap();
         let f = frame([0xff; 6], A, 0);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 pub use options::L2tpv3Options;
 
+use crate::batching::Batching;
 use crate::datagram::{DatagramCounters, DatagramQueue, Destination};
 use crate::fd_source::FdSource;
 use crate::{sys, Backend, BackendQueue, Capabilities, Error, OptionError};
@@ -27,11 +28,16 @@ pub struct L2tpv3Backend {
     layout: HeaderLayout,
     counters: Arc<DatagramCounters>,
     refused: Arc<RefusedCounters>,
+    batching: Batching,
     description: String,
 }
 
 impl L2tpv3Backend {
-    pub fn open(options: &L2tpv3Options, _fds: &mut dyn FdSource) -> Result<Self, Error> {
+    pub fn open(
+        options: &L2tpv3Options,
+        _fds: &mut dyn FdSource,
+        batching: Batching,
+    ) -> Result<Self, Error> {
         let layout = options.layout()?;
         if options.cookie64 == Some(false) && layout.cookies.is_some() {
             log::warn!("l2tpv3: cookie64=off is treated as on, as QEMU does");
@@ -61,6 +67,7 @@ impl L2tpv3Backend {
             layout,
             counters: Arc::default(),
             refused: Arc::default(),
+            batching,
             description,
         })
     }
@@ -106,6 +113,7 @@ impl Backend for L2tpv3Backend {
             Some(self.dest),
             L2tpEncap::new(self.layout, self.refused.clone()),
             self.counters.clone(),
+            self.batching,
         )))
     }
 

@@ -10,6 +10,8 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::RawFd;
 
+use crate::batching::Batching;
+
 /// Longest frame a peer may announce (QEMU's own limit for stream peers is 64 KiB of frame).
 pub const MAX_STREAM_FRAME: usize = 65_536;
 /// Bytes read at most per `read` call.
@@ -29,19 +31,27 @@ pub struct RxFramer {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// Off: each read takes exactly the next prefix or frame (the benchmarks' reference).
+    batching: Batching,
 }
 
 impl Default for RxFramer {
     fn default() -> Self {
-        RxFramer {
-            buf: vec![0u8; RX_BUFFER].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
+        RxFramer::new(Batching::ON)
     }
 }
 
 impl RxFramer {
+    /// An empty framer; with batching, one read takes whatever the socket holds.
+    pub fn new(batching: Batching) -> Self {
+        RxFramer {
+            buf: vec![0u8; RX_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            batching,
+        }
+    }
+
     /// The next complete frame's bytes in [`Self::bytes`], consumed; `None` if more input is
     /// needed. Zero-length frames are skipped.
     pub fn next_frame(&mut self) -> Result<Option<Range<usize>>, FramingError> {
@@ -97,7 +107,7 @@ impl RxFramer {
             self.start = 0;
         }
         // Unbatched (the benchmark reference): read exactly the next prefix or frame body.
-        let want = if crate::batching::limit(2) == 1 {
+        let want = if self.batching.limit(2) == 1 {
             let have = self.end - self.start;
             if have < PREFIX {
                 PREFIX - have

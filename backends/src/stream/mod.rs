@@ -25,6 +25,7 @@ use serde_json::Value;
 pub use options::StreamOptions;
 use queue::{StreamIo, StreamQueue};
 
+use crate::batching::Batching;
 use crate::fd_source::FdSource;
 use crate::socket_address::{describe_inet, describe_unix, SocketAddress, UnixAddress};
 use crate::{sys, Backend, BackendQueue, Capabilities, Error, LinkEvent, LinkWatch};
@@ -48,6 +49,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the connection thread (shutdown).
     wake: OwnedFd,
+    /// Whether reads take many frames at once.
+    batching: Batching,
 }
 
 #[derive(Default)]
@@ -180,7 +183,11 @@ type Connection = (OwnedFd, Value);
 impl StreamBackend {
     /// Opens the netdev: binds a server's listener, or makes a client's first connection
     /// attempt (an error unless `reconnect` says to keep trying).
-    pub fn open(options: &StreamOptions, fds: &mut dyn FdSource) -> Result<Self, Error> {
+    pub fn open(
+        options: &StreamOptions,
+        fds: &mut dyn FdSource,
+        batching: Batching,
+    ) -> Result<Self, Error> {
         let mut socket_file = None;
         let mut first = None;
         let keep_alive =
@@ -263,9 +270,10 @@ impl StreamBackend {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: sys::eventfd().map_err(|e| Error::io("eventfd", e))?,
+            batching,
         });
         if let Some((fd, peer)) = first.take() {
-            let io = Arc::new(Mutex::new(StreamIo::new(fd)));
+            let io = Arc::new(Mutex::new(StreamIo::new(fd, batching)));
             shared.connected(io, peer);
         }
         let thread_shared = shared.clone();
@@ -390,7 +398,10 @@ fn run(shared: &Shared, endpoint: Endpoint, keep_alive: bool) {
         let Some((fd, peer)) = conn else { return };
         info!("stream: connected to {peer}");
         let raw = fd.as_raw_fd();
-        shared.connected(Arc::new(Mutex::new(StreamIo::new(fd))), peer);
+        shared.connected(
+            Arc::new(Mutex::new(StreamIo::new(fd, shared.batching))),
+            peer,
+        );
         watch_until_hangup(shared, raw);
         if shared.stopped() {
             return;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::warn;
 
 use super::framing::{prefix, RxFramer, TxPending};
+use crate::batching::Batching;
 use crate::{sys, BackendQueue, Offloads};
 
 /// Most iovecs one `writev` takes (the kernel's `IOV_MAX`).
@@ -36,10 +37,10 @@ unsafe impl Send for StreamIo {}
 
 impl StreamIo {
     /// Wraps a connected, non-blocking socket.
-    pub fn new(fd: OwnedFd) -> Self {
+    pub fn new(fd: OwnedFd, batching: Batching) -> Self {
         StreamIo {
             fd,
-            rx: RxFramer::default(),
+            rx: RxFramer::new(batching),
             tx: TxPending::default(),
             iovecs: Vec::with_capacity(IOV_MAX),
             prefixes: Vec::with_capacity(64),
@@ -221,7 +222,7 @@ mod tests {
     fn pair() -> (StreamQueue, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        let io = Arc::new(Mutex::new(StreamIo::new(OwnedFd::from(a))));
+        let io = Arc::new(Mutex::new(StreamIo::new(OwnedFd::from(a), Batching::ON)));
         (StreamQueue::new(io), b)
     }
 

@@ -32,7 +32,6 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use options::UserOptions;
-pub use resolver::set_resolv_conf;
 
 use crate::{only_queue_zero, Backend, BackendQueue, Capabilities, Error, Offloads};
 use stack::Stack;
@@ -50,7 +49,8 @@ fn lock(stack: &Mutex<Stack>) -> MutexGuard<'_, Stack> {
 
 impl UserBackend {
     /// Builds the stack and binds the `hostfwd` sockets (failing like QEMU if one cannot be).
-    pub fn open(options: &UserOptions) -> Result<Self, Error> {
+    /// `resolv_conf` is where the virtual name server finds the host's resolvers.
+    pub fn open(options: &UserOptions, resolv_conf: &std::path::Path) -> Result<Self, Error> {
         let mut description = String::from("user");
         if let Some(n) = options.ipv4 {
             description += &format!(" net={}/{} host={}", n.network, n.prefix_len(), n.host);
@@ -61,7 +61,7 @@ impl UserBackend {
         if options.restrict {
             description += " restrict=on";
         }
-        let stack = Stack::new(options.clone())?;
+        let stack = Stack::new(options.clone(), resolv_conf.to_path_buf())?;
         Ok(UserBackend {
             stack: Arc::new(Mutex::new(stack)),
             description,

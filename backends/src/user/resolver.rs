@@ -4,23 +4,7 @@
 //! address to the first host resolver and back; this module only decides that address.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::Mutex;
-
-static RESOLV_CONF: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// Reads resolvers from `path` instead of `/etc/resolv.conf` (the daemon's `--resolv-conf`).
-pub fn set_resolv_conf(path: PathBuf) {
-    *RESOLV_CONF.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
-}
-
-fn resolv_conf_path() -> PathBuf {
-    RESOLV_CONF
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"))
-}
+use std::path::Path;
 
 /// The `nameserver` addresses of a `resolv.conf` text, in order (IPv6 zone ids dropped).
 pub fn parse_nameservers(text: &str) -> Vec<IpAddr> {
@@ -34,11 +18,10 @@ pub fn parse_nameservers(text: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// The host resolver a query to the virtual name server goes to, re-read for every new flow
-/// so that a changed `resolv.conf` takes effect.
-pub fn host_resolver(port: u16) -> Option<SocketAddr> {
-    let path = resolv_conf_path();
-    let text = match std::fs::read_to_string(&path) {
+/// The host resolver a query to the virtual name server goes to, read from `path` (the
+/// daemon's `--resolv-conf`) for every new flow so that a changed file takes effect.
+pub fn host_resolver(path: &Path, port: u16) -> Option<SocketAddr> {
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
             log::warn!("user netdev: cannot read {}: {e}", path.display());

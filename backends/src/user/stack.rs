@@ -10,6 +10,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,8 @@ struct UdpForward {
 /// The stack's whole state.
 pub struct Stack {
     options: UserOptions,
+    /// Where the virtual name server finds the host's resolvers.
+    resolv_conf: PathBuf,
     link: LinkAddrs,
     out: GuestFrames,
     poller: Poller,
@@ -121,7 +124,7 @@ fn forward_error(rule: &HostFwd, e: io::Error) -> Error {
 }
 
 impl Stack {
-    pub fn new(options: UserOptions) -> Result<Stack, Error> {
+    pub fn new(options: UserOptions, resolv_conf: PathBuf) -> Result<Stack, Error> {
         let poller = Poller::new().map_err(|e| Error::io("epoll", e))?;
         let link = LinkAddrs::new(options.ipv4.map(|n| n.host));
         let mut config = Config::new(HardwareAddress::Ip);
@@ -217,6 +220,7 @@ impl Stack {
         let tftp = options.ipv4.and(options.tftp.clone()).map(TftpServer::new);
         Ok(Stack {
             options,
+            resolv_conf,
             link,
             out: GuestFrames::default(),
             poller,
@@ -342,7 +346,7 @@ impl Stack {
             }
             if ip == IpAddr::V4(n.dns) || ip == IpAddr::V4(n.broadcast()) {
                 return (ip == IpAddr::V4(n.dns) && remote.port() == 53)
-                    .then(|| host_resolver(53))
+                    .then(|| host_resolver(&self.resolv_conf, 53))
                     .flatten();
             }
             if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
@@ -354,7 +358,9 @@ impl Stack {
                 return Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), remote.port()));
             }
             if ip == IpAddr::V6(n.dns) {
-                return (remote.port() == 53).then(|| host_resolver(53)).flatten();
+                return (remote.port() == 53)
+                    .then(|| host_resolver(&self.resolv_conf, 53))
+                    .flatten();
             }
         }
         Some(remote)
@@ -879,7 +885,11 @@ mod tests {
     fn stack(extra: &str) -> Stack {
         let mut opts = Opts::parse_keyval(&format!("user{extra}")).unwrap();
         opts.take_str("type").unwrap();
-        Stack::new(UserOptions::from_opts(&mut opts).unwrap()).unwrap()
+        Stack::new(
+            UserOptions::from_opts(&mut opts).unwrap(),
+            "/etc/resolv.conf".into(),
+        )
+        .unwrap()
     }
 
     const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
