@@ -274,136 +274,16 @@ impl<E: Encap + 'static> BackendQueue for DatagramQueue<E> {
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
         let frames = &frames[..frames.len().min(self.batching.limit(BATCH))];
-        let tx = &mut self.tx;
-        tx.iovecs.clear();
-        // Headers first: one per frame offered (a frame the kernel does not take now comes back
-        // in a later batch with a new header; L2TPv3 receivers do not require consecutive
-        // counters).
-        let mut header_lens = [0usize; BATCH];
-        for (i, len) in header_lens.iter_mut().enumerate().take(frames.len()) {
-            *len = self.encap.tx_header(&mut tx.headers[i]);
-        }
-        let mut starts = [0usize; BATCH];
-        let mut count = 0;
-        for (i, frame) in frames.iter().enumerate() {
-            if frame.len() + 1 > MAX_IOV_PER_FRAME {
-                break;
-            }
-            starts[i] = tx.iovecs.len();
-            if header_lens[i] > 0 {
-                tx.iovecs.push(libc::iovec {
-                    iov_base: tx.headers[i].as_mut_ptr().cast(),
-                    iov_len: header_lens[i],
-                });
-            }
-            for s in frame.iter() {
-                tx.iovecs.push(libc::iovec {
-                    iov_base: s.as_ptr() as *mut libc::c_void,
-                    iov_len: s.len(),
-                });
-            }
-            count += 1;
-        }
-        if count == 0 {
-            return Err(io::Error::other("frame has too many segments"));
-        }
-        // Datagram lengths, then messages: a run of equal lengths is one UDP_SEGMENT message.
-        let mut ends = [0usize; BATCH];
-        let mut lens = [0usize; BATCH];
-        for i in 0..count {
-            ends[i] = if i + 1 < count {
-                starts[i + 1]
-            } else {
-                tx.iovecs.len()
-            };
-            lens[i] = tx.iovecs[starts[i]..ends[i]]
-                .iter()
-                .map(|v| v.iov_len)
-                .sum();
-        }
-        // (first frame, frames) per message.
-        let mut message_list = [(0usize, 0usize); BATCH];
-        let mut message_count = 0;
-        let mut i = 0;
-        while i < count {
-            let mut n = 1;
-            if self.udp_gso {
-                while i + n < count
-                    && lens[i + n] == lens[i]
-                    && n < GSO_MAX_SEGMENTS
-                    && (n + 1) * lens[i] <= GSO_MAX_BYTES
-                {
-                    n += 1;
-                }
-            }
-            message_list[message_count] = (i, n);
-            message_count += 1;
-            i += n;
-        }
-        let messages = &message_list[..message_count];
-        // The iovec vector is complete: only now take pointers into it.
-        for (m, &(first, n)) in messages.iter().enumerate() {
-            let (from, to) = (starts[first], ends[first + n - 1]);
-            let hdr = &mut tx.msgs[m].msg_hdr;
-            hdr.msg_iov = tx.iovecs[from..to].as_mut_ptr();
-            hdr.msg_iovlen = to - from;
-            match &mut self.dest {
-                Some(d) => {
-                    hdr.msg_name = (&mut d.storage as *mut libc::sockaddr_storage).cast();
-                    hdr.msg_namelen = d.len;
-                }
-                None => {
-                    hdr.msg_name = std::ptr::null_mut();
-                    hdr.msg_namelen = 0;
-                }
-            }
-            if n > 1 {
-                let control = &mut tx.controls[m];
-                // SAFETY: the buffer is 32 bytes, 8-byte aligned, and holds one cmsghdr with a
-                // u16 payload (CMSG_SPACE(2) = 24 on 64-bit Linux); the pointers stay inside it.
-                unsafe {
-                    let cmsg = control.as_mut_ptr().cast::<libc::cmsghdr>();
-                    (*cmsg).cmsg_level = SOL_UDP;
-                    (*cmsg).cmsg_type = UDP_SEGMENT;
-                    (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
-                    libc::CMSG_DATA(cmsg)
-                        .cast::<u16>()
-                        .write_unaligned(lens[first] as u16);
-                    hdr.msg_control = cmsg.cast();
-                    hdr.msg_controllen = libc::CMSG_SPACE(2) as usize;
-                }
-            } else {
-                hdr.msg_control = std::ptr::null_mut();
-                hdr.msg_controllen = 0;
-            }
-        }
-        let gso_used = messages.iter().any(|&(_, n)| n > 1);
-        let sent = loop {
-            // SAFETY: each message points at iovecs over our header buffers or the caller's
-            // borrowed slices, at our destination address and at our control buffer; all live
-            // for the call.
-            let ret = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    tx.msgs.as_mut_ptr(),
-                    messages.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            match sys::check(ret) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // No buffer space counts as full, as QEMU treats it.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    break Err(io::Error::from(io::ErrorKind::WouldBlock))
-                }
-                other => break other.map(|n| n as usize),
-            }
-        };
-        match sent {
+        let batch = gather(&mut self.tx, &mut self.encap, frames)?;
+        let messages = plan_messages(&batch.lens[..batch.count], self.udp_gso);
+        let messages = &messages.list[..messages.count];
+        address_messages(&mut self.tx, &batch, messages, self.dest.as_mut());
+        match send_messages(self.fd.as_raw_fd(), &mut self.tx.msgs[..messages.len()]) {
             // The route cannot take UDP GSO (path MTU below the datagram size, no checksum
             // offload): send datagram by datagram from now on.
             Err(e)
-                if gso_used && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) =>
+                if messages.iter().any(|&(_, n)| n > 1)
+                    && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) =>
             {
                 log::info!("UDP segmentation offload refused ({e}); sending datagrams one by one");
                 self.udp_gso = false;
@@ -432,12 +312,191 @@ impl<E: Encap + 'static> BackendQueue for DatagramQueue<E> {
     }
 }
 
+/// Where each frame of a batch lies in the scratch iovecs, and its datagram length.
+struct GatheredBatch {
+    starts: [usize; BATCH],
+    ends: [usize; BATCH],
+    lens: [usize; BATCH],
+    count: usize,
+}
+
+/// Puts each frame's header (from `encap`) and segments into `tx.iovecs`, up to the first frame
+/// with too many segments.
+fn gather<E: Encap>(
+    tx: &mut TxScratch,
+    encap: &mut E,
+    frames: &[&[IoSlice<'_>]],
+) -> io::Result<GatheredBatch> {
+    tx.iovecs.clear();
+    // Headers first: one per frame offered (a frame the kernel does not take now comes back in
+    // a later batch with a new header; L2TPv3 receivers do not require consecutive counters).
+    let mut header_lens = [0usize; BATCH];
+    for (i, len) in header_lens.iter_mut().enumerate().take(frames.len()) {
+        *len = encap.tx_header(&mut tx.headers[i]);
+    }
+    let mut batch = GatheredBatch {
+        starts: [0; BATCH],
+        ends: [0; BATCH],
+        lens: [0; BATCH],
+        count: 0,
+    };
+    for (i, frame) in frames.iter().enumerate() {
+        if frame.len() + 1 > MAX_IOV_PER_FRAME {
+            break;
+        }
+        batch.starts[i] = tx.iovecs.len();
+        if header_lens[i] > 0 {
+            tx.iovecs.push(libc::iovec {
+                iov_base: tx.headers[i].as_mut_ptr().cast(),
+                iov_len: header_lens[i],
+            });
+        }
+        for s in frame.iter() {
+            tx.iovecs.push(libc::iovec {
+                iov_base: s.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            });
+        }
+        batch.ends[i] = tx.iovecs.len();
+        batch.lens[i] = tx.iovecs[batch.starts[i]..].iter().map(|v| v.iov_len).sum();
+        batch.count += 1;
+    }
+    if batch.count == 0 {
+        return Err(io::Error::other("frame has too many segments"));
+    }
+    Ok(batch)
+}
+
+/// The messages of a batch: (first frame, frames) each.
+struct MessagePlan {
+    list: [(usize, usize); BATCH],
+    count: usize,
+}
+
+/// Groups datagrams of lengths `lens` into messages: with `udp_gso`, a run of equal lengths
+/// within the kernel's limits is one `UDP_SEGMENT` message; else one datagram each.
+fn plan_messages(lens: &[usize], udp_gso: bool) -> MessagePlan {
+    let mut plan = MessagePlan {
+        list: [(0, 0); BATCH],
+        count: 0,
+    };
+    let mut i = 0;
+    while i < lens.len() {
+        let mut n = 1;
+        if udp_gso {
+            while i + n < lens.len()
+                && lens[i + n] == lens[i]
+                && n < GSO_MAX_SEGMENTS
+                && (n + 1) * lens[i] <= GSO_MAX_BYTES
+            {
+                n += 1;
+            }
+        }
+        plan.list[plan.count] = (i, n);
+        plan.count += 1;
+        i += n;
+    }
+    plan
+}
+
+/// Points each message header at its iovecs, the destination and, for a run, a `UDP_SEGMENT`
+/// control message. The iovec vector is complete: only now are pointers into it taken.
+fn address_messages(
+    tx: &mut TxScratch,
+    batch: &GatheredBatch,
+    messages: &[(usize, usize)],
+    mut dest: Option<&mut Destination>,
+) {
+    for (m, &(first, n)) in messages.iter().enumerate() {
+        let (from, to) = (batch.starts[first], batch.ends[first + n - 1]);
+        let hdr = &mut tx.msgs[m].msg_hdr;
+        hdr.msg_iov = tx.iovecs[from..to].as_mut_ptr();
+        hdr.msg_iovlen = to - from;
+        match dest.as_deref_mut() {
+            Some(d) => {
+                hdr.msg_name = (&mut d.storage as *mut libc::sockaddr_storage).cast();
+                hdr.msg_namelen = d.len;
+            }
+            None => {
+                hdr.msg_name = std::ptr::null_mut();
+                hdr.msg_namelen = 0;
+            }
+        }
+        if n > 1 {
+            let control = &mut tx.controls[m];
+            // SAFETY: the buffer is 32 bytes, 8-byte aligned, and holds one cmsghdr with a u16
+            // payload (CMSG_SPACE(2) = 24 on 64-bit Linux); the pointers stay inside it.
+            unsafe {
+                let cmsg = control.as_mut_ptr().cast::<libc::cmsghdr>();
+                (*cmsg).cmsg_level = SOL_UDP;
+                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
+                libc::CMSG_DATA(cmsg)
+                    .cast::<u16>()
+                    .write_unaligned(batch.lens[first] as u16);
+                hdr.msg_control = cmsg.cast();
+                hdr.msg_controllen = libc::CMSG_SPACE(2) as usize;
+            }
+        } else {
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+        }
+    }
+}
+
+/// `sendmmsg(2)` without waiting; returns how many messages went. No buffer space counts as
+/// full, as QEMU treats it.
+fn send_messages(fd: RawFd, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    loop {
+        // SAFETY: each message points at iovecs over our header buffers or the caller's
+        // borrowed slices, at our destination address and at our control buffer; all live for
+        // the call.
+        let ret = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                msgs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match sys::check(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                return Err(io::Error::from(io::ErrorKind::WouldBlock))
+            }
+            other => return other.map(|n| n as usize),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::UdpSocket;
     use std::os::fd::OwnedFd;
 
     use super::*;
+
+    #[test]
+    fn runs_of_equal_lengths_become_one_message_within_the_kernels_limits() {
+        let plan = |lens: &[usize], gso| {
+            let p = plan_messages(lens, gso);
+            p.list[..p.count].to_vec()
+        };
+        assert_eq!(
+            plan(&[100, 100, 100, 60, 100], true),
+            vec![(0, 3), (3, 1), (4, 1)]
+        );
+        assert_eq!(plan(&[100, 100], false), vec![(0, 1), (1, 1)]);
+        assert_eq!(plan(&[], true), vec![]);
+        let many = vec![10; GSO_MAX_SEGMENTS + 1];
+        assert_eq!(plan(&many, true)[0], (0, GSO_MAX_SEGMENTS.min(many.len())));
+        let big = GSO_MAX_BYTES / 2 + 1;
+        assert_eq!(
+            plan(&[big, big], true),
+            vec![(0, 1), (1, 1)],
+            "two would pass 64 KiB"
+        );
+    }
 
     /// A 3-byte header with a running number, to see headers land on the right datagrams.
     #[derive(Debug, Default)]
