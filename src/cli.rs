@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use vhost_user_netd_backends::NetdevConfig;
 
-use crate::config::{build_port, parse_port, Config, ConfigError, Listen};
+use crate::config::{build_port, parse_port, Config, ConfigError, Listen, RuntimeConfig};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -157,10 +157,17 @@ impl TryFrom<Args> for Config {
             .iter()
             .map(|q| crate::config::parse_qmp(q))
             .collect::<Result<Vec<_>, _>>()?;
+        let runtime = RuntimeConfig {
+            workers: args.workers,
+            poll_budget: std::time::Duration::from_micros(args.poll_us),
+            batching: !args.no_batching,
+            resolv_conf: args.resolv_conf.clone(),
+        };
         Config {
             netdevs,
             ports,
             qmp,
+            runtime,
         }
         .validate()
     }

@@ -98,11 +98,36 @@ pub fn parse_qmp(text: &str) -> Result<QmpAddr, ConfigError> {
 }
 
 /// Everything the daemon was asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     pub netdevs: Vec<NetdevConfig>,
     pub ports: Vec<PortConfig>,
     pub qmp: Vec<QmpAddr>,
+    pub runtime: RuntimeConfig,
+}
+
+/// How the datapath runs, whatever the netdevs and ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Shared queue workers (`--workers`; 0: a worker per queue pair).
+    pub workers: u16,
+    /// How long a worker keeps looking for work before it sleeps (`--poll-us`).
+    pub poll_budget: std::time::Duration,
+    /// Several frames per system call (off with `--no-batching`).
+    pub batching: bool,
+    /// Where the user stack finds the host's resolvers (`--resolv-conf`).
+    pub resolv_conf: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 0,
+            poll_budget: std::time::Duration::from_micros(50),
+            batching: true,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
 }
 
 /// Whether `host` resolves only to loopback addresses (QMP over TCP is for local use).
@@ -342,21 +367,24 @@ mod tests {
         assert!(Config {
             netdevs: n.clone(),
             ports: vec![a.clone(), b],
-            qmp: vec![]
+            qmp: vec![],
+            ..Default::default()
         }
         .validate()
         .is_err());
         assert!(Config {
             netdevs: n.clone(),
             ports: vec![a.clone(), c],
-            qmp: vec![]
+            qmp: vec![],
+            ..Default::default()
         }
         .validate()
         .is_err());
         assert!(Config {
             netdevs: n.clone(),
             ports: vec![],
-            qmp: vec![]
+            qmp: vec![],
+            ..Default::default()
         }
         .validate()
         .is_err());
@@ -365,14 +393,16 @@ mod tests {
         assert!(Config {
             netdevs: dup,
             ports: vec![a.clone()],
-            qmp: vec![]
+            qmp: vec![],
+            ..Default::default()
         }
         .validate()
         .is_err());
         assert!(Config {
             netdevs: n,
             ports: vec![a],
-            qmp: vec![]
+            qmp: vec![],
+            ..Default::default()
         }
         .validate()
         .is_ok());

@@ -2,6 +2,7 @@
 //!
 //! Module map:
 //! - [`cli`] → [`config`]: the command line, validated once into an immutable [`config::Config`].
+//! - [`daemon`]: a [`config::Config`] started (netdevs, port threads, QMP) and ended in order.
 //! - [`port`]: a vhost-user socket and the device each frontend connection gets.
 //! - [`vhost_user`]: the vhost-user protocol (framing, memory table, request dispatcher).
 //! - [`device`]: the virtio-net device: rings, rx/tx paths, features, config space. The only
@@ -18,6 +19,7 @@
 pub mod announcer;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod device;
 pub mod events;
 pub mod mac;
