@@ -13,8 +13,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vhost_user_netd::device::guest_iov::{Direction, GuestIov};
-use vhost_user_netd::device::vring::Vring;
+use vhost_user_netd_ring::guest_iov::{Direction, GuestIov};
+use vhost_user_netd_ring::vring::Vring;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 const RAM: usize = 64 << 10;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use super::guest_iov::ChainError;
+use vhost_user_netd_ring::guest_iov::ChainError;
 
 macro_rules! counters {
     (

@@ -15,11 +15,11 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::counters::{Counts, RateLimitedLog, SharedCounters};
-use super::dirty_log::DirtyLog;
-use super::guest_iov::{Direction, GuestIov};
 use super::queue_pair::{MacWatch, PairHandle, QueuePair};
 use super::rx_filter::{CtrlFeatures, RxFilter, CLASS_MAC, CLASS_RX, CLASS_VLAN};
-use super::vring::Vring;
+use vhost_user_netd_ring::dirty_log::DirtyLog;
+use vhost_user_netd_ring::guest_iov::{Direction, GuestIov};
+use vhost_user_netd_ring::vring::Vring;
 
 /// `VIRTIO_NET_OK` / `VIRTIO_NET_ERR`.
 const ACK_OK: u8 = 0;

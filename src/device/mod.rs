@@ -1,33 +1,22 @@
-//! The virtio-net device: the only code that knows virtio (rings, feature bits, the virtio-net
-//! header, guest memory).
+//! The virtio-net device: the only code that knows virtio-net (feature bits, the virtio-net
+//! header, queue pairs, the control queue). Rings, chains, guest memory mappings and the dirty
+//! log are the `vhost-user-netd-ring` crate's (`ring/`).
 //!
-//! - [`guest_iov`]: descriptor chains → host iovecs. Guest-memory `unsafe` is there and in
-//!   [`ring_map`], [`dirty_log`] and [`memory_fault`].
-//! - [`vring`]: one split ring: avail reads, batched used writes, notifications.
 //! - [`queue_pair`]: a pair's state, lock and worker thread; `rx` and `tx`: its two paths.
 //! - [`ctrl_queue`] and [`rx_filter`]: the control queue, when the frontend hands it over, and
 //!   the receive filter its commands set.
 //! - [`features`], [`config_space`]: what is offered and reported.
-//! - [`counters`]: per-pair statistics; [`announce`]: RARP frames; [`dirty_log`]: migration.
-//! - [`memory_fault`]: frontend files checked before they are mapped, and recovery when one
-//!   shrinks under its mapping (SIGBUS).
+//! - [`counters`]: per-pair statistics; [`announce`]: RARP frames.
 
 pub mod announce;
 pub mod config_space;
 pub mod counters;
 pub mod ctrl_queue;
-pub mod dirty_log;
 pub mod features;
-pub mod guest_iov;
-pub mod memory_fault;
 pub mod queue_pair;
-pub mod ring_map;
 mod rx;
 pub mod rx_filter;
-#[cfg(test)]
-pub mod test_ring;
 mod tx;
-pub mod vring;
 pub mod worker;
 
 use std::io::{self, IoSlice};
@@ -344,7 +333,7 @@ impl NetDevice {
     }
 
     /// Installs the frontend's dirty bitmap (`SET_LOG_BASE`) in every pair.
-    pub fn set_dirty_log(&self, log: Option<Arc<dirty_log::DirtyLog>>) {
+    pub fn set_dirty_log(&self, log: Option<Arc<vhost_user_netd_ring::dirty_log::DirtyLog>>) {
         for pair in &self.pairs {
             pair.lock().dirty_log = log.clone();
         }

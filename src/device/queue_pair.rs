@@ -15,10 +15,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::counters::{Counts, RateLimitedLog, SharedCounters};
-use super::dirty_log::DirtyLog;
-use super::guest_iov::GuestIov;
-use super::vring::{GuestMemoryGuard, Vring};
 use super::worker::{Worker, Workers};
+use vhost_user_netd_ring::dirty_log::DirtyLog;
+use vhost_user_netd_ring::guest_iov::GuestIov;
+use vhost_user_netd_ring::vring::{GuestMemoryGuard, Vring};
 
 /// What woke the worker. Stored in the epoll event's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use std::io::{self, IoSlice, IoSliceMut};
 use vhost_user_netd_backends::MAX_FRAME_LEN;
 use vm_memory::GuestMemoryMmap;
 
-use super::guest_iov::{ChainError, Direction};
 use super::queue_pair::QueuePair;
-use super::vring::READ_AHEAD;
+use vhost_user_netd_ring::guest_iov::{ChainError, Direction};
+use vhost_user_netd_ring::vring::READ_AHEAD;
 
 /// Frames handled per wake-up before the worker looks at its other events.
 const RX_BATCH: usize = 256;

@@ -12,8 +12,8 @@ use std::ops::Range;
 use vhost_user_netd_backends::MAX_FRAME_LEN;
 use vm_memory::GuestMemoryMmap;
 
-use super::guest_iov::{ChainError, Direction, MAX_SEGMENTS};
 use super::queue_pair::QueuePair;
+use vhost_user_netd_ring::guest_iov::{ChainError, Direction, MAX_SEGMENTS};
 
 /// Used elements written before they are published mid-batch.
 const PUBLISH_EVERY: u16 = 64;
@@ -219,7 +219,7 @@ impl QueuePair {
                 // The guest's core just wrote these frames: start fetching them all now, so the
                 // backend's copies do not wait for them one at a time.
                 for part in slot.iter().take(2) {
-                    vhost_user_netd_backends::sys::prefetch(part);
+                    vhost_user_netd_ring::prefetch::prefetch(part);
                 }
             }
             let taken = backend

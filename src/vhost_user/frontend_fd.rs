@@ -78,7 +78,8 @@ impl Notifier {
 pub fn notifier(fd: OwnedFd, use_: Notifier) -> Result<EventFd, FdError> {
     let what = use_.name();
     let io = |err| FdError::Io { what, err };
-    let (kind, _) = sys::file_type_and_size(fd.as_raw_fd()).map_err(io)?;
+    let (kind, _) =
+        vhost_user_netd_ring::file_info::file_type_and_size(fd.as_raw_fd()).map_err(io)?;
     if !use_.accepts(kind) {
         return Err(FdError::NotANotifier {
             what,
@@ -96,7 +97,8 @@ pub fn channel(fd: OwnedFd) -> Result<UnixStream, FdError> {
         what: "backend-request",
         err,
     };
-    let (kind, _) = sys::file_type_and_size(fd.as_raw_fd()).map_err(io)?;
+    let (kind, _) =
+        vhost_user_netd_ring::file_info::file_type_and_size(fd.as_raw_fd()).map_err(io)?;
     if kind != libc::S_IFSOCK {
         return Err(FdError::NotASocket(kind_name(kind)));
     }

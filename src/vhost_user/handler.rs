@@ -21,11 +21,11 @@ use super::frontend_fd::{self, FdError, Notifier};
 use super::memory::{MemoryTable, RegionDesc, MAX_MEM_SLOTS};
 use super::socket::{Connection, Message, WireError};
 use crate::device::config_space::CONFIG_LEN;
-use crate::device::dirty_log::DirtyLog;
 use crate::device::features::VHOST_USER_F_PROTOCOL_FEATURES;
-use crate::device::memory_fault::FaultDomain;
-use crate::device::vring::Vring;
 use crate::device::{lock, NetDevice};
+use vhost_user_netd_ring::dirty_log::DirtyLog;
+use vhost_user_netd_ring::memory_fault::FaultDomain;
+use vhost_user_netd_ring::vring::Vring;
 
 /// Low byte of a kick/call payload: the vring index; this bit: no descriptor (polling).
 const VRING_NOFD_MASK: u64 = 0x100;

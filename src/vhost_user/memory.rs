@@ -11,7 +11,7 @@ use vm_memory::{
     MemoryRegionAddress, MmapRegion,
 };
 
-use crate::device::memory_fault::{self, FaultDomain, FitError, Shrink};
+use vhost_user_netd_ring::memory_fault::{self, FaultDomain, FitError, Shrink};
 
 /// Most regions a frontend may add (QEMU's libvhost-user uses the same figure).
 pub const MAX_MEM_SLOTS: u64 = 509;

@@ -17,11 +17,8 @@ use vhost_user_netd::port::Port;
 use vhost_user_netd_backends::socketpair::SocketpairBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-#[path = "../../src/device/test_ring.rs"]
-pub mod test_ring;
-
 #[allow(unused_imports)] // each test binary uses a different subset
-pub use test_ring::{DriverRing, GuestRam, RawDescriptor};
+pub use vhost_user_netd_ring::test_ring::{DriverRing, GuestRam, RawDescriptor};
 
 /// Where the frontend pretends guest RAM is mapped in its address space.
 pub const USER_BASE: u64 = 0x7f00_0000_0000;

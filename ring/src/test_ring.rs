@@ -3,6 +3,7 @@
 //! Used by the unit tests in `src/device/` and, through `#[path]`, by the in-repo vhost-user
 //! test frontend in `tests/common/`, which shares the memfd with the daemon.
 
+#![allow(unsafe_code)] // guest memory (see the SAFETY notes)
 #![allow(dead_code)]
 
 use std::fs::File;

@@ -5,11 +5,13 @@
 //! inside guest memory and point the right way, and the total length is capped. All unsafe
 //! guest-memory access of the datapath lives in this file.
 
+#![allow(unsafe_code)] // guest memory (see the SAFETY notes)
+
 use std::io::{IoSlice, IoSliceMut};
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::ring_map::RingMap;
+use crate::ring_map::RingMap;
 
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
@@ -469,7 +471,7 @@ impl GuestIov {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::test_ring::{GuestRam, RawDescriptor};
+    use crate::test_ring::{GuestRam, RawDescriptor};
 
     const TABLE: u64 = 0x1000;
 

@@ -11,8 +11,8 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use super::guest_iov::DescTable;
-use super::ring_map::RingMap;
+use crate::guest_iov::DescTable;
+use crate::ring_map::RingMap;
 
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
@@ -398,7 +398,7 @@ impl Vring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::test_ring::{DriverRing, GuestRam};
+    use crate::test_ring::{DriverRing, GuestRam};
 
     fn ring(ram: &GuestRam, drv: &DriverRing, event_idx: bool) -> Vring {
         let mut v = Vring::default();

@@ -9,6 +9,8 @@
 //! were set and are bounds-checked here again on every access: a hostile index cannot reach
 //! outside them.
 
+#![allow(unsafe_code)] // guest memory (see the SAFETY notes)
+
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -164,7 +166,7 @@ impl RingMap {
             // SAFETY: the slice covers one descriptor inside the mapped table (checked by
             // `field`); it is only handed to a prefetch hint, never read through.
             let bytes = unsafe { std::slice::from_raw_parts(field.cast::<u8>(), 16) };
-            vhost_user_netd_backends::sys::prefetch(bytes);
+            crate::prefetch::prefetch(bytes);
         }
     }
 
@@ -180,7 +182,7 @@ impl RingMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::test_ring::GuestRam;
+    use crate::test_ring::GuestRam;
     use vm_memory::Bytes;
 
     /// An 8-entry ring: table at 0x1000, avail at 0x2000, used at 0x3000.

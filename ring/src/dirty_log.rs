@@ -5,6 +5,8 @@
 //! migration re-sends it. Bits are set with atomic ORs: the frontend reads and clears them
 //! concurrently.
 
+#![allow(unsafe_code)] // guest memory (see the SAFETY notes)
+
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use vm_memory::{FileOffset, MmapRegion};
 
-use super::memory_fault::{self, FaultDomain};
+use crate::memory_fault::{self, FaultDomain};
 
 /// Bytes of guest memory one bit stands for.
 pub const LOG_PAGE_SIZE: u64 = 4096;
@@ -77,7 +79,7 @@ impl DirtyLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::test_ring::GuestRam;
+    use crate::test_ring::GuestRam;
 
     fn domain() -> Arc<FaultDomain> {
         let (_, theirs) = std::os::unix::net::UnixStream::pair().unwrap();

@@ -20,6 +20,8 @@
 //! drops it in [`sweep`] only once nothing else holds one, so a thread faulting inside a mapping
 //! (which holds a reference while it accesses it) can never race its unregistration.
 
+#![allow(unsafe_code)] // guest memory (see the SAFETY notes)
+
 use std::any::Any;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -53,7 +55,7 @@ pub enum Shrink {
 /// (an access past a file's end is a SIGBUS, and `mmap` does not check), and whether the file
 /// is sealed against shrinking.
 pub fn check_fits(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<Shrink, FitError> {
-    let (kind, size) = vhost_user_netd_backends::sys::file_type_and_size(fd.as_raw_fd())?;
+    let (kind, size) = crate::file_info::file_type_and_size(fd.as_raw_fd())?;
     if kind != libc::S_IFREG {
         let what = match kind {
             0 => "an anonymous inode",
@@ -69,7 +71,7 @@ pub fn check_fits(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<Shrink, F
     if offset.checked_add(len).is_none_or(|end| end > size) {
         return Err(FitError::TooSmall { offset, len, size });
     }
-    let sealed = vhost_user_netd_backends::sys::memfd_seals(fd.as_raw_fd())
+    let sealed = crate::file_info::memfd_seals(fd.as_raw_fd())
         .is_some_and(|seals| seals & libc::F_SEAL_SHRINK != 0);
     Ok(if sealed {
         Shrink::Sealed
@@ -326,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_shrunk_file_faults_its_domain_not_the_process() {
-        let ram = crate::device::test_ring::GuestRam::with_size(4 * 4096);
+        let ram = crate::test_ring::GuestRam::with_size(4 * 4096);
         let map = MmapRegion::<()>::from_file(
             FileOffset::new(ram.file.try_clone().unwrap(), 0),
             4 * 4096,
