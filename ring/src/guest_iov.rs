@@ -2,8 +2,8 @@
 //!
 //! Every descriptor the guest hands us is hostile until proven otherwise: the walk is bounded by
 //! the queue size (loops), indirect tables are checked for size and nesting, every buffer must lie
-//! inside guest memory and point the right way, and the total length is capped. All unsafe
-//! guest-memory access of the datapath lives in this file.
+//! inside guest memory and point the right way, and the total length is capped. The unsafe
+//! access to buffers lives here; the rings' own is in `ring_map`.
 
 #![allow(unsafe_code)] // guest memory (see the SAFETY notes)
 
@@ -11,12 +11,13 @@ use std::io::{IoSlice, IoSliceMut};
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use crate::layout;
+
 use crate::ring_map::RingMap;
 
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_DESC_F_INDIRECT: u16 = 4;
-const DESC_SIZE: u64 = 16;
 
 /// At most this many host segments per batch handed to one `readv`/`writev` (the kernel's
 /// `IOV_MAX`).
@@ -99,7 +100,7 @@ fn read_desc(
         Some(map) => map.desc(index).ok_or(ChainError::BadAddress)?,
         None => {
             let at = table
-                .checked_add(u64::from(index) * DESC_SIZE)
+                .checked_add(u64::from(index) * layout::DESC_SIZE)
                 .ok_or(ChainError::BadAddress)?;
             mem.read_obj(at).map_err(|_| ChainError::BadAddress)?
         }
@@ -241,7 +242,10 @@ impl GuestIov {
                     return Err(ChainError::BadIndirect);
                 }
                 let len = u64::from(desc.len);
-                if len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > u64::from(u16::MAX) {
+                if len == 0
+                    || len % layout::DESC_SIZE != 0
+                    || len / layout::DESC_SIZE > u64::from(u16::MAX)
+                {
                     return Err(ChainError::BadIndirect);
                 }
                 table = GuestAddress(desc.addr);
@@ -250,7 +254,7 @@ impl GuestIov {
                 GuestMemoryBackend::get_slices(mem, table, len as usize)
                     .try_for_each(|s| s.map(|_| ()))
                     .map_err(|_| ChainError::BadAddress)?;
-                table_size = (len / DESC_SIZE) as u16;
+                table_size = (len / layout::DESC_SIZE) as u16;
                 budget = u32::from(table_size);
                 index = 0;
                 indirect = true;

@@ -11,6 +11,7 @@
 pub mod dirty_log;
 pub mod file_info;
 pub mod guest_iov;
+pub mod layout;
 pub mod memory_fault;
 pub mod prefetch;
 pub mod ring_map;

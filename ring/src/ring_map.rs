@@ -15,6 +15,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::layout;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// One part of a ring: a host pointer and the bytes behind it.
@@ -70,11 +71,11 @@ impl RingMap {
         avail: GuestAddress,
         used: GuestAddress,
     ) -> Option<RingMap> {
-        let n = usize::from(size);
         // Both rings include their trailing event field (VIRTIO_F_EVENT_IDX).
-        let desc = Part::map(&mem, desc, 16 * n)?;
-        let avail = Part::map(&mem, avail, 6 + 2 * n)?;
-        let used = Part::map(&mem, used, 6 + 8 * n)?;
+        let n = u64::from(size);
+        let desc = Part::map(&mem, desc, layout::desc_table_len(n) as usize)?;
+        let avail = Part::map(&mem, avail, layout::avail_ring_len(n) as usize)?;
+        let used = Part::map(&mem, used, layout::used_ring_len(n) as usize)?;
         Some(RingMap {
             mem,
             desc,
@@ -162,7 +163,8 @@ impl RingMap {
 
     /// Starts loading descriptor `index` of the ring's own table (a hint; nothing outside it).
     pub fn prefetch_desc(&self, index: u16) {
-        if let Some(field) = self.desc.field::<[u8; 16]>(usize::from(index) * 16) {
+        let at = layout::desc_offset(u64::from(index)) as usize;
+        if let Some(field) = self.desc.field::<[u8; 16]>(at) {
             // SAFETY: the slice covers one descriptor inside the mapped table (checked by
             // `field`); it is only handed to a prefetch hint, never read through.
             let bytes = unsafe { std::slice::from_raw_parts(field.cast::<u8>(), 16) };
@@ -172,7 +174,9 @@ impl RingMap {
 
     /// The 16 bytes of descriptor `index` of the ring's own table; None outside it.
     pub fn desc(&self, index: u16) -> Option<[u8; 16]> {
-        let field = self.desc.field::<[u8; 16]>(usize::from(index) * 16)?;
+        let field = self
+            .desc
+            .field::<[u8; 16]>(layout::desc_offset(u64::from(index)) as usize)?;
         // SAFETY: inside the mapped descriptor table (checked by `field`), alive while `self.mem`
         // is. The driver may change it under us: read it once, by value, without a reference.
         Some(unsafe { std::ptr::read_volatile(field) })

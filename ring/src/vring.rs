@@ -12,6 +12,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::guest_iov::DescTable;
+use crate::layout;
 use crate::ring_map::RingMap;
 
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
@@ -107,9 +108,9 @@ impl Vring {
         }
         let n = u64::from(self.size);
         let parts = [
-            (desc, 16, 16 * n),
-            (avail, 2, 6 + 2 * n),
-            (used, 4, 6 + 8 * n),
+            (desc, layout::DESC_ALIGN, layout::desc_table_len(n)),
+            (avail, layout::AVAIL_ALIGN, layout::avail_ring_len(n)),
+            (used, layout::USED_ALIGN, layout::used_ring_len(n)),
         ];
         for (addr, align, len) in parts {
             if addr % align != 0 {
@@ -133,8 +134,12 @@ impl Vring {
 
     /// The used ring's guest-physical range, once configured.
     pub fn used_ring_range(&self) -> Option<(u64, u64)> {
-        self.is_configured()
-            .then(|| (self.used.raw_value(), 6 + 8 * u64::from(self.size)))
+        self.is_configured().then(|| {
+            (
+                self.used.raw_value(),
+                layout::used_ring_len(u64::from(self.size)),
+            )
+        })
     }
 
     /// Whether addresses and size are set (memory may still change under it).
@@ -245,7 +250,7 @@ impl Vring {
         let head = if ahead < self.ahead_len {
             self.ahead[usize::from(ahead)]
         } else {
-            self.load_avail(mem, 4 + 2 * slot)?
+            self.load_avail(mem, layout::avail_entry(slot))?
         };
         self.next_avail += Wrapping(1);
         Ok(Some(head))
@@ -274,7 +279,7 @@ impl Vring {
         let mut read = 0;
         for (i, entry) in self.ahead.iter_mut().take(usize::from(pending)).enumerate() {
             let slot = (self.next_avail + Wrapping(i as u16)).0 % self.size;
-            let Some(head) = map.avail_u16(4 + 2 * usize::from(slot)) else {
+            let Some(head) = map.avail_u16(layout::avail_entry(u64::from(slot)) as usize) else {
                 break;
             };
             *entry = head;
@@ -295,7 +300,7 @@ impl Vring {
         let slot = u64::from((self.next_used + Wrapping(self.unpublished)).0 % self.size);
         self.unpublished = self.unpublished.wrapping_add(1);
         if let Some(map) = self.mapped(mem) {
-            if !map.write_used_elem(4 + 8 * slot as usize, u32::from(head), len) {
+            if !map.write_used_elem(layout::used_elem(slot) as usize, u32::from(head), len) {
                 self.broken = true;
             }
             return;
@@ -306,7 +311,7 @@ impl Vring {
         // The used ring was checked to lie in guest memory when its address was set; a failure
         // here means memory changed under us, which the next SET_VRING_ADDR repairs.
         if mem
-            .write_slice(&elem, self.used.unchecked_add(4 + 8 * slot))
+            .write_slice(&elem, self.used.unchecked_add(layout::used_elem(slot)))
             .is_err()
         {
             self.broken = true;
@@ -340,7 +345,7 @@ impl Vring {
             return false;
         }
         if self.event_idx {
-            match self.load_avail(mem, 4 + 2 * u64::from(self.size)) {
+            match self.load_avail(mem, layout::avail_entry(u64::from(self.size))) {
                 Ok(event) => (new - Wrapping(event) - Wrapping(1)) < (new - old),
                 Err(_) => true,
             }
@@ -371,7 +376,11 @@ impl Vring {
     pub fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> Result<bool, RingError> {
         self.kicks_off = false;
         if self.event_idx {
-            if !self.store_used(mem, 4 + 8 * u64::from(self.size), self.next_avail.0) {
+            if !self.store_used(
+                mem,
+                layout::used_elem(u64::from(self.size)),
+                self.next_avail.0,
+            ) {
                 return Err(RingError::BadAddress);
             }
         } else if !self.store_used(mem, 0, 0) {
