@@ -7,11 +7,10 @@
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -24,19 +23,20 @@ use super::dhcp::DhcpServer;
 use super::guest_frames::{GuestFrames, LinkAddrs};
 use super::icmp_echo::{push_echo_reply, EchoFlows};
 use super::neighbors::{answer_arp, answer_ndp, ROUTER_LINK_LOCAL};
-use super::options::{GuestFwdTarget, HostFwd, UserOptions};
-use super::poller::{Interest, Poller, Ready, Token};
+use super::options::UserOptions;
+use super::poller::{Poller, Ready, Token};
 use super::resolver::host_resolver;
 use super::tcp_device::TcpDevice;
 use super::tcp_flows::{FlowFate, TcpFlows};
 use super::tftp::{self, TftpServer};
 use super::udp_flows::UdpFlows;
-use crate::{sys, Error, OptionError};
+use forwarding::{Forward, GuestFwdPeer};
+
+mod forwarding;
+use crate::{sys, Error};
 
 /// How often idle UDP/ICMP flows and stuck handshakes are looked for while any exist.
 const MAINTENANCE: Duration = Duration::from_secs(5);
-/// Source ports the stack uses toward the guest for `hostfwd` connections.
-const FORWARD_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 /// Frames and flows the stack refused, by reason (the netdev's `backend` counters).
 #[derive(Debug, Default, Clone, Copy)]
@@ -47,30 +47,6 @@ pub struct StackCounters {
     pub restricted: u64,
     pub tcp_refused: u64,
     pub flow_limit: u64,
-}
-
-/// A `hostfwd` rule's host socket.
-#[derive(Debug)]
-enum Forward {
-    Tcp(TcpListener, SocketAddr),
-    Udp(UdpForward),
-}
-
-/// Where a `guestfwd` address leads, resolved when the netdev is created (never on the
-/// datapath).
-#[derive(Debug)]
-enum GuestFwdPeer {
-    Command(String),
-    Connect(SocketAddr),
-}
-
-/// A UDP `hostfwd` rule: host clients are told apart by the source port the guest sees.
-#[derive(Debug)]
-struct UdpForward {
-    socket: UdpSocket,
-    guest: SocketAddr,
-    /// Host client → the port the guest sees it from.
-    ports: HashMap<SocketAddr, u16>,
 }
 
 /// The stack's whole state.
@@ -115,107 +91,49 @@ impl std::fmt::Debug for Stack {
     }
 }
 
-fn forward_error(rule: &HostFwd, e: io::Error) -> Error {
-    log::error!("hostfwd '{}': {e}", rule.text);
-    Error::Option(OptionError::Invalid(format!(
-        "Could not set up host forwarding rule '{}'",
-        rule.text
-    )))
+/// smoltcp's interface for the stack's TCP: any IP (it answers for every remote address), the
+/// host addresses of `options`, default routes through them.
+fn interface(options: &UserOptions, link: &LinkAddrs) -> Interface {
+    let mut config = Config::new(HardwareAddress::Ip);
+    config.random_seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x5eed);
+    let mut scratch_frames = GuestFrames::default();
+    let mut device = TcpDevice {
+        ingress: None,
+        out: &mut scratch_frames,
+        link,
+    };
+    let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
+    iface.set_any_ip(true);
+    iface.update_ip_addrs(|addrs| {
+        if let Some(n) = options.ipv4 {
+            let _ = addrs.push(IpCidr::new(n.host.into(), n.prefix_len()));
+        }
+        if let Some(n) = options.ipv6 {
+            let _ = addrs.push(IpCidr::new(n.host.into(), n.prefix_len));
+        }
+    });
+    if let Some(n) = options.ipv4 {
+        let _ = iface.routes_mut().add_default_ipv4_route(n.host);
+    }
+    if let Some(n) = options.ipv6 {
+        let _ = iface.routes_mut().add_default_ipv6_route(n.host);
+    }
+    iface
 }
 
 impl Stack {
+    /// A stack for `options`, with its `hostfwd` sockets bound; `resolv_conf` is where its
+    /// virtual name server finds the host's resolvers.
     pub fn new(options: UserOptions, resolv_conf: PathBuf) -> Result<Stack, Error> {
         let poller = Poller::new().map_err(|e| Error::io("epoll", e))?;
         let link = LinkAddrs::new(options.ipv4.map(|n| n.host));
-        let mut config = Config::new(HardwareAddress::Ip);
-        config.random_seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x5eed);
         let epoch = Instant::now();
-        let mut scratch_frames = GuestFrames::default();
-        let mut device = TcpDevice {
-            ingress: None,
-            out: &mut scratch_frames,
-            link: &link,
-        };
-        let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
-        iface.set_any_ip(true);
-        iface.update_ip_addrs(|addrs| {
-            if let Some(n) = options.ipv4 {
-                let _ = addrs.push(IpCidr::new(n.host.into(), n.prefix_len()));
-            }
-            if let Some(n) = options.ipv6 {
-                let _ = addrs.push(IpCidr::new(n.host.into(), n.prefix_len));
-            }
-        });
-        if let Some(n) = options.ipv4 {
-            let _ = iface.routes_mut().add_default_ipv4_route(n.host);
-        }
-        if let Some(n) = options.ipv6 {
-            let _ = iface.routes_mut().add_default_ipv6_route(n.host);
-        }
-        let mut forwards = Vec::new();
-        for (index, rule) in options.hostfwd.iter().enumerate() {
-            let Some(net) = options.ipv4 else {
-                return Err(forward_error(rule, io::Error::other("IPv4 is off")));
-            };
-            let host = SocketAddr::new(rule.host_addr.into(), rule.host_port);
-            let guest = SocketAddr::new(
-                rule.guest_addr.unwrap_or(net.dhcp_start).into(),
-                rule.guest_port,
-            );
-            let token = Token::HostFwd(index as u64);
-            let forward = if rule.udp {
-                let socket = UdpSocket::bind(host).map_err(|e| forward_error(rule, e))?;
-                socket
-                    .set_nonblocking(true)
-                    .map_err(|e| forward_error(rule, e))?;
-                poller
-                    .add(socket.as_raw_fd(), token, Interest::READ)
-                    .map_err(|e| forward_error(rule, e))?;
-                Forward::Udp(UdpForward {
-                    socket,
-                    guest,
-                    ports: HashMap::new(),
-                })
-            } else {
-                let listener = TcpListener::bind(host).map_err(|e| forward_error(rule, e))?;
-                listener
-                    .set_nonblocking(true)
-                    .map_err(|e| forward_error(rule, e))?;
-                poller
-                    .add(listener.as_raw_fd(), token, Interest::READ)
-                    .map_err(|e| forward_error(rule, e))?;
-                Forward::Tcp(listener, guest)
-            };
-            forwards.push(forward);
-        }
-        let guest_forwards = options
-            .guestfwd
-            .iter()
-            .map(|rule| {
-                let peer = match &rule.target {
-                    GuestFwdTarget::Command(c) => GuestFwdPeer::Command(c.clone()),
-                    GuestFwdTarget::Connect { host, port } => {
-                        use std::net::ToSocketAddrs;
-                        let addr = (host.as_str(), *port)
-                            .to_socket_addrs()
-                            .ok()
-                            .and_then(|mut a| a.next())
-                            .ok_or_else(|| {
-                                Error::Option(OptionError::Invalid(format!(
-                                    "Could not open guest forwarding device for '{}': \
-                                     cannot resolve '{host}'",
-                                    rule.text
-                                )))
-                            })?;
-                        GuestFwdPeer::Connect(addr)
-                    }
-                };
-                Ok((SocketAddr::new(rule.addr.into(), rule.port), peer))
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let iface = interface(&options, &link);
+        let forwards = forwarding::open_host_forwards(&options, &poller)?;
+        let guest_forwards = forwarding::resolve_guest_forwards(&options)?;
         let dhcp = options.ipv4.map(|n| DhcpServer::new(n, &options));
         let tftp = options.ipv4.and(options.tftp.clone()).map(TftpServer::new);
         Ok(Stack {
@@ -239,7 +157,7 @@ impl Stack {
             scratch: vec![0; 65536],
             dirty: Vec::new(),
             dead: Vec::new(),
-            next_port: *FORWARD_PORTS.start(),
+            next_port: forwarding::FIRST_FORWARD_PORT,
             epoch,
             next_maintenance: None,
             logged: 0,
@@ -517,10 +435,12 @@ impl Stack {
             .map(|(_, peer)| peer);
         let mut child = None;
         let host = match peer {
-            Some(GuestFwdPeer::Command(command)) => spawn_command(command).map(|(fd, c)| {
-                child = Some(c);
-                fd
-            }),
+            Some(GuestFwdPeer::Command(command)) => {
+                forwarding::spawn_command(command).map(|(fd, c)| {
+                    child = Some(c);
+                    fd
+                })
+            }
             Some(GuestFwdPeer::Connect(addr)) => sys::connect_nonblocking(*addr),
             None => match self.outbound_target(remote) {
                 Some(target) => sys::connect_nonblocking(target),
@@ -586,109 +506,6 @@ impl Stack {
     fn remove_flow(&mut self, id: u64, reset_host: bool) {
         if let Some(child) = self.tcp.remove(id, &mut self.sockets, reset_host) {
             self.children.push(child);
-        }
-    }
-
-    /// Next source port toward the guest for a forwarded connection.
-    fn forward_port(&mut self, guest: SocketAddr, remote_ip: IpAddr) -> u16 {
-        for _ in FORWARD_PORTS {
-            let port = self.next_port;
-            self.next_port = if port == *FORWARD_PORTS.end() {
-                *FORWARD_PORTS.start()
-            } else {
-                port + 1
-            };
-            let remote = SocketAddr::new(remote_ip, port);
-            if !self.tcp.in_use(guest, remote) && !self.udp_forwarded.contains_key(&(guest, remote))
-            {
-                return port;
-            }
-        }
-        *FORWARD_PORTS.start()
-    }
-
-    fn forward_accept(&mut self, index: usize) {
-        let Some(net) = self.options.ipv4 else {
-            return;
-        };
-        for _ in 0..16 {
-            let (stream, guest) = match self.forwards.get(index) {
-                Some(Forward::Tcp(listener, guest)) => match listener.accept() {
-                    Ok((stream, _)) => (stream, *guest),
-                    Err(_) => return,
-                },
-                _ => return,
-            };
-            if self.tcp.is_full() {
-                self.counters.flow_limit += 1;
-                continue;
-            }
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
-            let port = self.forward_port(guest, net.host.into());
-            let remote = SocketAddr::new(net.host.into(), port);
-            let id =
-                match self
-                    .tcp
-                    .insert(&self.poller, OwnedFd::from(stream), guest, remote, false)
-                {
-                    Ok(id) => id,
-                    Err(_) => continue,
-                };
-            let mut socket = self.tcp.new_socket();
-            if socket.connect(self.iface.context(), guest, remote).is_err() {
-                self.remove_flow(id, true);
-                continue;
-            }
-            let handle = self.sockets.add(socket);
-            if let Some(flow) = self.tcp.get_mut(id) {
-                flow.handle = Some(handle);
-            }
-            self.dirty.push(id);
-        }
-    }
-
-    fn forward_datagrams(&mut self, index: usize) {
-        let Some(net) = self.options.ipv4 else {
-            return;
-        };
-        loop {
-            if self.out.is_full() {
-                return;
-            }
-            let (n, client, guest) = match self.forwards.get(index) {
-                Some(Forward::Udp(f)) => match f.socket.recv_from(&mut self.scratch) {
-                    Ok((n, client)) => (n, client, f.guest),
-                    Err(_) => return,
-                },
-                _ => return,
-            };
-            let known = match self.forwards.get(index) {
-                Some(Forward::Udp(f)) => f.ports.get(&client).copied(),
-                _ => None,
-            };
-            let port = match known {
-                Some(p) => p,
-                None => {
-                    let p = self.forward_port(guest, net.host.into());
-                    if let Some(Forward::Udp(f)) = self.forwards.get_mut(index) {
-                        f.ports.insert(client, p);
-                    }
-                    self.udp_forwarded.insert(
-                        (guest, SocketAddr::new(net.host.into(), p)),
-                        (index, client),
-                    );
-                    p
-                }
-            };
-            let from = SocketAddr::new(net.host.into(), port);
-            if !self
-                .out
-                .push_udp(&self.link, from, guest, &self.scratch[..n])
-            {
-                self.udp.drops.too_big += 1;
-            }
         }
     }
 
@@ -862,25 +679,12 @@ impl Stack {
     }
 }
 
-/// Runs a `guestfwd` command with one end of a socket pair as its stdin and stdout.
-fn spawn_command(command: &str) -> io::Result<(OwnedFd, Child)> {
-    let (ours, theirs) = UnixStream::pair()?;
-    ours.set_nonblocking(true)?;
-    let theirs_out = theirs.try_clone()?;
-    let child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
-        .spawn()?;
-    Ok((OwnedFd::from(ours), child))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::options::Opts;
     use smoltcp::wire::{IpAddress, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+    use std::net::TcpListener;
 
     fn stack(extra: &str) -> Stack {
         let mut opts = Opts::parse_keyval(&format!("user{extra}")).unwrap();
