@@ -188,8 +188,6 @@ impl StreamBackend {
         fds: &mut dyn FdSource,
         batching: Batching,
     ) -> Result<Self, Error> {
-        let mut socket_file = None;
-        let mut first = None;
         let keep_alive =
             matches!(&options.addr, SocketAddress::Inet(i) if i.keep_alive == Some(true));
         if matches!(&options.addr, SocketAddress::Inet(i) if i.mptcp == Some(true)) {
@@ -197,75 +195,12 @@ impl StreamBackend {
                 "mptcp is not supported by vhost-user-netd".into(),
             )));
         }
-        let (endpoint, description) = if options.is_server() {
-            let (listener, own_path, text) = match &options.addr {
-                SocketAddress::Unix(u) => {
-                    let l = listen_unix(u)?;
-                    if u.abstract_ns != Some(true) {
-                        socket_file = Some(PathBuf::from(&u.path));
-                    }
-                    (
-                        Listener::Unix(l),
-                        Some(u.path.clone()),
-                        format!("unix:{}", u.path),
-                    )
-                }
-                SocketAddress::Inet(i) => {
-                    let l = listen_tcp(i)?;
-                    let local = l.local_addr().map_err(|e| Error::io("stream", e))?;
-                    (Listener::Tcp(l), None, format!("tcp:{local}"))
-                }
-                SocketAddress::Fd(name) => {
-                    let fd = fds.take_fd(name)?;
-                    let listener = listener_from_fd(fd)?;
-                    let own = match &listener {
-                        Listener::Unix(l) => l
-                            .local_addr()
-                            .ok()
-                            .and_then(|a| a.as_pathname().map(|p| p.display().to_string())),
-                        Listener::Tcp(_) => None,
-                    };
-                    (listener, own, format!("fd={name}"))
-                }
-            };
-            (
-                Endpoint::Listen { listener, own_path },
-                format!("stream server {text}"),
-            )
+        let (endpoint, description, socket_file, mut first) = if options.is_server() {
+            let (endpoint, description, socket_file) = server_endpoint(options, fds)?;
+            (endpoint, description, socket_file, None)
         } else {
-            match &options.addr {
-                SocketAddress::Fd(name) => {
-                    let fd = fds.take_fd(name)?;
-                    let peer = peer_of(&fd);
-                    sys::set_nonblocking(fd.as_raw_fd(), true)
-                        .map_err(|e| Error::io("stream fd", e))?;
-                    first = Some((fd, peer));
-                    (Endpoint::Once, format!("stream fd={name}"))
-                }
-                addr => {
-                    let target = match addr {
-                        SocketAddress::Unix(u) => Target::Unix(u.clone()),
-                        SocketAddress::Inet(i) => Target::Tcp(i.resolve(None)?),
-                        SocketAddress::Fd(_) => unreachable!("handled above"),
-                    };
-                    let reconnect = options.reconnect_delay();
-                    match connect(&target, keep_alive) {
-                        Ok(c) => first = Some(c),
-                        Err(e) if reconnect.is_some() => {
-                            info!("stream: connecting failed ({e}); retrying every {reconnect:?}")
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    let text = match &target {
-                        Target::Unix(u) => format!("unix:{}", u.path),
-                        Target::Tcp(a) => format!("tcp:{}", a[0]),
-                    };
-                    (
-                        Endpoint::Connect { target, reconnect },
-                        format!("stream client {text}"),
-                    )
-                }
-            }
+            let (endpoint, description, first) = client_endpoint(options, fds, keep_alive)?;
+            (endpoint, description, None, first)
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -354,6 +289,92 @@ impl Drop for StreamBackend {
 }
 
 /// The connection thread: get a connection, watch it until it ends, repeat as the role says.
+/// A server's listening socket: bound now (a unix path, an inet address) or taken from `fd=`.
+/// Returns it with the netdev's description and the socket file to remove at shutdown.
+fn server_endpoint(
+    options: &StreamOptions,
+    fds: &mut dyn FdSource,
+) -> Result<(Endpoint, String, Option<PathBuf>), Error> {
+    let mut socket_file = None;
+    let (listener, own_path, text) = match &options.addr {
+        SocketAddress::Unix(u) => {
+            let l = listen_unix(u)?;
+            if u.abstract_ns != Some(true) {
+                socket_file = Some(PathBuf::from(&u.path));
+            }
+            (
+                Listener::Unix(l),
+                Some(u.path.clone()),
+                format!("unix:{}", u.path),
+            )
+        }
+        SocketAddress::Inet(i) => {
+            let l = listen_tcp(i)?;
+            let local = l.local_addr().map_err(|e| Error::io("stream", e))?;
+            (Listener::Tcp(l), None, format!("tcp:{local}"))
+        }
+        SocketAddress::Fd(name) => {
+            let fd = fds.take_fd(name)?;
+            let listener = listener_from_fd(fd)?;
+            let own = match &listener {
+                Listener::Unix(l) => l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.display().to_string())),
+                Listener::Tcp(_) => None,
+            };
+            (listener, own, format!("fd={name}"))
+        }
+    };
+    Ok((
+        Endpoint::Listen { listener, own_path },
+        format!("stream server {text}"),
+        socket_file,
+    ))
+}
+
+/// A client's connection: an `fd=` socket taken as it is, or a first attempt to connect (a
+/// failure is an error unless `reconnect` says to keep trying). Returns the endpoint, the
+/// netdev's description and the connection made, if one was.
+fn client_endpoint(
+    options: &StreamOptions,
+    fds: &mut dyn FdSource,
+    keep_alive: bool,
+) -> Result<(Endpoint, String, Option<Connection>), Error> {
+    let target = match &options.addr {
+        SocketAddress::Fd(name) => {
+            let fd = fds.take_fd(name)?;
+            let peer = peer_of(&fd);
+            sys::set_nonblocking(fd.as_raw_fd(), true).map_err(|e| Error::io("stream fd", e))?;
+            return Ok((
+                Endpoint::Once,
+                format!("stream fd={name}"),
+                Some((fd, peer)),
+            ));
+        }
+        SocketAddress::Unix(u) => Target::Unix(u.clone()),
+        SocketAddress::Inet(i) => Target::Tcp(i.resolve(None)?),
+    };
+    let reconnect = options.reconnect_delay();
+    let first = match connect(&target, keep_alive) {
+        Ok(c) => Some(c),
+        Err(e) if reconnect.is_some() => {
+            info!("stream: connecting failed ({e}); retrying every {reconnect:?}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let text = match &target {
+        Target::Unix(u) => format!("unix:{}", u.path),
+        Target::Tcp(a) => format!("tcp:{}", a[0]),
+    };
+    Ok((
+        Endpoint::Connect { target, reconnect },
+        format!("stream client {text}"),
+        first,
+    ))
+}
+
 fn run(shared: &Shared, endpoint: Endpoint, keep_alive: bool) {
     let mut first = true;
     loop {
