@@ -210,109 +210,198 @@ fn with_pair<T>(
 }
 
 fn run(shared: &Shared, budget: Duration) {
-    let mut events = vec![EpollEvent::default(); 32];
-    // Pairs whose backend holds frames the guest can take: frames a backend already holds do not
-    // make its descriptor readable, so the worker looks again without sleeping while there are.
-    let mut buffered: Vec<usize> = Vec::new();
-    let mut touched: Vec<usize> = Vec::new();
-    // After work, keep looking for a short while before sleeping: under load the next frame is
-    // usually microseconds away. Pairs that had work are "hot" meanwhile: the guest is not asked
-    // to kick them, the worker reads their rings itself (pausing between looks, see `pause`), which
-    // saves the guest's kick and our wake-up. Before it sleeps the worker cools them (kicks
-    // asked for again). Idle, the worker sleeps.
-    let mut poll_until: Option<Instant> = None;
-    let mut hot: Vec<usize> = Vec::new();
-    let mut rounds_without_epoll = 0;
-    let mut idle_rounds: u32 = 0;
-    loop {
-        let polling = poll_until.is_some_and(|t| Instant::now() < t);
-        if !polling && !hot.is_empty() {
-            touched.clear();
-            for index in hot.drain(..) {
-                if with_pair(shared, index, |pair, mem| pair.cool(mem)).unwrap_or(false) {
-                    touched.push(index);
-                }
-            }
-            if !touched.is_empty() {
-                // Work raced in: stay awake (and hot) for another window.
-                poll_until = Some(Instant::now() + budget);
-                settle(shared, &touched, budget, &mut buffered, &mut hot);
+    WorkerLoop::new(shared, budget).run();
+}
+
+/// What happened to one look at the epoll.
+enum Look {
+    /// `n` events (0 when the epoll was skipped or nothing came).
+    Events(usize),
+    /// The look was interrupted: look again.
+    Again,
+    /// The worker must end (stop event or a broken epoll).
+    Stop,
+}
+
+/// One worker thread's loop and the state it keeps between rounds.
+struct WorkerLoop<'a> {
+    shared: &'a Shared,
+    budget: Duration,
+    events: Vec<EpollEvent>,
+    /// Pairs whose backend holds frames the guest can take: frames a backend already holds do
+    /// not make its descriptor readable, so the worker looks again without sleeping while there
+    /// are.
+    buffered: Vec<usize>,
+    /// Pairs that did work this round.
+    touched: Vec<usize>,
+    /// After work, keep looking for a short while before sleeping: under load the next frame is
+    /// usually microseconds away. Pairs that had work are "hot" meanwhile: the guest is not
+    /// asked to kick them, the worker reads their rings itself (pausing between looks, see
+    /// `pause`), which saves the guest's kick and our wake-up. Before it sleeps the worker
+    /// cools them (kicks asked for again). Idle, the worker sleeps.
+    poll_until: Option<Instant>,
+    hot: Vec<usize>,
+    rounds_without_epoll: u32,
+    idle_rounds: u32,
+}
+
+impl<'a> WorkerLoop<'a> {
+    fn new(shared: &'a Shared, budget: Duration) -> Self {
+        WorkerLoop {
+            shared,
+            budget,
+            events: vec![EpollEvent::default(); 32],
+            buffered: Vec::new(),
+            touched: Vec::new(),
+            poll_until: None,
+            hot: Vec::new(),
+            rounds_without_epoll: 0,
+            idle_rounds: 0,
+        }
+    }
+
+    fn run(&mut self) {
+        loop {
+            let polling = self.poll_until.is_some_and(|t| Instant::now() < t);
+            if !polling && !self.hot.is_empty() && self.cool_hot_pairs() {
                 continue;
             }
+            let n = match self.look(polling) {
+                Look::Events(n) => n,
+                Look::Again => continue,
+                Look::Stop => return,
+            };
+            if n == 0 && self.buffered.is_empty() {
+                self.idle_round();
+                continue;
+            }
+            if n > 0 && !self.budget.is_zero() {
+                self.poll_until = Some(Instant::now() + self.budget);
+            }
+            // Work came: the next empty look starts with a short pause again.
+            self.idle_rounds = 0;
+            if !self.handle_events(n) {
+                return;
+            }
+            self.serve_buffered();
+            settle(
+                self.shared,
+                &self.touched,
+                self.budget,
+                &mut self.buffered,
+                &mut self.hot,
+            );
         }
-        // While polling, the hot rings are looked at directly and the epoll only every few
-        // rounds: each `epoll_wait` (like each yield) is a system call on the path of every
-        // frame in flight.
-        let skip_epoll =
-            polling && !hot.is_empty() && buffered.is_empty() && rounds_without_epoll < EPOLL_EVERY;
-        let n = if skip_epoll {
-            rounds_without_epoll += 1;
+    }
+
+    /// The polling window closed: asks for kicks on the hot pairs again. Returns true if work
+    /// raced in meanwhile (the worker then stays awake, and those pairs hot, for another window).
+    fn cool_hot_pairs(&mut self) -> bool {
+        self.touched.clear();
+        for index in self.hot.drain(..) {
+            if with_pair(self.shared, index, |pair, mem| pair.cool(mem)).unwrap_or(false) {
+                self.touched.push(index);
+            }
+        }
+        if self.touched.is_empty() {
+            return false;
+        }
+        self.poll_until = Some(Instant::now() + self.budget);
+        settle(
+            self.shared,
+            &self.touched,
+            self.budget,
+            &mut self.buffered,
+            &mut self.hot,
+        );
+        true
+    }
+
+    /// Looks at the epoll, without waiting while polling or while backends hold frames. While
+    /// polling, the hot rings are looked at directly and the epoll only every few rounds: each
+    /// `epoll_wait` (like each yield) is a system call on the path of every frame in flight.
+    fn look(&mut self, polling: bool) -> Look {
+        let skip_epoll = polling
+            && !self.hot.is_empty()
+            && self.buffered.is_empty()
+            && self.rounds_without_epoll < EPOLL_EVERY;
+        if skip_epoll {
+            self.rounds_without_epoll += 1;
+            return Look::Events(0);
+        }
+        self.rounds_without_epoll = 0;
+        let timeout = if !self.buffered.is_empty() || polling {
             0
         } else {
-            rounds_without_epoll = 0;
-            let timeout = if !buffered.is_empty() || polling {
-                0
-            } else {
-                -1
-            };
-            match shared.epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    error!("epoll_wait: {e}");
-                    return;
-                }
-            }
+            -1
         };
-        if n == 0 && buffered.is_empty() {
-            if poll_hot(shared, &hot, &mut touched) {
-                idle_rounds = 0;
-                poll_until = Some(Instant::now() + budget);
-                settle(shared, &touched, budget, &mut buffered, &mut hot);
-            } else {
-                idle_rounds += 1;
-                pause(idle_rounds);
+        match self.shared.epoll.wait(timeout, &mut self.events) {
+            Ok(n) => Look::Events(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Look::Again,
+            Err(e) => {
+                error!("epoll_wait: {e}");
+                Look::Stop
             }
-            continue;
         }
-        if n > 0 && !budget.is_zero() {
-            poll_until = Some(Instant::now() + budget);
+    }
+
+    /// Nothing came from the epoll: the hot rings are read directly; if they had nothing either,
+    /// the worker pauses before the next look.
+    fn idle_round(&mut self) {
+        if poll_hot(self.shared, &self.hot, &mut self.touched) {
+            self.idle_rounds = 0;
+            self.poll_until = Some(Instant::now() + self.budget);
+            settle(
+                self.shared,
+                &self.touched,
+                self.budget,
+                &mut self.buffered,
+                &mut self.hot,
+            );
+        } else {
+            self.idle_rounds += 1;
+            pause(self.idle_rounds);
         }
-        // Work came: the next empty look starts with a short pause again.
-        idle_rounds = 0;
-        touched.clear();
-        for ev in &events[..n] {
+    }
+
+    /// Runs each event's pair; false on the stop event.
+    fn handle_events(&mut self, n: usize) -> bool {
+        self.touched.clear();
+        for ev in &self.events[..n] {
             let data = ev.data();
             if data == STOP {
                 debug!("queue worker stopping");
-                return;
+                return false;
             }
             let index = (data >> SLOT_SHIFT) as usize;
             let Some(event) = PairEvent::from_data(data & 0xff) else {
                 continue;
             };
             // None: a pair detached after the event was queued.
-            if with_pair(shared, index, |pair, mem| {
+            if with_pair(self.shared, index, |pair, mem| {
                 pair.on_event(mem, event, ev.event_set())
             })
             .is_some()
-                && !touched.contains(&index)
+                && !self.touched.contains(&index)
             {
-                touched.push(index);
+                self.touched.push(index);
             }
         }
-        // Pairs with frames waiting in their backend get served every round, whatever the
-        // other pairs' events, so a busy neighbour cannot starve them.
-        for index in buffered.drain(..) {
-            if touched.contains(&index) {
+        true
+    }
+
+    /// Pairs with frames waiting in their backend get served every round, whatever the other
+    /// pairs' events, so a busy neighbour cannot starve them.
+    fn serve_buffered(&mut self) {
+        for index in self.buffered.drain(..) {
+            if self.touched.contains(&index) {
                 continue;
             }
-            with_pair(shared, index, |pair, mem| {
+            with_pair(self.shared, index, |pair, mem| {
                 pair.on_event(mem, PairEvent::Backend, EventSet::IN);
             });
-            touched.push(index);
+            self.touched.push(index);
         }
-        settle(shared, &touched, budget, &mut buffered, &mut hot);
     }
 }
 
