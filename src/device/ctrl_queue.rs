@@ -128,7 +128,7 @@ impl CtrlQueue {
 
     fn push_filter(&self, filter: Option<Arc<RxFilter>>) {
         for pair in &self.pairs {
-            pair.lock().unwrap_or_else(|p| p.into_inner()).rx_filter = filter.clone();
+            pair.lock().unwrap_or_else(|p| p.into_inner()).rx.filter = filter.clone();
         }
     }
 

@@ -292,8 +292,8 @@ impl NetDevice {
         for pair in &self.pairs {
             let mut p = pair.lock();
             p.params = params;
-            p.rx.set_event_idx(event_idx);
-            p.tx.set_event_idx(event_idx);
+            p.rx.ring.set_event_idx(event_idx);
+            p.tx.ring.set_event_idx(event_idx);
             if let Some(b) = p.backend.as_mut() {
                 if params.backend_vnet_hdr {
                     if let Err(e) = b.set_vnet_hdr_len(hdr_len) {
@@ -310,14 +310,14 @@ impl NetDevice {
 
     /// The guest's MAC as learned from its frames, if any was seen.
     pub fn guest_mac(&self) -> Option<[u8; 6]> {
-        self.pairs.iter().find_map(|p| p.lock().guest_mac)
+        self.pairs.iter().find_map(|p| p.lock().tx.guest_mac)
     }
 
     /// Calls `watch` whenever the datapath learns a new guest MAC or the guest changes its
     /// receive filter through the control queue.
     pub fn set_mac_watch(&self, watch: queue_pair::MacWatch) {
         for pair in &self.pairs {
-            pair.lock().mac_watch = Some(watch.clone());
+            pair.lock().tx.mac_watch = Some(watch.clone());
         }
         self.ctrl.lock().set_watch(watch);
     }

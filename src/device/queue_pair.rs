@@ -98,8 +98,10 @@ struct Interest {
 #[derive(Debug)]
 pub struct QueuePair {
     pub index: u16,
-    pub rx: Vring,
-    pub tx: Vring,
+    /// Host → guest: the guest's rx ring and what only that path keeps.
+    pub rx: RxSide,
+    /// Guest → host: the guest's tx ring and what only that path keeps.
+    pub tx: TxSide,
     pub params: DatapathParams,
     pub(super) backend: Option<Box<dyn BackendQueue>>,
     pub(super) backend_closed: bool,
@@ -107,36 +109,49 @@ pub struct QueuePair {
     epoll: Arc<Epoll>,
     token: u64,
     registered: Option<Interest>,
-    /// rx found no guest buffer; the backend is not polled until the guest kicks.
-    pub(super) rx_starved: bool,
     /// The worker is polling this pair's rings (it had work moments ago): the guest is not asked
     /// to kick, the worker looks instead. Only the worker sets it, and it clears it (with
     /// [`Self::cool`]) before it sleeps.
     pub(super) hot: bool,
-    /// The backend was full; tx waits for it to become writable.
-    pub(super) tx_blocked: bool,
     pub(super) counts: Counts,
     pub(super) log: RateLimitedLog,
+    /// The chains of the frame (rx) or batch (tx) being moved.
     pub(super) iov: GuestIov,
-    pub(super) hdr_iov: GuestIov,
-    /// rx chains gathered for one frame: head, capacity, index of its first guest range.
-    pub(super) heads: Vec<(u16, usize, usize)>,
     /// The frontend's dirty bitmap, once it sent one.
     pub dirty_log: Option<Arc<DirtyLog>>,
-    /// The guest's MAC as seen in the source address of its frames (one look per tx batch).
-    pub guest_mac: Option<[u8; 6]>,
-    /// Told when `guest_mac` changes.
-    pub mac_watch: Option<MacWatch>,
-    /// Look at the next sent frame's source address.
-    pub(super) learn_mac: bool,
-    /// The frames of the tx batch being sent.
-    pub(super) tx_frames: Vec<super::tx::TxFrame>,
+    shared: Arc<SharedCounters>,
+}
+
+/// The rx side of a pair: frames from the backend into the guest's buffers.
+#[derive(Debug)]
+pub struct RxSide {
+    pub ring: Vring,
+    /// No guest buffer was found; the backend is not polled until the guest kicks.
+    pub(super) starved: bool,
+    pub(super) hdr_iov: GuestIov,
+    /// Chains gathered for one frame: head, capacity, index of its first guest range.
+    pub(super) heads: Vec<(u16, usize, usize)>,
     /// The guest's receive filter, once its control queue (ours) set one; `None` passes all.
-    pub rx_filter: Option<Arc<super::rx_filter::RxFilter>>,
+    pub filter: Option<Arc<super::rx_filter::RxFilter>>,
     /// A frame read from the backend that did not fit the guest's buffers yet.
     pub(super) bounce: Vec<u8>,
     pub(super) bounce_len: usize,
-    shared: Arc<SharedCounters>,
+}
+
+/// The tx side of a pair: the guest's frames out to the backend.
+#[derive(Debug)]
+pub struct TxSide {
+    pub ring: Vring,
+    /// The backend was full; tx waits for it to become writable.
+    pub(super) blocked: bool,
+    /// The frames of the batch being sent.
+    pub(super) frames: Vec<super::tx::TxFrame>,
+    /// Look at the next sent frame's source address.
+    pub(super) learn_mac: bool,
+    /// The guest's MAC as seen in the source address of its frames (one look per batch).
+    pub guest_mac: Option<[u8; 6]>,
+    /// Told when `guest_mac` changes.
+    pub mac_watch: Option<MacWatch>,
 }
 
 impl QueuePair {
@@ -148,30 +163,34 @@ impl QueuePair {
     ) -> Self {
         QueuePair {
             index,
-            rx: Vring::default(),
-            tx: Vring::default(),
+            rx: RxSide {
+                ring: Vring::default(),
+                starved: false,
+                hdr_iov: GuestIov::default(),
+                heads: Vec::with_capacity(64),
+                filter: None,
+                bounce: Vec::new(),
+                bounce_len: 0,
+            },
+            tx: TxSide {
+                ring: Vring::default(),
+                blocked: false,
+                frames: Vec::with_capacity(super::tx::TX_BATCH),
+                learn_mac: false,
+                guest_mac: None,
+                mac_watch: None,
+            },
             params: DatapathParams::default(),
             backend: None,
             backend_closed: false,
             epoll,
             token,
             registered: None,
-            rx_starved: false,
             hot: false,
-            tx_blocked: false,
             counts: Counts::default(),
             log: RateLimitedLog::default(),
             iov: GuestIov::default(),
-            hdr_iov: GuestIov::default(),
-            heads: Vec::with_capacity(64),
-            tx_frames: Vec::with_capacity(super::tx::TX_BATCH),
-            rx_filter: None,
-            bounce: Vec::new(),
-            bounce_len: 0,
             dirty_log: None,
-            guest_mac: None,
-            mac_watch: None,
-            learn_mac: false,
             shared,
         }
     }
@@ -188,8 +207,8 @@ impl QueuePair {
         self.registered = None;
         self.backend = backend;
         self.backend_closed = false;
-        self.tx_blocked = false;
-        self.bounce_len = 0;
+        self.tx.blocked = false;
+        self.rx.bounce_len = 0;
         self.update_interest();
     }
 
@@ -200,7 +219,11 @@ impl QueuePair {
         } else {
             PairEvent::TxKick
         };
-        let ring = if rx { &mut self.rx } else { &mut self.tx };
+        let ring = if rx {
+            &mut self.rx.ring
+        } else {
+            &mut self.tx.ring
+        };
         if let Some(old) = ring.kick.take() {
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
@@ -223,7 +246,11 @@ impl QueuePair {
 
     /// Stops a ring (`GET_VRING_BASE`): no more processing until it is started again.
     pub fn stop_ring(&mut self, rx: bool) -> u16 {
-        let ring = if rx { &mut self.rx } else { &mut self.tx };
+        let ring = if rx {
+            &mut self.rx.ring
+        } else {
+            &mut self.tx.ring
+        };
         if let Some(kick) = ring.kick.take() {
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
@@ -234,7 +261,7 @@ impl QueuePair {
         ring.started = false;
         let base = ring.next_avail();
         if rx {
-            self.bounce_len = 0;
+            self.rx.bounce_len = 0;
         }
         self.update_interest();
         base
@@ -242,7 +269,10 @@ impl QueuePair {
 
     /// Whether rx may deliver frames now (ring running and enabled, backend there).
     pub(super) fn rx_deliverable(&self) -> bool {
-        self.rx.is_running() && self.rx.enabled && self.backend.is_some() && !self.backend_closed
+        self.rx.ring.is_running()
+            && self.rx.ring.enabled
+            && self.backend.is_some()
+            && !self.backend_closed
     }
 
     /// Registers exactly the backend events the pair can act on now.
@@ -253,9 +283,9 @@ impl QueuePair {
         } else {
             Some(Interest {
                 // With the link down frames are read and dropped, so the host side never stalls.
-                read: (self.rx_deliverable() && !self.rx_starved)
+                read: (self.rx_deliverable() && !self.rx.starved)
                     || (!self.params.link_up && self.backend.is_some()),
-                write: self.tx_blocked,
+                write: self.tx.blocked,
             })
         };
         if want == self.registered {
@@ -292,7 +322,7 @@ impl QueuePair {
 
     /// Takes the pair's descriptors out of its worker's epoll (the pair is going away).
     pub(super) fn leave_epoll(&mut self) {
-        for ring in [&self.rx, &self.tx] {
+        for ring in [&self.rx.ring, &self.tx.ring] {
             if let Some(kick) = &ring.kick {
                 let _ = self.epoll.ctl(
                     ControlOperation::Delete,
@@ -313,19 +343,19 @@ impl QueuePair {
 
     /// Takes host pointers to both rings in `mem` (once per memory table).
     pub(super) fn map_rings(&mut self, mem: &GuestMemoryGuard) {
-        self.rx.map_in(mem);
-        self.tx.map_in(mem);
+        self.rx.ring.map_in(mem);
+        self.tx.ring.map_in(mem);
     }
 
     /// While hot: takes what the guest queued without kicking. Returns whether there was any.
     pub(super) fn poll_rings(&mut self, mem: &GuestMemoryMmap) -> bool {
         let mut worked = false;
-        if self.tx.is_running() && !self.tx_blocked && self.tx.has_avail(mem) {
+        if self.tx.ring.is_running() && !self.tx.blocked && self.tx.ring.has_avail(mem) {
             self.process_tx(mem);
             worked = true;
         }
-        if self.rx_starved && self.rx.is_running() && self.rx.has_avail(mem) {
-            self.rx_starved = false;
+        if self.rx.starved && self.rx.ring.is_running() && self.rx.ring.has_avail(mem) {
+            self.rx.starved = false;
             self.process_rx(mem);
             worked = true;
         } else if self.rx_buffered_in_backend() {
@@ -346,8 +376,8 @@ impl QueuePair {
     pub(super) fn cool(&mut self, mem: &GuestMemoryMmap) -> bool {
         self.hot = false;
         let mut worked = false;
-        if self.tx.is_running() && !self.tx_blocked {
-            match self.tx.enable_notification(mem) {
+        if self.tx.ring.is_running() && !self.tx.blocked {
+            match self.tx.ring.enable_notification(mem) {
                 Ok(true) => {
                     self.process_tx(mem);
                     worked = true;
@@ -356,10 +386,10 @@ impl QueuePair {
                 Err(e) => self.ring_failed(false, e),
             }
         }
-        if self.rx_starved && self.rx.is_running() {
-            match self.rx.enable_notification(mem) {
+        if self.rx.starved && self.rx.ring.is_running() {
+            match self.rx.ring.enable_notification(mem) {
                 Ok(true) => {
-                    self.rx_starved = false;
+                    self.rx.starved = false;
                     self.process_rx(mem);
                     worked = true;
                 }
@@ -375,7 +405,7 @@ impl QueuePair {
     /// Whether the backend holds frames the guest could take now.
     pub(super) fn rx_buffered_in_backend(&self) -> bool {
         !self.backend_closed
-            && !self.rx_starved
+            && !self.rx.starved
             && (self.rx_deliverable() || !self.params.link_up)
             && self.backend.as_ref().is_some_and(|b| b.pending_input())
     }
@@ -392,7 +422,11 @@ impl QueuePair {
     /// stay ready for ever and spin the worker: it is dropped, and the ring runs on without
     /// kicks (counted as a ring error).
     fn take_kick(&mut self, rx: bool) {
-        let ring = if rx { &mut self.rx } else { &mut self.tx };
+        let ring = if rx {
+            &mut self.rx.ring
+        } else {
+            &mut self.tx.ring
+        };
         let Some(k) = &ring.kick else { return };
         match k.read() {
             Ok(_) => {}
@@ -419,7 +453,7 @@ impl QueuePair {
             PairEvent::RxKick => {
                 self.take_kick(true);
                 self.counts.kicks += 1;
-                self.rx_starved = false;
+                self.rx.starved = false;
                 self.process_rx(mem);
             }
             PairEvent::TxKick => {
@@ -429,7 +463,7 @@ impl QueuePair {
             }
             PairEvent::Backend => {
                 if set.contains(EventSet::OUT) {
-                    self.tx_blocked = false;
+                    self.tx.blocked = false;
                     self.process_tx(mem);
                 }
                 if set.contains(EventSet::IN) {
@@ -451,7 +485,7 @@ impl QueuePair {
     /// on now, and publishes its counts.
     pub(super) fn finish_round(&mut self) {
         if let Some(log) = self.logging() {
-            for ring in [&self.rx, &self.tx] {
+            for ring in [&self.rx.ring, &self.tx.ring] {
                 if let Some((gpa, len)) = ring.used_ring_range() {
                     log.mark(gpa, len);
                 }
@@ -464,7 +498,7 @@ impl QueuePair {
     /// Makes a ring's new used entries visible (logging the used ring first while migrating, so
     /// no entry is seen before its page is marked) and interrupts the guest if it asked.
     pub(super) fn publish(&mut self, mem: &GuestMemoryMmap, rx: bool) {
-        let ring = if rx { &self.rx } else { &self.tx };
+        let ring = if rx { &self.rx.ring } else { &self.tx.ring };
         if ring.unpublished() == 0 {
             return;
         }
@@ -475,7 +509,11 @@ impl QueuePair {
         }
         // Count what the guest is about to see first: a stats query after a completion agrees.
         self.flush_counts();
-        let ring = if rx { &mut self.rx } else { &mut self.tx };
+        let ring = if rx {
+            &mut self.rx.ring
+        } else {
+            &mut self.tx.ring
+        };
         if ring.publish_and_notify(mem) {
             self.counts.interrupts += 1;
         }

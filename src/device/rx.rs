@@ -46,9 +46,9 @@ impl QueuePair {
         }
         // The guest's kicks after each refill are wasted work on both sides while it has
         // buffers posted: they are asked for again only when it runs out.
-        self.rx.disable_notification(mem);
+        self.rx.ring.disable_notification(mem);
         let mut frames = 0;
-        self.rx.read_ahead(mem, READ_AHEAD as u16);
+        self.rx.ring.read_ahead(mem, READ_AHEAD as u16);
         while frames < RX_BATCH {
             match self.rx_one(mem, None) {
                 RxStep::Delivered => frames += 1,
@@ -57,14 +57,14 @@ impl QueuePair {
                     self.publish(mem, true);
                     if self.hot {
                         // The worker polls the ring for new buffers: no kick needed.
-                        self.rx_starved = true;
+                        self.rx.starved = true;
                         self.counts.rx_no_buffer += 1;
                         break;
                     }
-                    match self.rx.enable_notification(mem) {
+                    match self.rx.ring.enable_notification(mem) {
                         Ok(true) => continue,
                         Ok(false) => {
-                            self.rx_starved = true;
+                            self.rx.starved = true;
                             self.counts.rx_no_buffer += 1;
                         }
                         Err(e) => self.ring_failed(true, e),
@@ -72,7 +72,7 @@ impl QueuePair {
                     break;
                 }
             }
-            if self.rx.unpublished() >= PUBLISH_EVERY {
+            if self.rx.ring.unpublished() >= PUBLISH_EVERY {
                 self.publish(mem, true);
             }
         }
@@ -92,26 +92,28 @@ impl QueuePair {
         if !self.rx_deliverable()
             || !self.params.link_up
             || self.params.backend_vnet_hdr
-            || self.bounce_len > 0
+            || self.rx.bounce_len > 0
             || self.backend.as_ref().is_none_or(|b| b.pending_input())
         {
             return 0;
         }
-        self.rx.disable_notification(mem);
-        self.rx.read_ahead(mem, frames.len().min(READ_AHEAD) as u16);
+        self.rx.ring.disable_notification(mem);
+        self.rx
+            .ring
+            .read_ahead(mem, frames.len().min(READ_AHEAD) as u16);
         let mut taken = 0;
         for frame in frames {
             if !matches!(self.rx_one(mem, Some(frame)), RxStep::Delivered) {
                 break;
             }
             taken += 1;
-            if self.rx.unpublished() >= PUBLISH_EVERY {
+            if self.rx.ring.unpublished() >= PUBLISH_EVERY {
                 self.publish(mem, true);
             }
         }
         if taken > 0 {
             // The guest had buffers after all (its kick may still be on its way).
-            self.rx_starved = false;
+            self.rx.starved = false;
         }
         self.publish(mem, true);
         taken
@@ -131,22 +133,22 @@ impl QueuePair {
             .warn(|| format!("pair {index} {which}: refused descriptor chain {head}: {e}"));
     }
 
-    /// Gathers guest buffers for one frame into `self.iov`/`self.heads`; returns the capacity.
+    /// Gathers guest buffers for one frame into `self.iov`/`self.rx.heads`; returns the capacity.
     fn gather_rx_buffers(&mut self, mem: &GuestMemoryMmap, need: usize) -> Result<usize, RxStep> {
         let hdr = self.params.hdr_len;
         let mrg = self.params.mrg_rxbuf;
         // Without MRG_RXBUF each chain must hold a whole frame (virtio 5.1.6.3.1).
         let min_chain = if mrg { 1 } else { self.params.max_rx_frame };
         self.iov.clear();
-        self.heads.clear();
+        self.rx.heads.clear();
         let mut capacity = 0;
         loop {
-            let head = match self.rx.pop_head(mem) {
+            let head = match self.rx.ring.pop_head(mem) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
                     self.ring_failed(true, e);
-                    self.rx.rewind(self.heads.len() as u16);
+                    self.rx.ring.rewind(self.rx.heads.len() as u16);
                     return Err(RxStep::RingError);
                 }
             };
@@ -155,14 +157,14 @@ impl QueuePair {
                 .iov
                 .push_chain(
                     mem,
-                    self.rx.desc_table(mem),
+                    self.rx.ring.desc_table(mem),
                     head,
                     Direction::DeviceWrites,
                     self.params.indirect,
                     u32::MAX as usize,
                 )
                 .and_then(|len| {
-                    let first = self.heads.is_empty();
+                    let first = self.rx.heads.is_empty();
                     if len < min_chain || (first && len < hdr) {
                         Err(ChainError::TooShort)
                     } else {
@@ -171,20 +173,20 @@ impl QueuePair {
                 });
             match result {
                 Ok(len) => {
-                    self.heads.push((head, len, mark.2));
+                    self.rx.heads.push((head, len, mark.2));
                     capacity += len;
                 }
-                Err(e) if self.heads.is_empty() => {
+                Err(e) if self.rx.heads.is_empty() => {
                     // Nothing gathered yet: give the bad chain back empty and go on.
                     self.iov.truncate_to(mark);
-                    self.rx.push_used(mem, head, 0);
+                    self.rx.ring.push_used(mem, head, 0);
                     self.chain_refused(head, e, true);
                     continue;
                 }
                 Err(_) => {
                     // Deliver into what we have; the bad chain is refused on the next pass.
                     self.iov.truncate_to(mark);
-                    self.rx.rewind(1);
+                    self.rx.ring.rewind(1);
                     break;
                 }
             }
@@ -192,7 +194,7 @@ impl QueuePair {
                 break;
             }
         }
-        if self.heads.is_empty() {
+        if self.rx.heads.is_empty() {
             Err(RxStep::NoBuffers)
         } else {
             Ok(capacity)
@@ -205,7 +207,7 @@ impl QueuePair {
         let hdr = self.params.hdr_len;
         let need = match handed {
             Some(frame) => hdr + frame.iter().map(|b| b.len()).sum::<usize>(),
-            None if self.bounce_len > 0 => self.bounce_len,
+            None if self.rx.bounce_len > 0 => self.rx.bounce_len,
             None => self.params.max_rx_frame,
         };
         let capacity = match self.gather_rx_buffers(mem, need) {
@@ -214,7 +216,7 @@ impl QueuePair {
         };
         if capacity < need {
             if handed.is_some() {
-                self.rx.rewind(self.heads.len() as u16);
+                self.rx.ring.rewind(self.rx.heads.len() as u16);
                 return RxStep::NoBuffers;
             }
             return self.rx_through_bounce(mem, capacity);
@@ -226,7 +228,7 @@ impl QueuePair {
             let mut header = [0u8; 12];
             if self.params.mrg_rxbuf {
                 header[NUM_BUFFERS_OFFSET..]
-                    .copy_from_slice(&(self.heads.len() as u16).to_le_bytes());
+                    .copy_from_slice(&(self.rx.heads.len() as u16).to_le_bytes());
             }
             self.iov.write_at(0, &header[..hdr]);
             let mut at = hdr;
@@ -238,7 +240,7 @@ impl QueuePair {
         }
         let vnet = self.params.backend_vnet_hdr;
         if !vnet {
-            self.iov.split_front(hdr, &mut self.hdr_iov);
+            self.iov.split_front(hdr, &mut self.rx.hdr_iov);
         }
         let Some(backend) = self.backend.as_mut() else {
             return RxStep::BackendEmpty;
@@ -246,7 +248,7 @@ impl QueuePair {
         let result = backend.recv(self.iov.as_io_slices_mut());
         let len = match result {
             Ok(0) if backend.is_closed() => {
-                self.rx.rewind(self.heads.len() as u16);
+                self.rx.ring.rewind(self.rx.heads.len() as u16);
                 self.backend_closed = true;
                 return RxStep::BackendEmpty;
             }
@@ -254,12 +256,12 @@ impl QueuePair {
                 if vnet {
                     n
                 } else {
-                    self.hdr_iov.write_at(0, &[0u8; 12][..hdr]);
+                    self.rx.hdr_iov.write_at(0, &[0u8; 12][..hdr]);
                     n + hdr
                 }
             }
             Err(e) => {
-                self.rx.rewind(self.heads.len() as u16);
+                self.rx.ring.rewind(self.rx.heads.len() as u16);
                 if e.kind() != io::ErrorKind::WouldBlock {
                     let index = self.index;
                     self.log.warn(|| format!("pair {index}: backend recv: {e}"));
@@ -277,15 +279,15 @@ impl QueuePair {
         let hdr = self.params.hdr_len;
         if len < hdr {
             // A backend frame shorter than its own header: nothing to deliver.
-            self.rx.rewind(self.heads.len() as u16);
+            self.rx.ring.rewind(self.rx.heads.len() as u16);
             return RxStep::Delivered;
         }
-        if self.rx_filter.is_some() {
+        if self.rx.filter.is_some() {
             let mut start = [0u8; 16];
             let offset = if vnet { hdr } else { 0 };
             let n = (len - hdr).min(start.len());
             if !self.iov.read_at(offset, &mut start[..n]) || !self.wanted(&start[..n]) {
-                self.rx.rewind(self.heads.len() as u16);
+                self.rx.ring.rewind(self.rx.heads.len() as u16);
                 self.counts.rx_dropped_filtered += 1;
                 return RxStep::Delivered;
             }
@@ -298,50 +300,50 @@ impl QueuePair {
     /// as seen in its frames always passes (a driver without `VIRTIO_NET_F_MAC` picked one we
     /// were never told).
     fn wanted(&self, start: &[u8]) -> bool {
-        let Some(filter) = &self.rx_filter else {
+        let Some(filter) = &self.rx.filter else {
             return true;
         };
         filter.accepts(start)
-            || (start.len() >= 6 && self.guest_mac.is_some_and(|m| m == start[..6]))
+            || (start.len() >= 6 && self.tx.guest_mac.is_some_and(|m| m == start[..6]))
     }
 
     /// Not enough guest buffer space for a worst-case frame: read the frame aside and deliver it
     /// once it fits.
     fn rx_through_bounce(&mut self, mem: &GuestMemoryMmap, capacity: usize) -> RxStep {
         let hdr = self.params.hdr_len;
-        if self.bounce_len == 0 {
+        if self.rx.bounce_len == 0 {
             match self.recv_into_bounce() {
-                Ok(n) => self.bounce_len = n,
+                Ok(n) => self.rx.bounce_len = n,
                 Err(_) => {
-                    self.rx.rewind(self.heads.len() as u16);
+                    self.rx.ring.rewind(self.rx.heads.len() as u16);
                     return RxStep::BackendEmpty;
                 }
             }
-            if self.bounce_len < hdr {
-                self.bounce_len = 0;
-                self.rx.rewind(self.heads.len() as u16);
+            if self.rx.bounce_len < hdr {
+                self.rx.bounce_len = 0;
+                self.rx.ring.rewind(self.rx.heads.len() as u16);
                 return RxStep::Delivered;
             }
         }
-        let len = self.bounce_len;
-        if !self.wanted(&self.bounce[hdr..len]) {
-            self.bounce_len = 0;
-            self.rx.rewind(self.heads.len() as u16);
+        let len = self.rx.bounce_len;
+        if !self.wanted(&self.rx.bounce[hdr..len]) {
+            self.rx.bounce_len = 0;
+            self.rx.ring.rewind(self.rx.heads.len() as u16);
             self.counts.rx_dropped_filtered += 1;
             return RxStep::Delivered;
         }
         if capacity >= len {
-            self.iov.write_at(0, &self.bounce[..len]);
-            self.bounce_len = 0;
+            self.iov.write_at(0, &self.rx.bounce[..len]);
+            self.rx.bounce_len = 0;
             self.complete_rx(mem, len, false);
             return RxStep::Delivered;
         }
-        let all_posted = self.heads.len() >= usize::from(self.rx.size());
-        self.rx.rewind(self.heads.len() as u16);
+        let all_posted = self.rx.heads.len() >= usize::from(self.rx.ring.size());
+        self.rx.ring.rewind(self.rx.heads.len() as u16);
         if all_posted {
             // Even the whole ring cannot hold this frame: it can never be delivered.
             self.counts.rx_dropped_too_big += 1;
-            self.bounce_len = 0;
+            self.rx.bounce_len = 0;
             let index = self.index;
             self.log.warn(|| {
                 format!("pair {index}: rx frame of {len} bytes exceeds all guest buffers")
@@ -355,18 +357,18 @@ impl QueuePair {
     fn recv_into_bounce(&mut self) -> io::Result<usize> {
         let hdr = self.params.hdr_len;
         let vnet = self.params.backend_vnet_hdr;
-        if self.bounce.is_empty() {
-            self.bounce = vec![0u8; hdr.max(12) + MAX_FRAME_LEN];
+        if self.rx.bounce.is_empty() {
+            self.rx.bounce = vec![0u8; hdr.max(12) + MAX_FRAME_LEN];
         }
         let backend = self
             .backend
             .as_mut()
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
         if vnet {
-            backend.recv(&mut [IoSliceMut::new(&mut self.bounce[..])])
+            backend.recv(&mut [IoSliceMut::new(&mut self.rx.bounce[..])])
         } else {
-            self.bounce[..hdr].fill(0);
-            let n = backend.recv(&mut [IoSliceMut::new(&mut self.bounce[hdr..])])?;
+            self.rx.bounce[..hdr].fill(0);
+            let n = backend.recv(&mut [IoSliceMut::new(&mut self.rx.bounce[hdr..])])?;
             Ok(n + hdr)
         }
     }
@@ -379,7 +381,7 @@ impl QueuePair {
                 Err(_) => break,
             }
         }
-        self.bounce_len = 0;
+        self.rx.bounce_len = 0;
     }
 
     /// Marks the chains a frame of `len` bytes (header included) filled as used, gives the rest
@@ -387,12 +389,12 @@ impl QueuePair {
     fn complete_rx(&mut self, mem: &GuestMemoryMmap, len: usize, header_split: bool) {
         let mut remaining = len;
         let mut used = 0u16;
-        for &(head, cap, _) in &self.heads {
+        for &(head, cap, _) in &self.rx.heads {
             if remaining == 0 {
                 break;
             }
             let take = cap.min(remaining);
-            self.rx.push_used(mem, head, take as u32);
+            self.rx.ring.push_used(mem, head, take as u32);
             remaining -= take;
             used += 1;
         }
@@ -400,6 +402,7 @@ impl QueuePair {
             // Every buffer of the chains the frame went into (whole buffers: over-marking only
             // makes the migration copy a page again).
             let end = self
+                .rx
                 .heads
                 .get(usize::from(used))
                 .map_or(self.iov.guest_ranges().len(), |h| h.2);
@@ -407,10 +410,10 @@ impl QueuePair {
                 log.mark(gpa, u64::from(len));
             }
         }
-        self.rx.rewind(self.heads.len() as u16 - used);
+        self.rx.ring.rewind(self.rx.heads.len() as u16 - used);
         if self.params.mrg_rxbuf {
             let target = if header_split {
-                &self.hdr_iov
+                &self.rx.hdr_iov
             } else {
                 &self.iov
             };

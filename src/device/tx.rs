@@ -48,21 +48,21 @@ enum BatchEnd {
 impl QueuePair {
     /// Sends what the guest queued until the ring is empty or the backend is full.
     pub(super) fn process_tx(&mut self, mem: &GuestMemoryMmap) {
-        if !self.tx.is_running() || self.tx_blocked {
+        if !self.tx.ring.is_running() || self.tx.blocked {
             return;
         }
         if !self.flush_backend() {
             return;
         }
-        self.learn_mac = true;
+        self.tx.learn_mac = true;
         loop {
-            self.tx.disable_notification(mem);
+            self.tx.ring.disable_notification(mem);
             loop {
                 match self.tx_batch(mem) {
                     BatchEnd::More => {}
                     BatchEnd::RingEmpty => break,
                     BatchEnd::Blocked => {
-                        self.tx_blocked = true;
+                        self.tx.blocked = true;
                         self.counts.tx_backend_full += 1;
                         self.publish(mem, false);
                         return;
@@ -72,7 +72,7 @@ impl QueuePair {
                         return;
                     }
                 }
-                if self.tx.unpublished() >= PUBLISH_EVERY {
+                if self.tx.ring.unpublished() >= PUBLISH_EVERY {
                     self.publish(mem, false);
                 }
             }
@@ -84,7 +84,7 @@ impl QueuePair {
                 // The worker polls the ring for the next frames: no kick needed.
                 return;
             }
-            match self.tx.enable_notification(mem) {
+            match self.tx.ring.enable_notification(mem) {
                 Ok(true) => continue,
                 Ok(false) => return,
                 Err(e) => {
@@ -104,7 +104,7 @@ impl QueuePair {
         match backend.flush() {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.tx_blocked = true;
+                self.tx.blocked = true;
                 false
             }
             Err(e) => {
@@ -119,12 +119,12 @@ impl QueuePair {
     /// Gathers up to [`TX_BATCH`] chains and sends them.
     fn tx_batch(&mut self, mem: &GuestMemoryMmap) -> BatchEnd {
         self.iov.clear();
-        self.tx_frames.clear();
+        self.tx.frames.clear();
         let mut end = BatchEnd::More;
         let batch = self.params.batching.limit(TX_BATCH);
-        self.tx.read_ahead(mem, batch as u16);
-        while self.tx_frames.len() < batch && self.iov.segments() < BATCH_SEGMENTS {
-            let head = match self.tx.pop_head(mem) {
+        self.tx.ring.read_ahead(mem, batch as u16);
+        while self.tx.frames.len() < batch && self.iov.segments() < BATCH_SEGMENTS {
+            let head = match self.tx.ring.pop_head(mem) {
                 Ok(Some(h)) => h,
                 Ok(None) => {
                     end = BatchEnd::RingEmpty;
@@ -136,28 +136,28 @@ impl QueuePair {
                     break;
                 }
             };
-            if !self.tx.enabled
+            if !self.tx.ring.enabled
                 || !self.params.link_up
                 || self.backend.is_none()
                 || self.backend_closed
             {
                 // A disabled ring is drained and discarded; so is everything while the link is
                 // down.
-                self.tx.push_used(mem, head, 0);
+                self.tx.ring.push_used(mem, head, 0);
                 self.counts.tx_dropped_link_down += 1;
                 continue;
             }
             match self.gather_tx_chain(mem, head) {
                 Ok(()) => {}
-                Err(_) if !self.tx_frames.is_empty() => {
+                Err(_) if !self.tx.frames.is_empty() => {
                     // Send the batch first and look at this chain again in the next one: a frame
                     // the backend refuses is rewound with everything after it, and a chain
                     // completed here would be completed twice.
-                    self.tx.rewind(1);
+                    self.tx.ring.rewind(1);
                     break;
                 }
                 Err(e) => {
-                    self.tx.push_used(mem, head, 0);
+                    self.tx.ring.push_used(mem, head, 0);
                     self.counts.chain_error(e);
                     let index = self.index;
                     self.log
@@ -165,7 +165,7 @@ impl QueuePair {
                 }
             }
         }
-        if self.tx_frames.is_empty() {
+        if self.tx.frames.is_empty() {
             return end;
         }
         if self.send_frames(mem) {
@@ -183,7 +183,7 @@ impl QueuePair {
         let first = self.iov.segments();
         let len = self.iov.push_chain(
             mem,
-            self.tx.desc_table(mem),
+            self.tx.ring.desc_table(mem),
             head,
             Direction::DeviceReads,
             self.params.indirect,
@@ -196,7 +196,7 @@ impl QueuePair {
         if !self.params.backend_vnet_hdr {
             self.iov.drop_front_at(first, hdr);
         }
-        self.tx_frames.push(TxFrame {
+        self.tx.frames.push(TxFrame {
             head,
             segments: first..self.iov.segments(),
             len: len - hdr,
@@ -208,13 +208,13 @@ impl QueuePair {
     /// are back on the avail ring).
     fn send_frames(&mut self, mem: &GuestMemoryMmap) -> bool {
         let mut next = 0;
-        let total = self.tx_frames.len();
+        let total = self.tx.frames.len();
         while next < total {
             let Some(backend) = self.backend.as_mut() else {
                 break;
             };
             let mut refs: [&[IoSlice<'_>]; TX_BATCH] = [&[]; TX_BATCH];
-            for (slot, frame) in refs.iter_mut().zip(&self.tx_frames[next..]) {
+            for (slot, frame) in refs.iter_mut().zip(&self.tx.frames[next..]) {
                 *slot = self.iov.segments_in(frame.segments.clone());
                 // The guest's core just wrote these frames: start fetching them all now, so the
                 // backend's copies do not wait for them one at a time.
@@ -232,18 +232,18 @@ impl QueuePair {
                 break;
             }
             // Frame `next` was not taken: find out why by sending it alone.
-            let frame = self.tx_frames[next].clone();
+            let frame = self.tx.frames[next].clone();
             let Some(backend) = self.backend.as_mut() else {
                 break;
             };
             match backend.send(self.iov.segments_in(frame.segments.clone())) {
                 Ok(_) => self.complete_tx(mem, next..next + 1),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.tx.rewind((total - next) as u16);
+                    self.tx.ring.rewind((total - next) as u16);
                     return false;
                 }
                 Err(e) => {
-                    self.tx.push_used(mem, frame.head, 0);
+                    self.tx.ring.push_used(mem, frame.head, 0);
                     self.counts.tx_dropped_backend_error += 1;
                     let (index, len) = (self.index, frame.len);
                     self.log.warn(|| {
@@ -260,17 +260,17 @@ impl QueuePair {
     fn complete_tx(&mut self, mem: &GuestMemoryMmap, range: Range<usize>) {
         for i in range {
             let (head, len, first) = {
-                let f = &self.tx_frames[i];
+                let f = &self.tx.frames[i];
                 (f.head, f.len, f.segments.start)
             };
-            if self.learn_mac {
-                self.learn_mac = false;
+            if self.tx.learn_mac {
+                self.tx.learn_mac = false;
                 self.note_source_mac(first);
             }
             self.counts.tx_frames += 1;
             self.counts.tx_bytes += len as u64;
             self.counts.tx_max_frame = self.counts.tx_max_frame.max(len as u64);
-            self.tx.push_used(mem, head, 0);
+            self.tx.ring.push_used(mem, head, 0);
         }
     }
 
@@ -286,9 +286,9 @@ impl QueuePair {
         if !self.iov.read_from(first, offset, &mut mac) || mac[0] & 1 != 0 || mac == [0; 6] {
             return;
         }
-        if self.guest_mac != Some(mac) {
-            self.guest_mac = Some(mac);
-            if let Some(watch) = &self.mac_watch {
+        if self.tx.guest_mac != Some(mac) {
+            self.tx.guest_mac = Some(mac);
+            if let Some(watch) = &self.tx.mac_watch {
                 (watch.0)(mac);
             }
         }

@@ -260,7 +260,7 @@ impl Handler {
         }
         let (pair, rx) = dev.vring(index)?;
         let mut q = pair.lock();
-        Ok(f(if rx { &mut q.rx } else { &mut q.tx }))
+        Ok(f(if rx { &mut q.rx.ring } else { &mut q.tx.ring }))
     }
 
     fn guest_memory(dev: &NetDevice) -> vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap> {
@@ -297,9 +297,9 @@ impl Handler {
         let (pair, rx) = dev.vring(index as u32)?;
         let mut p = pair.lock();
         if rx {
-            p.rx.enabled = enabled;
+            p.rx.ring.enabled = enabled;
         } else {
-            p.tx.enabled = enabled;
+            p.tx.ring.enabled = enabled;
         }
         p.update_interest();
         Ok(())
@@ -312,9 +312,9 @@ impl Handler {
             let mut p = pair.lock();
             p.stop_ring(rx);
             if rx {
-                p.rx.reset();
+                p.rx.ring.reset();
             } else {
-                p.tx.reset();
+                p.tx.ring.reset();
             }
             p.update_interest();
         }
