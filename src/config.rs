@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use vhost_user_netd_backends::{NetdevConfig, Opts};
 
+use crate::mac::MacAddr;
+
 /// Most queue pairs a port serves.
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 
@@ -49,7 +51,7 @@ pub struct PortConfig {
     pub client: bool,
     /// Id of the netdev that backs this port.
     pub netdev: String,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<MacAddr>,
     pub mtu: Option<u16>,
     /// Queue pairs; defaults to the netdev's queue count.
     pub queues: u16,
@@ -232,7 +234,8 @@ pub fn build_port(
     }
     let mac = match mac {
         Some(m) => Some(
-            crate::mac::parse_mac(m)
+            m.parse::<MacAddr>()
+                .ok()
                 .ok_or_else(|| ConfigError::new("mac", format!("'{m}' is not a MAC address")))?,
         ),
         None => None,

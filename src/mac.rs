@@ -1,27 +1,91 @@
-//! MAC addresses as text: `52:54:00:12:34:56`, as QEMU reads and prints them.
+//! MAC addresses: the type the device, the ports and QMP use, read and printed as QEMU does
+//! (`52:54:00:12:34:56`).
 
-/// Parses `52:54:00:12:34:56`.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = text.split(':').collect();
-    if parts.len() != 6 {
-        return None;
+use std::fmt;
+use std::str::FromStr;
+
+/// An Ethernet address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// Text that is not six colon-separated pairs of hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a MAC address (six hex pairs separated by ':')")]
+pub struct MacParseError(String);
+
+impl MacAddr {
+    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+
+    /// The six bytes.
+    pub const fn octets(self) -> [u8; 6] {
+        self.0
     }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
+
+    /// Group addresses (multicast and broadcast): the first byte's low bit is set.
+    pub const fn is_multicast(self) -> bool {
+        self.0[0] & 1 != 0
     }
-    Some(mac)
+
+    /// The address at `bytes[at..at + 6]`, if there are that many bytes.
+    fn at(bytes: &[u8], at: usize) -> Option<MacAddr> {
+        bytes.get(at..at + 6)?.try_into().ok().map(MacAddr)
+    }
+
+    /// An Ethernet frame's destination address, if the frame is long enough to have one.
+    pub fn destination_of(frame: &[u8]) -> Option<MacAddr> {
+        Self::at(frame, 0)
+    }
+
+    /// An Ethernet frame's source address, if the frame is long enough to have one.
+    pub fn source_of(frame: &[u8]) -> Option<MacAddr> {
+        Self::at(frame, 6)
+    }
 }
 
-/// Formats a MAC as QEMU prints it.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+/// Exactly six bytes.
+impl TryFrom<&[u8]> for MacAddr {
+    type Error = std::array::TryFromSliceError;
+
+    fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
+        bytes.try_into().map(MacAddr)
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = MacParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || MacParseError(text.to_string());
+        let parts: Vec<&str> = text.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(parts) {
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        Ok(MacAddr(mac))
+    }
 }
 
 #[cfg(test)]
@@ -30,8 +94,9 @@ mod tests {
 
     #[test]
     fn parses_and_formats_like_qemu() {
-        let m = parse_mac("52:54:00:12:34:5f").unwrap();
-        assert_eq!(format_mac(&m), "52:54:00:12:34:5f");
+        let m: MacAddr = "52:54:00:12:34:5f".parse().unwrap();
+        assert_eq!(m.to_string(), "52:54:00:12:34:5f");
+        assert!(!m.is_multicast() && MacAddr::BROADCAST.is_multicast());
         for bad in [
             "",
             "52:54:00:12:34",
@@ -39,7 +104,17 @@ mod tests {
             "5254:00:12:34:56:7",
             "5:54:00:12:34:56",
         ] {
-            assert!(parse_mac(bad).is_none(), "{bad}");
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
+        let frame = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x08];
+        assert_eq!(
+            MacAddr::destination_of(&frame),
+            Some(MacAddr([1, 2, 3, 4, 5, 6]))
+        );
+        assert_eq!(
+            MacAddr::source_of(&frame),
+            Some(MacAddr([7, 8, 9, 10, 11, 12]))
+        );
+        assert_eq!(MacAddr::source_of(&frame[..11]), None);
     }
 }

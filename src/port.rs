@@ -20,6 +20,7 @@ use crate::device::queue_pair::MacWatch;
 use crate::device::worker::Workers;
 use crate::device::{DeviceConfig, NetDevice};
 use crate::events::EventBus;
+use crate::mac::MacAddr;
 use crate::vhost_user::handler::{ConnectionError, Handler};
 use crate::vhost_user::socket::Connection;
 
@@ -95,7 +96,7 @@ impl Port {
     }
 
     /// The MAC the port's guest uses: the configured one, else the one learned from its frames.
-    pub fn main_mac(&self) -> Option<[u8; 6]> {
+    pub fn main_mac(&self) -> Option<MacAddr> {
         self.config
             .mac
             .or_else(|| self.device().and_then(|d| lock(&d).guest_mac()))

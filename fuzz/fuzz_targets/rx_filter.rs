@@ -11,6 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use vhost_user_netd::device::rx_filter::{CtrlFeatures, RxFilter, MAC_TABLE_ENTRIES};
+use vhost_user_netd::mac::MacAddr;
 
 struct Input<'a>(&'a [u8]);
 
@@ -54,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
         mq: f & 16 != 0,
         max_pairs: u16::from(input.byte().unwrap_or(1) % 17),
     };
-    let mut filter = RxFilter::new([0x52, 0x54, 0, 0x12, 0x34, 0x56], features.vlan);
+    let mut filter = RxFilter::new(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]), features.vlan);
     while let Some(op) = input.byte() {
         let len = usize::from(input.byte().unwrap_or(0));
         if op & 0x80 != 0 {

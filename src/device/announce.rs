@@ -1,11 +1,14 @@
 //! Gratuitous announcement frames: the RARP QEMU sends after migration (`SEND_RARP`,
 //! `announce-self`), so that switches learn where the guest's MAC now lives.
 
+use crate::mac::MacAddr;
+
 /// Ethertype of RARP.
 const ETH_P_RARP: u16 = 0x8035;
 
 /// A 60-byte RARP "reverse request" from `mac`, laid out as QEMU's `announce_self_create`.
-pub fn rarp_frame(mac: [u8; 6]) -> [u8; 60] {
+pub fn rarp_frame(mac: MacAddr) -> [u8; 60] {
+    let mac = mac.octets();
     let mut f = [0u8; 60];
     f[0..6].copy_from_slice(&[0xff; 6]); // broadcast
     f[6..12].copy_from_slice(&mac);
@@ -27,7 +30,7 @@ mod tests {
     #[test]
     fn rarp_layout() {
         let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-        let f = rarp_frame(mac);
+        let f = rarp_frame(MacAddr(mac));
         assert_eq!(&f[0..6], &[0xff; 6]);
         assert_eq!(&f[6..12], &mac);
         assert_eq!(&f[12..14], &[0x80, 0x35]);

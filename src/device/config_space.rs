@@ -1,5 +1,7 @@
 //! The virtio-net device configuration space (`struct virtio_net_config`).
 
+use crate::mac::MacAddr;
+
 /// `VIRTIO_NET_S_LINK_UP`.
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
@@ -9,7 +11,7 @@ pub const CONFIG_LEN: usize = 24;
 /// The fields the device reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetConfigSpace {
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     pub link_up: bool,
     pub max_queue_pairs: u16,
     pub mtu: u16,
@@ -19,7 +21,7 @@ impl NetConfigSpace {
     /// Little-endian bytes as the driver reads them.
     pub fn bytes(&self) -> [u8; CONFIG_LEN] {
         let mut b = [0u8; CONFIG_LEN];
-        b[0..6].copy_from_slice(&self.mac);
+        b[0..6].copy_from_slice(&self.mac.octets());
         let status = if self.link_up {
             VIRTIO_NET_S_LINK_UP
         } else {
@@ -52,7 +54,7 @@ mod tests {
     #[test]
     fn layout_matches_virtio_net_config() {
         let c = NetConfigSpace {
-            mac: [0x52, 0x54, 0, 1, 2, 3],
+            mac: MacAddr([0x52, 0x54, 0, 1, 2, 3]),
             link_up: true,
             max_queue_pairs: 2,
             mtu: 1500,

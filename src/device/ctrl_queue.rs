@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::counters::{Counts, RateLimitedLog, SharedCounters};
 use super::queue_pair::{MacWatch, PairHandle, QueuePair};
 use super::rx_filter::{CtrlFeatures, RxFilter, CLASS_MAC, CLASS_RX, CLASS_VLAN};
+use crate::mac::MacAddr;
 use vhost_user_netd_ring::dirty_log::DirtyLog;
 use vhost_user_netd_ring::guest_iov::{Direction, GuestIov};
 use vhost_user_netd_ring::vring::Vring;
@@ -43,7 +44,7 @@ pub struct CtrlQueue {
     /// Whether any command changed the filter since reset (until then nothing is filtered).
     filtering: bool,
     /// The device MAC from config space (restored at reset).
-    config_mac: [u8; 6],
+    config_mac: MacAddr,
     pairs: Vec<Arc<Mutex<QueuePair>>>,
     counters: Arc<SharedCounters>,
     counts: Counts,
@@ -280,7 +281,7 @@ impl CtrlHandle {
     /// pair's.
     pub fn spawn(
         pairs: &[PairHandle],
-        config_mac: [u8; 6],
+        config_mac: MacAddr,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
     ) -> io::Result<Self> {
         let epoll = Arc::new(Epoll::new()?);

@@ -31,6 +31,7 @@ use self::config_space::NetConfigSpace;
 use self::counters::Counts;
 use self::ctrl_queue::CtrlHandle;
 use self::queue_pair::{DatapathParams, PairHandle};
+use crate::mac::MacAddr;
 
 /// Locks the device, recovering from a poisoned lock (a panicked holder left consistent state:
 /// every mutation is a single assignment or a completed call).
@@ -60,7 +61,7 @@ pub enum DeviceError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// MAC reported in config space (`VIRTIO_NET_F_MAC`); without it the frontend uses its own.
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<MacAddr>,
     /// MTU reported in config space (`VIRTIO_NET_F_MTU`).
     pub mtu: Option<u16>,
     /// Queue pairs served (1–16).
@@ -309,7 +310,7 @@ impl NetDevice {
     }
 
     /// The guest's MAC as learned from its frames, if any was seen.
-    pub fn guest_mac(&self) -> Option<[u8; 6]> {
+    pub fn guest_mac(&self) -> Option<MacAddr> {
         self.pairs.iter().find_map(|p| p.lock().tx.guest_mac)
     }
 
@@ -380,7 +381,7 @@ impl NetDevice {
     }
 
     /// Sends a RARP for `mac` out of the backend (`SEND_RARP`, `announce-self`).
-    pub fn send_rarp(&self, mac: [u8; 6]) -> io::Result<()> {
+    pub fn send_rarp(&self, mac: MacAddr) -> io::Result<()> {
         let frame = announce::rarp_frame(mac);
         let Some(pair) = self.pairs.first() else {
             return Ok(());
@@ -394,7 +395,7 @@ impl NetDevice {
         let zero = [0u8; 12];
         let hdr: &[u8] = if vnet { &zero[..hdr_len] } else { &[] };
         backend.send(&[IoSlice::new(hdr), IoSlice::new(&frame)])?;
-        info!("sent RARP for {}", crate::mac::format_mac(&mac));
+        info!("sent RARP for {mac}");
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::counters::{Counts, RateLimitedLog, SharedCounters};
 use super::worker::{Worker, Workers};
+use crate::mac::MacAddr;
 use vhost_user_netd_ring::dirty_log::DirtyLog;
 use vhost_user_netd_ring::guest_iov::GuestIov;
 use vhost_user_netd_ring::vring::{GuestMemoryGuard, Vring};
@@ -43,7 +44,7 @@ impl PairEvent {
 
 /// Called with the guest's MAC when the datapath learns a new one.
 #[derive(Clone)]
-pub struct MacWatch(pub Arc<dyn Fn([u8; 6]) + Send + Sync>);
+pub struct MacWatch(pub Arc<dyn Fn(MacAddr) + Send + Sync>);
 
 impl std::fmt::Debug for MacWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,7 +150,7 @@ pub struct TxSide {
     /// Look at the next sent frame's source address.
     pub(super) learn_mac: bool,
     /// The guest's MAC as seen in the source address of its frames (one look per batch).
-    pub guest_mac: Option<[u8; 6]>,
+    pub guest_mac: Option<MacAddr>,
     /// Told when `guest_mac` changes.
     pub mac_watch: Option<MacWatch>,
 }

@@ -11,6 +11,7 @@ use vhost_user_netd_backends::MAX_FRAME_LEN;
 use vm_memory::GuestMemoryMmap;
 
 use super::queue_pair::QueuePair;
+use crate::mac::MacAddr;
 use vhost_user_netd_ring::guest_iov::{ChainError, Direction};
 use vhost_user_netd_ring::vring::READ_AHEAD;
 
@@ -304,7 +305,7 @@ impl QueuePair {
             return true;
         };
         filter.accepts(start)
-            || (start.len() >= 6 && self.tx.guest_mac.is_some_and(|m| m == start[..6]))
+            || (self.tx.guest_mac.is_some() && MacAddr::destination_of(start) == self.tx.guest_mac)
     }
 
     /// Not enough guest buffer space for a worst-case frame: read the frame aside and deliver it

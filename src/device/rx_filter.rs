@@ -4,6 +4,8 @@
 //! the device MAC or the table; multicast when all-multi, in the table, or the table overflowed;
 //! broadcast unless `nobcast`; with `CTRL_VLAN`, tagged frames only for VLANs added.
 
+use crate::mac::MacAddr;
+
 /// Entries the MAC table holds before it overflows (QEMU's `MAC_TABLE_ENTRIES`).
 pub const MAC_TABLE_ENTRIES: usize = 64;
 const VLAN_IDS: usize = 4096;
@@ -50,9 +52,9 @@ pub struct RxFilter {
     pub nouni: bool,
     pub nobcast: bool,
     /// The device MAC (config space, or `MAC_ADDR_SET`).
-    pub mac: [u8; 6],
-    pub unicast: Vec<[u8; 6]>,
-    pub multicast: Vec<[u8; 6]>,
+    pub mac: MacAddr,
+    pub unicast: Vec<MacAddr>,
+    pub multicast: Vec<MacAddr>,
     pub unicast_overflow: bool,
     pub multicast_overflow: bool,
     /// Whether VLAN filtering applies (`CTRL_VLAN` negotiated).
@@ -64,7 +66,7 @@ pub struct RxFilter {
 
 impl RxFilter {
     /// The state at reset: promiscuous, empty tables.
-    pub fn new(mac: [u8; 6], vlan_filtering: bool) -> Self {
+    pub fn new(mac: MacAddr, vlan_filtering: bool) -> Self {
         RxFilter {
             promisc: true,
             allmulti: false,
@@ -88,7 +90,7 @@ impl RxFilter {
         if self.promisc {
             return true;
         }
-        let Some(dst) = frame.get(..6) else {
+        let Some(dst) = MacAddr::destination_of(frame) else {
             return false;
         };
         if self.vlan_filtering && frame.get(12..14) == Some(&[0x81, 0x00]) {
@@ -100,22 +102,19 @@ impl RxFilter {
                 return false;
             }
         }
-        if dst[0] & 1 != 0 {
-            if dst == [0xff; 6] {
+        if dst.is_multicast() {
+            if dst == MacAddr::BROADCAST {
                 return !self.nobcast;
             }
             if self.nomulti {
                 return false;
             }
-            self.allmulti || self.multicast_overflow || self.multicast.iter().any(|m| m == dst)
+            self.allmulti || self.multicast_overflow || self.multicast.contains(&dst)
         } else {
             if self.nouni {
                 return false;
             }
-            self.alluni
-                || self.unicast_overflow
-                || dst == self.mac
-                || self.unicast.iter().any(|m| m == dst)
+            self.alluni || self.unicast_overflow || dst == self.mac || self.unicast.contains(&dst)
         }
     }
 
@@ -231,7 +230,7 @@ impl RxFilter {
 }
 
 /// A `virtio_net_ctrl_mac` list: a little-endian entry count, then 6 bytes per entry.
-fn mac_list(data: &[u8]) -> Option<(Vec<[u8; 6]>, &[u8])> {
+fn mac_list(data: &[u8]) -> Option<(Vec<MacAddr>, &[u8])> {
     let count = u32::from_le_bytes(data.get(..4)?.try_into().ok()?) as usize;
     let bytes = count.checked_mul(6)?;
     let list = data.get(4..4usize.checked_add(bytes)?)?;
@@ -282,7 +281,7 @@ mod tests {
 
     #[test]
     fn promiscuous_from_reset_then_filtered_like_qemu() {
-        let mut f = RxFilter::new(OURS, true);
+        let mut f = RxFilter::new(MacAddr(OURS), true);
         assert!(f.accepts(&frame(OTHER, None)));
         assert_eq!(f.apply(&ALL, CLASS_RX, 0, &[0]), Ok(true));
         assert_eq!(f.apply(&ALL, CLASS_RX, 0, &[0]), Ok(false), "no change");
@@ -304,7 +303,7 @@ mod tests {
 
     #[test]
     fn vlan_table_and_mac_address() {
-        let mut f = RxFilter::new(OURS, true);
+        let mut f = RxFilter::new(MacAddr(OURS), true);
         f.apply(&ALL, CLASS_RX, 0, &[0]).unwrap();
         assert!(!f.accepts(&frame(OURS, Some(5))), "no VLAN added yet");
         f.apply(&ALL, CLASS_VLAN, 0, &5u16.to_le_bytes()).unwrap();
@@ -320,7 +319,7 @@ mod tests {
 
     #[test]
     fn overflowing_tables_accept_everything_of_their_kind() {
-        let mut f = RxFilter::new(OURS, false);
+        let mut f = RxFilter::new(MacAddr(OURS), false);
         f.apply(&ALL, CLASS_RX, 0, &[0]).unwrap();
         let many: Vec<[u8; 6]> = (0..65u8).map(|i| [0x02, 0, 0, 0, 0, i]).collect();
         f.apply(&ALL, CLASS_MAC, 0, &table(&many, &[])).unwrap();
@@ -330,7 +329,7 @@ mod tests {
 
     #[test]
     fn bad_commands_are_refused_and_change_nothing() {
-        let mut f = RxFilter::new(OURS, true);
+        let mut f = RxFilter::new(MacAddr(OURS), true);
         let before = f.clone();
         let none = CtrlFeatures::default();
         assert_eq!(

@@ -13,6 +13,7 @@ use vhost_user_netd_backends::MAX_FRAME_LEN;
 use vm_memory::GuestMemoryMmap;
 
 use super::queue_pair::QueuePair;
+use crate::mac::MacAddr;
 use vhost_user_netd_ring::guest_iov::{ChainError, Direction, MAX_SEGMENTS};
 
 /// Used elements written before they are published mid-batch.
@@ -286,6 +287,7 @@ impl QueuePair {
         if !self.iov.read_from(first, offset, &mut mac) || mac[0] & 1 != 0 || mac == [0; 6] {
             return;
         }
+        let mac = MacAddr(mac);
         if self.tx.guest_mac != Some(mac) {
             self.tx.guest_mac = Some(mac);
             if let Some(watch) = &self.tx.mac_watch {

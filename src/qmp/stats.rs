@@ -3,6 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::device::lock;
+use crate::mac::MacAddr;
 use crate::port::Port;
 
 /// One port's statistics; counters are those of the current connection.
@@ -49,10 +50,9 @@ pub fn rx_filter(port: &Port) -> Value {
     let name = port.id();
     let filter = port.device().and_then(|d| lock(&d).rx_filter());
     let Some(f) = filter else {
-        let mac = port.main_mac().map_or_else(
-            || "00:00:00:00:00:00".to_string(),
-            |m| crate::mac::format_mac(&m),
-        );
+        let mac = port
+            .main_mac()
+            .map_or_else(|| "00:00:00:00:00:00".to_string(), |m| m.to_string());
         return json!({
             "name": name,
             "promiscuous": true,
@@ -85,8 +85,7 @@ pub fn rx_filter(port: &Port) -> Value {
     } else {
         "normal"
     };
-    let macs =
-        |list: &[[u8; 6]]| -> Vec<String> { list.iter().map(crate::mac::format_mac).collect() };
+    let macs = |list: &[MacAddr]| -> Vec<String> { list.iter().map(MacAddr::to_string).collect() };
     json!({
         "name": name,
         "promiscuous": f.promisc,
@@ -96,7 +95,7 @@ pub fn rx_filter(port: &Port) -> Value {
         "broadcast-allowed": !f.nobcast,
         "multicast-overflow": f.multicast_overflow,
         "unicast-overflow": f.unicast_overflow,
-        "main-mac": crate::mac::format_mac(&f.mac),
+        "main-mac": f.mac.to_string(),
         "vlan-table": vlans,
         "unicast-table": macs(&f.unicast),
         "multicast-table": macs(&f.multicast),

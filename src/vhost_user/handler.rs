@@ -610,7 +610,7 @@ impl Handler {
         msg: &mut Message,
     ) -> Result<Outcome, RequestError> {
         let b = parse::<VhostUserU64>(&msg.payload)?.value.to_le_bytes();
-        dev.send_rarp([b[0], b[1], b[2], b[3], b[4], b[5]])?;
+        dev.send_rarp(crate::mac::MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]))?;
         Ok(Outcome::Done)
     }
 

@@ -67,7 +67,9 @@ pub fn start_device(
             listen: Listen::Path("/unused".into()),
             client: false,
             netdev: "n0".into(),
-            mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+            mac: Some(vhost_user_netd::mac::MacAddr([
+                0x52, 0x54, 0, 0x12, 0x34, 0x56,
+            ])),
             mtu: None,
             queues: queue_pairs,
         },
