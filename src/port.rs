@@ -18,7 +18,7 @@ use crate::config::{Listen, PortConfig};
 use crate::device::lock;
 use crate::device::queue_pair::MacWatch;
 use crate::device::worker::Workers;
-use crate::device::{DeviceConfig, NetDevice};
+use crate::device::{DeviceConfig, DeviceError, NetDevice};
 use crate::events::EventBus;
 use crate::mac::MacAddr;
 use crate::vhost_user::handler::{ConnectionError, Handler};
@@ -182,12 +182,10 @@ impl Port {
     }
 
     /// Binds another backend, or none, to the port and to a connected frontend's device, live.
-    pub fn bind(&self, backend: Option<Arc<dyn Backend>>) -> Result<(), String> {
+    pub fn bind(&self, backend: Option<Arc<dyn Backend>>) -> Result<(), DeviceError> {
         let mut b = self.binding();
         if let Some(device) = b.device.upgrade() {
-            lock(&device)
-                .bind(backend.clone())
-                .map_err(|e| e.to_string())?;
+            lock(&device).bind(backend.clone())?;
         }
         if let Some(new) = &backend {
             b.caps = new.capabilities();

@@ -19,15 +19,19 @@ pub struct Netdev {
 }
 
 /// Why a control-plane request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// No netdev or port of that name (QMP `DeviceNotFound`).
     #[error("Device '{0}' not found")]
     NotFound(String),
     #[error("Duplicate ID '{0}'")]
     Duplicate(String),
-    #[error("{0}")]
-    Failed(String),
+    /// The netdev could not be opened.
+    #[error(transparent)]
+    Open(#[from] vhost_user_netd_backends::Error),
+    /// A connected frontend's device cannot take the backend.
+    #[error(transparent)]
+    Bind(#[from] crate::device::DeviceError),
 }
 
 /// Netdevs and ports.
@@ -111,12 +115,9 @@ impl Registry {
         if netdevs.iter().any(|n| n.config.id == config.id) {
             return Err(RegistryError::Duplicate(config.id));
         }
-        let backend = config
-            .open(fds, &self.env)
-            .map_err(|e| RegistryError::Failed(e.to_string()))?;
+        let backend = config.open(fds, &self.env)?;
         for port in self.ports.iter().filter(|p| p.config.netdev == config.id) {
-            port.bind(Some(backend.clone()))
-                .map_err(RegistryError::Failed)?;
+            port.bind(Some(backend.clone()))?;
         }
         log::info!("netdev {} added: {}", config.id, backend.describe());
         backend.watch_link(self.link_watch(&config));
@@ -132,7 +133,7 @@ impl Registry {
             .position(|n| n.config.id == id)
             .ok_or_else(|| RegistryError::NotFound(id.into()))?;
         for port in self.ports.iter().filter(|p| p.config.netdev == id) {
-            port.bind(None).map_err(RegistryError::Failed)?;
+            port.bind(None)?;
         }
         let removed = netdevs.remove(pos);
         removed.backend.shutdown();

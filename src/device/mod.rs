@@ -51,8 +51,16 @@ pub enum DeviceError {
     NoSuchVring(u32),
     #[error("MTU {0} is out of range (68-65535)")]
     BadMtu(u64),
-    #[error("{0}")]
-    Incompatible(String),
+    #[error(
+        "{backend} cannot carry what the port offered ({queue_pairs} queue pairs, \
+         vnet_hdr={vnet_hdr}, offloads {offloads:?})"
+    )]
+    Incompatible {
+        backend: String,
+        queue_pairs: u16,
+        vnet_hdr: bool,
+        offloads: Offloads,
+    },
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -146,13 +154,12 @@ impl NetDevice {
             if c.queue_pairs < self.config.queue_pairs
                 || (self.caps.vnet_hdr && (!c.vnet_hdr || !offloads_kept))
             {
-                return Err(DeviceError::Incompatible(format!(
-                    "{} cannot carry what the port offered ({} queue pairs, vnet_hdr={}, offloads {:?})",
-                    b.describe(),
-                    self.config.queue_pairs,
-                    self.caps.vnet_hdr,
-                    self.caps.offloads
-                )));
+                return Err(DeviceError::Incompatible {
+                    backend: b.describe(),
+                    queue_pairs: self.config.queue_pairs,
+                    vnet_hdr: self.caps.vnet_hdr,
+                    offloads: self.caps.offloads,
+                });
             }
             for index in 0..self.config.queue_pairs {
                 if !b.carrier() {

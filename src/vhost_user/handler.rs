@@ -25,7 +25,7 @@ use crate::device::features::VHOST_USER_F_PROTOCOL_FEATURES;
 use crate::device::{lock, NetDevice};
 use vhost_user_netd_ring::dirty_log::DirtyLog;
 use vhost_user_netd_ring::memory_fault::FaultDomain;
-use vhost_user_netd_ring::vring::Vring;
+use vhost_user_netd_ring::vring::{RingError, Vring};
 
 /// Low byte of a kick/call payload: the vring index; this bit: no descriptor (polling).
 const VRING_NOFD_MASK: u64 = 0x100;
@@ -51,8 +51,34 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
 pub enum RequestError {
     #[error("payload is {got} bytes, {want} expected")]
     BadPayload { got: usize, want: usize },
-    #[error("{0}")]
-    Invalid(String),
+    #[error("vring {index} does not exist ({count} vrings)")]
+    NoSuchVring { index: u32, count: usize },
+    #[error("{0:?} is not supported")]
+    NotSupported(FrontendReq),
+    #[error("protocol features {0:#x} were not offered")]
+    ProtocolNotOffered(u64),
+    #[error("vring size {0} is not a power of two up to 32768")]
+    BadRingSize(u32),
+    #[error("{what} address {va:#x} is not in any memory region")]
+    AddressNotMapped { what: &'static str, va: u64 },
+    #[error("vring {index}: {err}")]
+    Ring { index: u32, err: RingError },
+    #[error("vring base {0} too large")]
+    BaseTooLarge(u32),
+    #[error("config read of {size} bytes at {offset} is malformed")]
+    BadConfigRead { offset: u32, size: u32 },
+    #[error("virtio-net config space is read-only")]
+    ConfigReadOnly,
+    #[error("{0} without a descriptor")]
+    MissingFd(&'static str),
+    #[error("memory table of {count} regions in {bytes} bytes")]
+    BadMemoryTable { count: usize, bytes: usize },
+    #[error("{regions} regions but {fds} descriptors")]
+    RegionFdMismatch { regions: usize, fds: usize },
+    #[error("polling mode (no kick descriptor) is not supported")]
+    PollingUnsupported,
+    #[error("guest memory lock poisoned")]
+    MemoryLockPoisoned,
     #[error("request {0} is not supported")]
     Unsupported(u32),
     #[error(transparent)]
@@ -63,10 +89,6 @@ pub enum RequestError {
     Fd(#[from] FdError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-}
-
-fn invalid(s: impl Into<String>) -> RequestError {
-    RequestError::Invalid(s.into())
 }
 
 /// Why a connection ended other than by the frontend closing it.
@@ -237,10 +259,10 @@ impl Handler {
         if i < self.enable_requested.len() {
             Ok(i)
         } else {
-            Err(invalid(format!(
-                "vring {index} does not exist ({} vrings)",
-                self.enable_requested.len()
-            )))
+            Err(RequestError::NoSuchVring {
+                index,
+                count: self.enable_requested.len(),
+            })
         }
     }
 
@@ -271,7 +293,7 @@ impl Handler {
         let atomic = dev.memory();
         let guard = atomic
             .lock()
-            .map_err(|_| invalid("guest memory lock poisoned"))?;
+            .map_err(|_| RequestError::MemoryLockPoisoned)?;
         guard.replace(mem);
         Ok(())
     }
@@ -330,8 +352,7 @@ impl Handler {
         let Ok(request) = FrontendReq::try_from(msg.request) else {
             return Err(RequestError::Unsupported(msg.request));
         };
-        let run =
-            request_fn(request).ok_or_else(|| invalid(format!("{request:?} is not supported")))?;
+        let run = request_fn(request).ok_or(RequestError::NotSupported(request))?;
         let device = Arc::clone(&self.device);
         let mut guard = lock(&device);
         run(self, &mut guard, msg)
@@ -390,9 +411,7 @@ impl Handler {
         let offered = offered_protocol_features();
         let Some(f) = VhostUserProtocolFeatures::from_bits(v).filter(|f| offered.contains(*f))
         else {
-            return Err(invalid(format!(
-                "protocol features {v:#x} were not offered"
-            )));
+            return Err(RequestError::ProtocolNotOffered(v));
         };
         self.protocol = f;
         Ok(Outcome::Done)
@@ -448,10 +467,7 @@ impl Handler {
     ) -> Result<Outcome, RequestError> {
         let s = parse::<VhostUserVringState>(&msg.payload)?;
         if !Self::with_ring(dev, s.index, |ring| ring.set_size(s.num))? {
-            return Err(invalid(format!(
-                "vring size {} is not a power of two up to 32768",
-                { s.num }
-            )));
+            return Err(RequestError::BadRingSize(s.num));
         }
         Ok(Outcome::Done)
     }
@@ -462,12 +478,10 @@ impl Handler {
         msg: &mut Message,
     ) -> Result<Outcome, RequestError> {
         let a = parse::<VhostUserVringAddr>(&msg.payload)?;
-        let translate = |va: u64, what: &str| {
-            self.memory.va_to_gpa(va).ok_or_else(|| {
-                invalid(format!(
-                    "{what} address {va:#x} is not in any memory region"
-                ))
-            })
+        let translate = |va: u64, what: &'static str| {
+            self.memory
+                .va_to_gpa(va)
+                .ok_or(RequestError::AddressNotMapped { what, va })
         };
         let desc = translate(a.descriptor, "descriptor table")?;
         let avail = translate(a.available, "avail ring")?;
@@ -476,7 +490,10 @@ impl Handler {
         Self::with_ring(dev, a.index, |ring| {
             ring.set_addresses(&mem, desc, avail, used)
         })?
-        .map_err(|e| invalid(format!("vring {}: {e}", { a.index })))?;
+        .map_err(|err| RequestError::Ring {
+            index: a.index,
+            err,
+        })?;
         Ok(Outcome::Done)
     }
 
@@ -486,8 +503,7 @@ impl Handler {
         msg: &mut Message,
     ) -> Result<Outcome, RequestError> {
         let s = parse::<VhostUserVringState>(&msg.payload)?;
-        let base = u16::try_from(s.num)
-            .map_err(|_| invalid(format!("vring base {} too large", { s.num })))?;
+        let base = u16::try_from(s.num).map_err(|_| RequestError::BaseTooLarge(s.num))?;
         Self::with_ring(dev, s.index, |ring| ring.set_base(base))?;
         Ok(Outcome::Done)
     }
@@ -549,9 +565,7 @@ impl Handler {
         let hdr = parse_prefix::<VhostUserConfig>(p)?;
         let (offset, size) = (hdr.offset, hdr.size);
         if p.len() != hdr.as_slice().len() + size as usize || size > MAX_CONFIG_READ {
-            return Err(invalid(format!(
-                "config read of {size} bytes at {offset} is malformed"
-            )));
+            return Err(RequestError::BadConfigRead { offset, size });
         }
         let mut bytes = vec![0u8; size as usize];
         let config = dev.config_space().bytes();
@@ -566,7 +580,7 @@ impl Handler {
     }
 
     fn set_config(&mut self, _: &mut NetDevice, _: &mut Message) -> Result<Outcome, RequestError> {
-        Err(invalid("virtio-net config space is read-only"))
+        Err(RequestError::ConfigReadOnly)
     }
 
     fn set_log_base(
@@ -578,7 +592,7 @@ impl Handler {
         let echo = msg.payload.clone();
         let fd = msg
             .take_fd()
-            .ok_or_else(|| invalid("SET_LOG_BASE without a descriptor"))?;
+            .ok_or(RequestError::MissingFd("SET_LOG_BASE"))?;
         let dirty = DirtyLog::map(fd, log.mmap_size, log.mmap_offset, self.memory.domain())?;
         dev.set_dirty_log(Some(Arc::new(dirty)));
         info!("dirty log of {} bytes installed", { log.mmap_size });
@@ -593,7 +607,7 @@ impl Handler {
     ) -> Result<Outcome, RequestError> {
         let fd = msg
             .take_fd()
-            .ok_or_else(|| invalid("SET_BACKEND_REQ_FD without a descriptor"))?;
+            .ok_or(RequestError::MissingFd("SET_BACKEND_REQ_FD"))?;
         dev.set_backend_channel(frontend_fd::channel(fd)?);
         Ok(Outcome::Done)
     }
@@ -638,16 +652,16 @@ impl Handler {
             || count > MAX_MEM_SLOTS as usize
             || msg.payload.len() != head_len + count * region_len
         {
-            return Err(invalid(format!(
-                "memory table of {count} regions in {} bytes",
-                msg.payload.len()
-            )));
+            return Err(RequestError::BadMemoryTable {
+                count,
+                bytes: msg.payload.len(),
+            });
         }
         if msg.fds.len() != count {
-            return Err(invalid(format!(
-                "{count} regions but {} descriptors",
-                msg.fds.len()
-            )));
+            return Err(RequestError::RegionFdMismatch {
+                regions: count,
+                fds: msg.fds.len(),
+            });
         }
         let mut regions = Vec::with_capacity(count);
         let fds = std::mem::take(&mut msg.fds);
@@ -679,8 +693,7 @@ impl Handler {
         let index = index as u32;
         match request {
             FrontendReq::SET_VRING_KICK => {
-                let kick = event
-                    .ok_or_else(|| invalid("polling mode (no kick descriptor) is not supported"))?;
+                let kick = event.ok_or(RequestError::PollingUnsupported)?;
                 if Self::is_ctrl(dev, index) {
                     dev.ctrl().lock().set_kick(kick)?;
                 } else {

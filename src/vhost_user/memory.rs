@@ -28,9 +28,13 @@ pub enum MemoryError {
     #[error("region's file: {0}")]
     File(#[from] FitError),
     #[error("mapping the region failed: {0}")]
-    Map(String),
+    Map(#[from] vm_memory::mmap::MmapRegionError),
+    #[error("the mapped region has no host address")]
+    NoHostAddress,
+    #[error("registering the mapping for SIGBUS recovery: {0}")]
+    Register(std::io::Error),
     #[error("regions overlap or cannot form guest memory: {0}")]
-    Layout(String),
+    Layout(#[from] vm_memory::GuestRegionCollectionError),
     #[error("no such region to remove")]
     NotFound,
 }
@@ -86,16 +90,15 @@ fn map(
     let mmap = MmapRegion::from_file(
         FileOffset::new(file, desc.mmap_offset),
         desc.memory_size as usize,
-    )
-    .map_err(|e| MemoryError::Map(e.to_string()))?;
+    )?;
     let region = GuestRegionMmap::new(mmap, GuestAddress(desc.guest_phys_addr))
         .ok_or(MemoryError::BadRegion)?;
     let region = Arc::new(region);
     let start = region
         .get_host_address(MemoryRegionAddress(0))
-        .map_err(|e| MemoryError::Map(e.to_string()))?;
+        .map_err(|_| MemoryError::NoHostAddress)?;
     memory_fault::register(start, region.len() as usize, region.clone(), domain)
-        .map_err(|e| MemoryError::Map(e.to_string()))?;
+        .map_err(MemoryError::Register)?;
     if shrink == Shrink::Possible {
         debug!(
             "region at {:#x} is not sealed against shrinking; a shrink disconnects the frontend",
@@ -216,5 +219,5 @@ fn build(regions: &[MappedRegion]) -> Result<GuestMemoryMmap, MemoryError> {
         return Ok(GuestMemoryMmap::new());
     }
     GuestMemoryMmap::from_arc_regions(regions.iter().map(|r| r.region.clone()).collect())
-        .map_err(|e| MemoryError::Layout(e.to_string()))
+        .map_err(MemoryError::from)
 }
