@@ -91,8 +91,9 @@ pub struct NetDevice {
     link_up: bool,
     /// The bound backend had a carrier (a connected peer) when it was last bound.
     carrier: bool,
-    /// The frontend's channel for backend-initiated messages (`SET_BACKEND_REQ_FD`).
-    backend_channel: Option<std::os::unix::net::UnixStream>,
+    /// The channel on which the frontend takes our notifications (`SET_BACKEND_REQ_FD`; the
+    /// spec calls the daemon the vhost-user "backend", which here means the host netdev).
+    notify_channel: Option<std::os::unix::net::UnixStream>,
     /// vhost-user requests refused on this connection.
     failed_requests: u64,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
@@ -133,7 +134,7 @@ impl NetDevice {
             mtu: config.mtu,
             link_up,
             carrier: false,
-            backend_channel: None,
+            notify_channel: None,
             failed_requests: 0,
             mem,
             pairs,
@@ -200,10 +201,10 @@ impl NetDevice {
         }
     }
 
-    /// Keeps the frontend's backend-request channel (for config-change notifications). It must
+    /// Keeps the channel for notifications to the frontend (config changes). It must
     /// be non-blocking: it is written with the device locked.
-    pub fn set_backend_channel(&mut self, channel: std::os::unix::net::UnixStream) {
-        self.backend_channel = Some(channel);
+    pub fn set_notify_channel(&mut self, channel: std::os::unix::net::UnixStream) {
+        self.notify_channel = Some(channel);
     }
 
     /// Tells the frontend the config space changed (`VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`), if
@@ -211,7 +212,7 @@ impl NetDevice {
     /// that cannot take the message at once belongs to a frontend that stopped reading it; it is
     /// dropped rather than waited for (the device lock is held here).
     fn notify_config_change(&mut self) {
-        let Some(channel) = self.backend_channel.as_ref() else {
+        let Some(channel) = self.notify_channel.as_ref() else {
             return;
         };
         const CONFIG_CHANGE_MSG: u32 = 2;
@@ -223,11 +224,11 @@ impl NetDevice {
             Ok(n) if n == msg.len() => {}
             Ok(n) => {
                 warn!("config-change notification cut after {n} bytes; channel dropped");
-                self.backend_channel = None;
+                self.notify_channel = None;
             }
             Err(e) => {
                 warn!("config-change notification failed ({e}); channel dropped");
-                self.backend_channel = None;
+                self.notify_channel = None;
             }
         }
     }

@@ -608,7 +608,7 @@ impl Handler {
         let fd = msg
             .take_fd()
             .ok_or(RequestError::MissingFd("SET_BACKEND_REQ_FD"))?;
-        dev.set_backend_channel(frontend_fd::channel(fd)?);
+        dev.set_notify_channel(frontend_fd::channel(fd)?);
         Ok(Outcome::Done)
     }
 
