@@ -13,6 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vhost_user_netd_fuzz::Input;
 use vhost_user_netd_ring::guest_iov::{Direction, GuestIov};
 use vhost_user_netd_ring::vring::Vring;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -21,23 +22,14 @@ const RAM: usize = 64 << 10;
 /// The largest chain the rx path fills (a 64 KiB frame and its header).
 const MAX_CHAIN: usize = 65_562;
 
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
-        self.0 = rest;
-        b
-    }
-
-    fn addr(&mut self, align: u64) -> u64 {
-        // Mostly inside memory, sometimes just past its end or anywhere.
-        let raw = u64::from(u16::from_le_bytes([self.byte(), self.byte()]));
-        match self.byte() % 16 {
-            0 => u64::MAX - raw,
-            1 => RAM as u64 - raw % 64,
-            _ => raw & !(align - 1),
-        }
+/// An address mostly inside memory (aligned to `align`), sometimes just past its end or
+/// anywhere.
+fn addr(input: &mut Input, align: u64) -> u64 {
+    let raw = u64::from(u16::from_le_bytes([input.byte(), input.byte()]));
+    match input.byte() % 16 {
+        0 => u64::MAX - raw,
+        1 => RAM as u64 - raw % 64,
+        _ => raw & !(align - 1),
     }
 }
 
@@ -56,7 +48,7 @@ fn inside(at: u64, ranges: &[(u64, u32)]) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut input = Input(data);
+    let mut input = Input::new(data);
     let flags = input.byte();
     let size = 1u32 << (input.byte() % 9);
     let direction = match flags & 0x3 {
@@ -67,20 +59,23 @@ fuzz_target!(|data: &[u8]| {
     let indirect = flags & 0x4 != 0;
     let event_idx = flags & 0x8 != 0;
     let mapped = flags & 0x10 != 0;
-    let (desc, avail, used) = (input.addr(16), input.addr(2), input.addr(4));
+    let (desc, avail, used) = (
+        addr(&mut input, 16),
+        addr(&mut input, 2),
+        addr(&mut input, 4),
+    );
     let base = u16::from_le_bytes([input.byte(), input.byte()]);
 
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest RAM");
     // The rest writes guest memory: pieces of up to 255 bytes at 16-bit offsets.
-    while !input.0.is_empty() {
+    while !input.is_empty() {
         let at = u64::from(u16::from_le_bytes([input.byte(), input.byte()]));
-        let n = usize::from(input.byte()).min(input.0.len());
-        let (piece, rest) = input.0.split_at(n);
+        let n = usize::from(input.byte());
+        let piece = input.bytes(n);
         let _ = mem.write_slice(
             &piece[..piece.len().min(RAM - at as usize)],
             GuestAddress(at),
         );
-        input.0 = rest;
     }
     let atomic = GuestMemoryAtomic::new(mem);
     let guard = atomic.memory();

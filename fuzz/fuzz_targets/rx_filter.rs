@@ -12,22 +12,7 @@
 use libfuzzer_sys::fuzz_target;
 use vhost_user_netd::device::rx_filter::{CtrlFeatures, RxFilter, MAC_TABLE_ENTRIES};
 use vhost_user_netd::mac::MacAddr;
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (head, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        head
-    }
-}
+use vhost_user_netd_fuzz::Input;
 
 fn check_frame(filter: &RxFilter, frame: &[u8]) {
     let accepted = filter.accepts(frame);
@@ -45,19 +30,19 @@ fn check_frame(filter: &RxFilter, frame: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut input = Input(data);
-    let Some(f) = input.byte() else { return };
+    let mut input = Input::new(data);
+    let Some(f) = input.next() else { return };
     let features = CtrlFeatures {
         rx: f & 1 != 0,
         rx_extra: f & 2 != 0,
         vlan: f & 4 != 0,
         mac_addr: f & 8 != 0,
         mq: f & 16 != 0,
-        max_pairs: u16::from(input.byte().unwrap_or(1) % 17),
+        max_pairs: u16::from(input.next().unwrap_or(1) % 17),
     };
     let mut filter = RxFilter::new(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]), features.vlan);
-    while let Some(op) = input.byte() {
-        let len = usize::from(input.byte().unwrap_or(0));
+    while let Some(op) = input.next() {
+        let len = usize::from(input.byte());
         if op & 0x80 != 0 {
             let frame = input.bytes(len).to_vec();
             check_frame(&filter, &frame);

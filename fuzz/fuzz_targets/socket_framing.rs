@@ -15,20 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use vhost_user_netd_backends::l2tpv3::header::{decode, encode, HeaderLayout};
 use vhost_user_netd_backends::stream::framing::{RxFramer, MAX_STREAM_FRAME};
 use vhost_user_netd_backends::sys;
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
-        self.0 = rest;
-        b
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
-    }
-}
+use vhost_user_netd_fuzz::Input;
 
 /// The frames of `stream` by the format's definition, and whether it ends in a bad length.
 fn model_frames(stream: &[u8]) -> (Vec<&[u8]>, bool) {
@@ -52,7 +39,7 @@ fn model_frames(stream: &[u8]) -> (Vec<&[u8]>, bool) {
 
 fn stream(input: &mut Input) {
     let chunk = usize::from(input.byte().max(1)) * 16;
-    let bytes = input.0;
+    let bytes = input.rest();
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
@@ -104,7 +91,7 @@ fn l2tpv3(input: &mut Input) {
         pin_counter: flags & 0x20 != 0,
         offset: u32::from(input.byte() % 32),
     };
-    let datagram = input.0;
+    let datagram = input.rest();
     if let Ok(start) = decode(&layout, datagram) {
         let ip = if layout.rx_ip_header {
             usize::from(datagram[0] & 0x0f) * 4
@@ -138,7 +125,7 @@ fn l2tpv3(input: &mut Input) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut input = Input(data);
+    let mut input = Input::new(data);
     if input.byte() % 2 == 0 {
         stream(&mut input);
     } else {

@@ -23,6 +23,7 @@ use vhost_user_netd::vhost_user::handler::Handler;
 use vhost_user_netd::vhost_user::socket::{Connection, Message};
 use vhost_user_netd_backends::socketpair::SocketpairBackend;
 use vhost_user_netd_backends::Backend;
+use vhost_user_netd_fuzz::Input;
 
 /// Where the fuzzer's "frontend" pretends its memory is mapped.
 const USER_BASE: u64 = 0x7f00_0000_0000;
@@ -35,40 +36,11 @@ const REQUESTS: [u32; 44] = [
     26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 9999,
 ];
 
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-
-    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-        from[usize::from(self.byte().unwrap_or(0)) % from.len()]
-    }
-
-    fn u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        for x in &mut b {
-            *x = self.byte().unwrap_or(0);
-        }
-        u64::from_le_bytes(b)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.0.len());
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        head.to_vec()
-    }
-
-    /// A size: mostly from [`SIZES`], sometimes anything.
-    fn size(&mut self) -> u64 {
-        match self.byte().unwrap_or(0) {
-            250..=255 => self.u64(),
-            b => SIZES[usize::from(b) % SIZES.len()],
-        }
+/// A size: mostly from [`SIZES`], sometimes anything.
+fn size(input: &mut Input) -> u64 {
+    match input.byte() {
+        250..=255 => input.u64(),
+        b => SIZES[usize::from(b) % SIZES.len()],
     }
 }
 
@@ -107,10 +79,10 @@ fn pipe() -> Option<(OwnedFd, OwnedFd)> {
 
 /// A descriptor of the kind the input chooses; memfds are kept in `files` for shrinking.
 fn descriptor(input: &mut Input, files: &mut Vec<File>) -> Option<OwnedFd> {
-    match input.byte()? % 9 {
+    match input.next()? % 9 {
         0 | 1 => {
-            let seal = input.byte()? % 2 == 0;
-            let file = memfd(input.size(), seal)?;
+            let seal = input.byte() % 2 == 0;
+            let file = memfd(size(input), seal)?;
             let fd = file.try_clone().ok()?.into();
             files.push(file);
             Some(fd)
@@ -122,7 +94,7 @@ fn descriptor(input: &mut Input, files: &mut Vec<File>) -> Option<OwnedFd> {
                 false,
             )
             .ok()?;
-            if input.byte()? % 2 == 0 {
+            if input.byte() % 2 == 0 {
                 let _ = vhost_user_netd_backends::sys::write(
                     std::os::fd::AsRawFd::as_raw_fd(&fd),
                     &(u64::MAX - 1).to_ne_bytes(),
@@ -149,10 +121,10 @@ fn descriptor(input: &mut Input, files: &mut Vec<File>) -> Option<OwnedFd> {
 }
 
 fn region(input: &mut Input) -> Vec<u8> {
-    let gpa = u64::from(input.byte().unwrap_or(0)) << 16;
-    let size = input.size();
-    let user = USER_BASE + (u64::from(input.byte().unwrap_or(0)) << 20);
-    let offset = match input.byte().unwrap_or(0) % 4 {
+    let gpa = u64::from(input.byte()) << 16;
+    let size = size(input);
+    let user = USER_BASE + (u64::from(input.byte()) << 20);
+    let offset = match input.byte() % 4 {
         0 | 1 => 0,
         2 => 4096,
         _ => input.u64(),
@@ -168,7 +140,7 @@ fn payload(request: u32, input: &mut Input) -> Vec<u8> {
     match request {
         // SET_MEM_TABLE: a count, padding, then regions.
         5 => {
-            let count = u32::from(input.byte().unwrap_or(1) % 4);
+            let count = u32::from(input.next().unwrap_or(1) % 4);
             let mut p = count.to_le_bytes().to_vec();
             p.extend_from_slice(&[0; 4]);
             for _ in 0..count {
@@ -183,24 +155,23 @@ fn payload(request: u32, input: &mut Input) -> Vec<u8> {
             p
         }
         // SET_LOG_BASE: size and offset.
-        6 => [input.size(), u64::from(input.byte().unwrap_or(0)) << 12]
+        6 => [size(input), u64::from(input.byte()) << 12]
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect(),
         // SET_VRING_NUM / SET_VRING_BASE / GET_VRING_BASE / SET_VRING_ENABLE: index, number.
         8 | 10 | 11 | 18 => {
-            let index = u32::from(input.byte().unwrap_or(0) % 4);
+            let index = u32::from(input.byte() % 4);
             let num = u32::from(input.pick(&[0u16, 1, 2, 256, 1024, 300, 32768, 65535]));
             [index.to_le_bytes(), num.to_le_bytes()].concat()
         }
         // SET_VRING_ADDR: index, flags, then three addresses near the regions and a log address.
         9 => {
-            let index = u32::from(input.byte().unwrap_or(0) % 4);
+            let index = u32::from(input.byte() % 4);
             let mut p = [index.to_le_bytes(), 0u32.to_le_bytes()].concat();
             for _ in 0..3 {
-                let a = USER_BASE
-                    + (u64::from(input.byte().unwrap_or(0)) << 20)
-                    + (u64::from(input.byte().unwrap_or(0)) << 8);
+                let a =
+                    USER_BASE + (u64::from(input.byte()) << 20) + (u64::from(input.byte()) << 8);
                 p.extend_from_slice(&a.to_le_bytes());
             }
             p.extend_from_slice(&0u64.to_le_bytes());
@@ -208,17 +179,12 @@ fn payload(request: u32, input: &mut Input) -> Vec<u8> {
         }
         // SET_VRING_KICK / CALL / ERR: index, maybe the no-descriptor bit.
         12..=14 => {
-            let v = u64::from(input.byte().unwrap_or(0) % 4)
-                | if input.byte().unwrap_or(0) % 8 == 0 {
-                    0x100
-                } else {
-                    0
-                };
+            let v = u64::from(input.byte() % 4) | if input.byte() % 8 == 0 { 0x100 } else { 0 };
             v.to_le_bytes().to_vec()
         }
         _ => {
-            let n = usize::from(input.byte().unwrap_or(0));
-            input.bytes(n)
+            let n = usize::from(input.byte());
+            input.bytes(n).to_vec()
         }
     }
 }
@@ -252,15 +218,15 @@ fn run(data: &[u8]) {
         return;
     };
     let mut files: Vec<File> = Vec::new();
-    let mut input = Input(data);
+    let mut input = Input::new(data);
     let mut sink = [0u8; 4096];
     for _ in 0..48 {
-        let Some(op) = input.byte() else { break };
+        let Some(op) = input.next() else { break };
         if op % 8 == 7 {
             // A memfd sent earlier shrinks under whatever mapped it.
             if !files.is_empty() {
-                let i = usize::from(input.byte().unwrap_or(0)) % files.len();
-                let to = input.size() / 2;
+                let i = usize::from(input.byte()) % files.len();
+                let to = size(&mut input) / 2;
                 let _ = files[i].set_len(to);
             }
             continue;
@@ -268,7 +234,7 @@ fn run(data: &[u8]) {
         let request = input.pick(&REQUESTS);
         let flags = 1 | if op & 1 != 0 { 8 } else { 0 };
         let payload = payload(request, &mut input);
-        let count = input.byte().unwrap_or(0) % 4;
+        let count = input.byte() % 4;
         let fds = (0..count)
             .filter_map(|_| descriptor(&mut input, &mut files))
             .collect();

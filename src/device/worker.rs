@@ -284,14 +284,20 @@ impl<'a> WorkerLoop<'a> {
                 return;
             }
             self.serve_buffered();
-            settle(
-                self.shared,
-                &self.touched,
-                self.budget,
-                &mut self.buffered,
-                &mut self.hot,
-            );
+            self.settle_touched();
         }
+    }
+
+    /// The pairs that did work this round: those whose backend still holds frames are served
+    /// next round, and they become hot (see [`settle`]).
+    fn settle_touched(&mut self) {
+        settle(
+            self.shared,
+            &self.touched,
+            self.budget,
+            &mut self.buffered,
+            &mut self.hot,
+        );
     }
 
     /// The polling window closed: asks for kicks on the hot pairs again. Returns true if work
@@ -307,13 +313,7 @@ impl<'a> WorkerLoop<'a> {
             return false;
         }
         self.poll_until = Some(Instant::now() + self.budget);
-        settle(
-            self.shared,
-            &self.touched,
-            self.budget,
-            &mut self.buffered,
-            &mut self.hot,
-        );
+        self.settle_touched();
         true
     }
 
@@ -351,13 +351,7 @@ impl<'a> WorkerLoop<'a> {
         if poll_hot(self.shared, &self.hot, &mut self.touched) {
             self.idle_rounds = 0;
             self.poll_until = Some(Instant::now() + self.budget);
-            settle(
-                self.shared,
-                &self.touched,
-                self.budget,
-                &mut self.buffered,
-                &mut self.hot,
-            );
+            self.settle_touched();
         } else {
             self.idle_rounds += 1;
             pause(self.idle_rounds);
