@@ -140,92 +140,135 @@ impl RxFilter {
         cmd: u8,
         data: &[u8],
     ) -> Result<bool, CommandError> {
-        let malformed = CommandError::Malformed(class, cmd);
         let before = self.clone();
         match class {
-            CLASS_RX => {
-                if !features.rx || (cmd >= 2 && !features.rx_extra) {
-                    return Err(CommandError::NotNegotiated(class, cmd));
-                }
-                let [on] = data else { return Err(malformed) };
-                let on = *on != 0;
-                let flag = match cmd {
-                    0 => &mut self.promisc,
-                    1 => &mut self.allmulti,
-                    2 => &mut self.alluni,
-                    3 => &mut self.nomulti,
-                    4 => &mut self.nouni,
-                    5 => &mut self.nobcast,
-                    _ => return Err(CommandError::Unknown(class, cmd)),
-                };
-                *flag = on;
-            }
-            CLASS_MAC => match cmd {
-                0 => {
-                    if !features.rx {
-                        return Err(CommandError::NotNegotiated(class, cmd));
-                    }
-                    let (unicast, rest) = mac_list(data).ok_or(malformed)?;
-                    let (multicast, rest) = mac_list(rest).ok_or(malformed)?;
-                    if !rest.is_empty() {
-                        return Err(malformed);
-                    }
-                    self.unicast_overflow = unicast.len() > MAC_TABLE_ENTRIES;
-                    self.multicast_overflow = multicast.len() > MAC_TABLE_ENTRIES;
-                    self.unicast = if self.unicast_overflow {
-                        Vec::new()
-                    } else {
-                        unicast
-                    };
-                    self.multicast = if self.multicast_overflow {
-                        Vec::new()
-                    } else {
-                        multicast
-                    };
-                }
-                1 => {
-                    if !features.mac_addr {
-                        return Err(CommandError::NotNegotiated(class, cmd));
-                    }
-                    self.mac = data.try_into().map_err(|_| malformed)?;
-                }
-                _ => return Err(CommandError::Unknown(class, cmd)),
-            },
-            CLASS_VLAN => {
-                if !features.vlan {
-                    return Err(CommandError::NotNegotiated(class, cmd));
-                }
-                let vid: [u8; 2] = data.try_into().map_err(|_| malformed)?;
-                let vid = usize::from(u16::from_le_bytes(vid));
-                if vid >= VLAN_IDS {
-                    return Err(CommandError::OutOfRange(class, cmd));
-                }
-                let bit = 1 << (vid % 32);
-                match cmd {
-                    0 => self.vlans[vid / 32] |= bit,
-                    1 => self.vlans[vid / 32] &= !bit,
-                    _ => return Err(CommandError::Unknown(class, cmd)),
-                }
-            }
+            CLASS_RX => self.apply_rx_mode(features, cmd, data)?,
+            CLASS_MAC => self.apply_mac(features, cmd, data)?,
+            CLASS_VLAN => self.apply_vlan(features, cmd, data)?,
             // The driver acknowledges an announcement: nothing to keep.
             CLASS_ANNOUNCE if cmd == 0 => {}
-            CLASS_MQ => {
-                if !features.mq {
-                    return Err(CommandError::NotNegotiated(class, cmd));
-                }
-                if cmd != 0 {
-                    return Err(CommandError::Unknown(class, cmd));
-                }
-                let pairs: [u8; 2] = data.try_into().map_err(|_| malformed)?;
-                let pairs = u16::from_le_bytes(pairs);
-                if pairs == 0 || pairs > features.max_pairs {
-                    return Err(CommandError::OutOfRange(class, cmd));
-                }
-                self.active_pairs = pairs;
-            }
+            CLASS_MQ => self.apply_mq(features, cmd, data)?,
             _ => return Err(CommandError::Unknown(class, cmd)),
         }
         Ok(*self != before)
+    }
+
+    /// `VIRTIO_NET_CTRL_RX`: one of the mode flags, on or off.
+    fn apply_rx_mode(
+        &mut self,
+        features: &CtrlFeatures,
+        cmd: u8,
+        data: &[u8],
+    ) -> Result<(), CommandError> {
+        if !features.rx || (cmd >= 2 && !features.rx_extra) {
+            return Err(CommandError::NotNegotiated(CLASS_RX, cmd));
+        }
+        let [on] = data else {
+            return Err(CommandError::Malformed(CLASS_RX, cmd));
+        };
+        let flag = match cmd {
+            0 => &mut self.promisc,
+            1 => &mut self.allmulti,
+            2 => &mut self.alluni,
+            3 => &mut self.nomulti,
+            4 => &mut self.nouni,
+            5 => &mut self.nobcast,
+            _ => return Err(CommandError::Unknown(CLASS_RX, cmd)),
+        };
+        *flag = *on != 0;
+        Ok(())
+    }
+
+    /// `VIRTIO_NET_CTRL_MAC`: the unicast and multicast tables, or the device address.
+    fn apply_mac(
+        &mut self,
+        features: &CtrlFeatures,
+        cmd: u8,
+        data: &[u8],
+    ) -> Result<(), CommandError> {
+        let malformed = CommandError::Malformed(CLASS_MAC, cmd);
+        match cmd {
+            0 => {
+                if !features.rx {
+                    return Err(CommandError::NotNegotiated(CLASS_MAC, cmd));
+                }
+                let (unicast, rest) = mac_list(data).ok_or(malformed)?;
+                let (multicast, rest) = mac_list(rest).ok_or(malformed)?;
+                if !rest.is_empty() {
+                    return Err(malformed);
+                }
+                self.unicast_overflow = unicast.len() > MAC_TABLE_ENTRIES;
+                self.multicast_overflow = multicast.len() > MAC_TABLE_ENTRIES;
+                self.unicast = if self.unicast_overflow {
+                    Vec::new()
+                } else {
+                    unicast
+                };
+                self.multicast = if self.multicast_overflow {
+                    Vec::new()
+                } else {
+                    multicast
+                };
+            }
+            1 => {
+                if !features.mac_addr {
+                    return Err(CommandError::NotNegotiated(CLASS_MAC, cmd));
+                }
+                self.mac = data.try_into().map_err(|_| malformed)?;
+            }
+            _ => return Err(CommandError::Unknown(CLASS_MAC, cmd)),
+        }
+        Ok(())
+    }
+
+    /// `VIRTIO_NET_CTRL_VLAN`: a VLAN id added to or removed from the filter.
+    fn apply_vlan(
+        &mut self,
+        features: &CtrlFeatures,
+        cmd: u8,
+        data: &[u8],
+    ) -> Result<(), CommandError> {
+        if !features.vlan {
+            return Err(CommandError::NotNegotiated(CLASS_VLAN, cmd));
+        }
+        let vid: [u8; 2] = data
+            .try_into()
+            .map_err(|_| CommandError::Malformed(CLASS_VLAN, cmd))?;
+        let vid = usize::from(u16::from_le_bytes(vid));
+        if vid >= VLAN_IDS {
+            return Err(CommandError::OutOfRange(CLASS_VLAN, cmd));
+        }
+        let bit = 1 << (vid % 32);
+        match cmd {
+            0 => self.vlans[vid / 32] |= bit,
+            1 => self.vlans[vid / 32] &= !bit,
+            _ => return Err(CommandError::Unknown(CLASS_VLAN, cmd)),
+        }
+        Ok(())
+    }
+
+    /// `VIRTIO_NET_CTRL_MQ`: the number of queue pairs the driver uses.
+    fn apply_mq(
+        &mut self,
+        features: &CtrlFeatures,
+        cmd: u8,
+        data: &[u8],
+    ) -> Result<(), CommandError> {
+        if !features.mq {
+            return Err(CommandError::NotNegotiated(CLASS_MQ, cmd));
+        }
+        if cmd != 0 {
+            return Err(CommandError::Unknown(CLASS_MQ, cmd));
+        }
+        let pairs: [u8; 2] = data
+            .try_into()
+            .map_err(|_| CommandError::Malformed(CLASS_MQ, cmd))?;
+        let pairs = u16::from_le_bytes(pairs);
+        if pairs == 0 || pairs > features.max_pairs {
+            return Err(CommandError::OutOfRange(CLASS_MQ, cmd));
+        }
+        self.active_pairs = pairs;
+        Ok(())
     }
 }
 
