@@ -156,28 +156,11 @@ impl UserOptions {
         let hostfwd_text = opts.take_str_list("hostfwd")?;
         let guestfwd_text = opts.take_str_list("guestfwd")?;
 
-        // QEMU: asking for one family alone turns the other off.
-        let ipv4_on =
-            !(given.ipv6 == Some(true) && given.ipv4.is_none() || given.ipv4 == Some(false));
-        let ipv6_on =
-            !(given.ipv4 == Some(true) && given.ipv6.is_none() || given.ipv6 == Some(false));
         let vnet = given
             .net
             .clone()
             .or_else(|| given.ip.as_ref().map(|ip| format!("{ip}/24")));
-        if !ipv4_on && (vnet.is_some() || given.host.is_some() || given.dns.is_some()) {
-            return Err(invalid("IPv4 disabled but netmask/host/dns provided"));
-        }
-        if !ipv6_on
-            && (given.ipv6_prefix.is_some()
-                || given.ipv6_host.is_some()
-                || given.ipv6_dns.is_some())
-        {
-            return Err(invalid("IPv6 disabled but prefix/host6/dns6 provided"));
-        }
-        if !ipv4_on && !ipv6_on {
-            return Err(invalid("IPv4 and IPv6 disabled"));
-        }
+        let (ipv4_on, ipv6_on) = families(&given, vnet.is_some())?;
         let ipv4 = resolve_ipv4(&given, vnet.as_deref(), restrict)?;
         let ipv6 = resolve_ipv6(&given, restrict)?;
         check_names(&domainname, &hostname, &tftp_server_name)?;
@@ -186,33 +169,12 @@ impl UserOptions {
                 "'smb' is not supported by vhost-user-netd: share files with virtiofs or 9p",
             ));
         }
-        if let Some(root) = &tftp {
-            if !root.is_dir() {
-                return Err(invalid(format!(
-                    "tftp root '{}' is not a directory",
-                    root.display()
-                )));
-            }
-        }
-        if bootfile.is_some() && tftp.is_none() {
-            log::warn!("bootfile without tftp: the guest is told a file nobody serves");
-        }
+        check_tftp(tftp.as_deref(), bootfile.as_deref())?;
         let hostfwd = hostfwd_text
             .iter()
             .map(|t| HostFwd::parse(t))
             .collect::<Result<Vec<_>, _>>()?;
-        let guestfwd = guestfwd_text
-            .iter()
-            .map(|t| GuestFwd::parse(t, ipv4.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (i, rule) in guestfwd.iter().enumerate() {
-            if guestfwd[..i]
-                .iter()
-                .any(|r| r.addr == rule.addr && r.port == rule.port)
-            {
-                return Err(conflicting_guestfwd(&rule.text));
-            }
-        }
+        let guestfwd = parse_guestfwd(&guestfwd_text, ipv4.as_ref())?;
         Ok(UserOptions {
             hostname,
             restrict,
@@ -322,6 +284,59 @@ fn parse_network(vnet: &str) -> Result<(Ipv4Addr, Ipv4Addr), OptionError> {
         }
     };
     Ok((Ipv4Addr::from(u32::from(net) & u32::from(mask)), mask))
+}
+
+/// Which address families are on (QEMU: asking for one alone turns the other off), refusing
+/// addresses given for a family that is off, and both off.
+fn families(given: &Given, ipv4_net_given: bool) -> Result<(bool, bool), OptionError> {
+    let ipv4_on = !(given.ipv6 == Some(true) && given.ipv4.is_none() || given.ipv4 == Some(false));
+    let ipv6_on = !(given.ipv4 == Some(true) && given.ipv6.is_none() || given.ipv6 == Some(false));
+    if !ipv4_on && (ipv4_net_given || given.host.is_some() || given.dns.is_some()) {
+        return Err(invalid("IPv4 disabled but netmask/host/dns provided"));
+    }
+    if !ipv6_on
+        && (given.ipv6_prefix.is_some() || given.ipv6_host.is_some() || given.ipv6_dns.is_some())
+    {
+        return Err(invalid("IPv6 disabled but prefix/host6/dns6 provided"));
+    }
+    if !ipv4_on && !ipv6_on {
+        return Err(invalid("IPv4 and IPv6 disabled"));
+    }
+    Ok((ipv4_on, ipv6_on))
+}
+
+/// The TFTP root must be a directory; a boot file without it is allowed (as in QEMU) but
+/// points the guest at nothing.
+fn check_tftp(tftp: Option<&std::path::Path>, bootfile: Option<&str>) -> Result<(), OptionError> {
+    if let Some(root) = tftp {
+        if !root.is_dir() {
+            return Err(invalid(format!(
+                "tftp root '{}' is not a directory",
+                root.display()
+            )));
+        }
+    }
+    if bootfile.is_some() && tftp.is_none() {
+        log::warn!("bootfile without tftp: the guest is told a file nobody serves");
+    }
+    Ok(())
+}
+
+/// The `guestfwd` rules, none of them for the same guest address and port as an earlier one.
+fn parse_guestfwd(texts: &[String], ipv4: Option<&Ipv4Net>) -> Result<Vec<GuestFwd>, OptionError> {
+    let guestfwd = texts
+        .iter()
+        .map(|t| GuestFwd::parse(t, ipv4))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, rule) in guestfwd.iter().enumerate() {
+        if guestfwd[..i]
+            .iter()
+            .any(|r| r.addr == rule.addr && r.port == rule.port)
+        {
+            return Err(conflicting_guestfwd(&rule.text));
+        }
+    }
+    Ok(guestfwd)
 }
 
 fn resolve_ipv4(
