@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -165,28 +165,10 @@ impl TcpFlows {
         };
         let socket = sockets.get_mut::<tcp::Socket>(handle);
         let fd = flow.host.as_raw_fd();
-        let mut want_write = false;
-
-        // Guest to host.
-        while socket.can_recv() {
-            let written = socket.recv(|data| match sys::write(fd, data) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
-            });
-            match written {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    want_write = true;
-                    break;
-                }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(_)) => {
-                    socket.abort();
-                    return FlowFate::Aborted;
-                }
-                _ => break,
-            }
-        }
+        let Some(want_write) = guest_to_host(socket, fd) else {
+            socket.abort();
+            return FlowFate::Aborted;
+        };
         if !socket.may_recv()
             && socket.recv_queue() == 0
             && !flow.host_write_shut
@@ -196,29 +178,10 @@ impl TcpFlows {
             sys::shutdown_write(fd);
             flow.host_write_shut = true;
         }
-
-        // Host to guest.
-        while !flow.host_eof && socket.can_send() {
-            let read = socket.send(|space| match sys::read(fd, space) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
-            });
-            match read {
-                Ok(Ok(0)) => {
-                    flow.host_eof = true;
-                    socket.close();
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(_)) => {
-                    socket.abort();
-                    return FlowFate::Aborted;
-                }
-                Err(_) => break,
-            }
+        if !flow.host_eof && host_to_guest(socket, fd, &mut flow.host_eof).is_none() {
+            socket.abort();
+            return FlowFate::Aborted;
         }
-
         let fate = match socket.state() {
             tcp::State::Closed if flow.host_eof && flow.host_write_shut => FlowFate::Finished,
             tcp::State::TimeWait => FlowFate::Finished,
@@ -267,6 +230,48 @@ impl TcpFlows {
             .map(|(id, _)| *id)
             .collect()
     }
+}
+
+/// Writes what the guest sent to the host socket, until either side has no more. Returns
+/// whether the host socket is full (write interest wanted); `None` if it failed.
+fn guest_to_host(socket: &mut tcp::Socket<'_>, fd: RawFd) -> Option<bool> {
+    while socket.can_recv() {
+        let written = socket.recv(|data| match sys::write(fd, data) {
+            Ok(n) => (n, Ok(n)),
+            Err(e) => (0, Err(e)),
+        });
+        match written {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Some(true),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(_)) => return None,
+            _ => break,
+        }
+    }
+    Some(false)
+}
+
+/// Reads what the host sent into the guest socket, until either side has no more; at the
+/// host's end of stream, sets `host_eof` and closes toward the guest. `None` if reading failed.
+fn host_to_guest(socket: &mut tcp::Socket<'_>, fd: RawFd, host_eof: &mut bool) -> Option<()> {
+    while !*host_eof && socket.can_send() {
+        let read = socket.send(|space| match sys::read(fd, space) {
+            Ok(n) => (n, Ok(n)),
+            Err(e) => (0, Err(e)),
+        });
+        match read {
+            Ok(Ok(0)) => {
+                *host_eof = true;
+                socket.close();
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(_)) => return None,
+            Err(_) => break,
+        }
+    }
+    Some(())
 }
 
 fn socket_past_handshake(state: tcp::State) -> bool {
