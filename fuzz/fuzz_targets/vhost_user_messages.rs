@@ -7,7 +7,8 @@
 //! (`Handler::serve`, on a real device with its queue workers and a socketpair backend) or
 //! shrinks a memfd sent earlier. Memory tables, single regions, ring addresses and logs are
 //! built from small choices so that they often describe something mappable; other payloads are
-//! raw bytes. The process must neither crash nor hang, whatever the order.
+//! raw bytes. The process must neither crash nor hang, whatever the order, and the connection
+//! must still answer `GET_FEATURES` at the end unless the daemon ended it.
 
 #![no_main]
 
@@ -245,10 +246,26 @@ fn run(data: &[u8]) {
             fds,
         };
         if handler.serve(msg).is_err() {
-            break;
+            // The connection ended (a mapping lost its memory and the daemon hung up).
+            return;
         }
         // Replies are read so that the dispatcher never waits on a full socket.
         while matches!(ours.read(&mut sink), Ok(n) if n > 0) {}
+    }
+    // Whatever came before, the connection still answers: GET_FEATURES gets its 8 bytes.
+    let get_features = Message {
+        request: 1,
+        flags: 1,
+        ..Message::default()
+    };
+    if handler.serve(get_features).is_ok() {
+        let mut reply = [0u8; 20];
+        let n = ours.read(&mut reply).unwrap_or(0);
+        assert_eq!(n, 20, "GET_FEATURES answered after the sequence");
+        assert_eq!(
+            u32::from_le_bytes([reply[8], reply[9], reply[10], reply[11]]),
+            8
+        );
     }
     drop(handler);
 }
