@@ -11,6 +11,7 @@ bash scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p vhost-user-netd --features fuzzing --lib --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 # Tests that need root/QEMU fail instead of skipping when something is missing.

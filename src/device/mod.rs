@@ -16,6 +16,8 @@ pub mod features;
 pub mod queue_pair;
 mod rx;
 pub mod rx_filter;
+#[cfg(feature = "fuzzing")]
+pub mod standalone_pair;
 mod tx;
 pub mod worker;
 

@@ -1,0 +1,225 @@
+//! A queue pair's real rx and tx paths (the code the worker runs) over rings a hostile driver
+//! wrote: guest memory written piece by piece by the fuzzer (descriptor tables, avail rings,
+//! indirect tables, buffers, overlapping at will), with and without MRG_RXBUF, EVENT_IDX and
+//! INDIRECT_DESC, a 10- or 12-byte header, a backend with or without a vnet header; frames of
+//! any size (up to 64 KiB) from the backend.
+//!
+//! Checked: sending the guest's tx chains writes nothing into guest memory but the tx used
+//! ring; delivering frames writes only into descriptors the guest marked device-writable
+//! (directly or in an indirect table) and the rx used ring; the used indexes never pass the
+//! avail indexes; every frame the backend sends goes to the guest, stays in the backend or is
+//! counted as dropped; the backend receives no more frames than the guest queued.
+
+#![no_main]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use libfuzzer_sys::fuzz_target;
+use vhost_user_netd::device::queue_pair::DatapathParams;
+use vhost_user_netd::device::standalone_pair::StandalonePair;
+use vhost_user_netd_backends::socketpair::SocketpairBackend;
+use vhost_user_netd_backends::{sys, Backend};
+use vhost_user_netd_fuzz::Input;
+use vhost_user_netd_ring::layout;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+const RAM: usize = 256 << 10;
+const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
+
+/// Where a ring's parts go: mostly sensible spots, sometimes anywhere.
+fn ring_addresses(input: &mut Input, base: u64) -> (u64, u64, u64) {
+    if input.byte() % 8 == 0 {
+        let any = |i: &mut Input| u64::from(i.u32()) % RAM as u64;
+        return (any(input), any(input), any(input));
+    }
+    (base, base + 0x1000, base + 0x2000)
+}
+
+fn snapshot(mem: &GuestMemoryMmap) -> Vec<u8> {
+    let mut buf = vec![0u8; RAM];
+    mem.read_slice(&mut buf, GuestAddress(0))
+        .expect("whole RAM");
+    buf
+}
+
+fn u16_at(mem: &GuestMemoryMmap, at: u64) -> Option<u16> {
+    mem.read_obj::<u16>(GuestAddress(at)).ok().map(u16::from_le)
+}
+
+/// The ranges the guest let the device write: every device-writable descriptor of the table
+/// at `desc` (size entries), and of any indirect table one of them points at.
+fn writable_ranges(mem: &GuestMemoryMmap, desc: u64, size: u16) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut tables = vec![(desc, u64::from(size))];
+    let mut visited = std::collections::HashSet::new();
+    while let Some((table, entries)) = tables.pop() {
+        // The device walks at most a queue's worth of entries in one indirect table, and each
+        // table once is enough to know what it allows.
+        if !visited.insert(table) || visited.len() > 64 {
+            continue;
+        }
+        for i in 0..entries.min(u64::from(u16::MAX)) {
+            let mut d = [0u8; 16];
+            if mem
+                .read_slice(&mut d, GuestAddress(table + layout::desc_offset(i)))
+                .is_err()
+            {
+                break;
+            }
+            let addr = u64::from_le_bytes(d[0..8].try_into().expect("8"));
+            let len = u64::from(u32::from_le_bytes(d[8..12].try_into().expect("4")));
+            let flags = u16::from_le_bytes([d[12], d[13]]);
+            if flags & VRING_DESC_F_INDIRECT != 0 {
+                tables.push((addr, len / layout::DESC_SIZE));
+            } else if flags & VRING_DESC_F_WRITE != 0 {
+                out.push((addr, len));
+            }
+        }
+    }
+    out
+}
+
+fn changed_outside(before: &[u8], after: &[u8], allowed: &[(u64, u64)]) -> Option<usize> {
+    if before == after {
+        return None;
+    }
+    (0..before.len()).find(|&at| {
+        before[at] != after[at]
+            && !allowed
+                .iter()
+                .any(|&(start, len)| (at as u64) >= start && (at as u64) - start < len)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input::new(data);
+    let f = input.byte();
+    let params = DatapathParams {
+        hdr_len: if f & 1 != 0 { 12 } else { 10 },
+        mrg_rxbuf: f & 2 != 0,
+        indirect: f & 4 != 0,
+        backend_vnet_hdr: f & 8 != 0,
+        link_up: f & 0x40 == 0,
+        ..DatapathParams::default()
+    };
+    let event_idx = f & 0x10 != 0;
+    let rx_size = 1u16 << (input.byte() % 9);
+    let tx_size = 1u16 << (input.byte() % 9);
+    let (rx_parts, tx_parts) = (
+        ring_addresses(&mut input, 0x1000),
+        ring_addresses(&mut input, 0x8000),
+    );
+    let frames: Vec<usize> = (0..input.byte() % 8)
+        .map(|_| usize::from(u16::from_le_bytes([input.byte(), input.byte()])))
+        .collect();
+
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest RAM");
+    while !input.is_empty() {
+        let at = u64::from(input.u32()) % RAM as u64;
+        let n = usize::from(input.byte());
+        let piece = input.bytes(n);
+        let _ = mem.write_slice(
+            &piece[..piece.len().min(RAM - at as usize)],
+            GuestAddress(at),
+        );
+    }
+    let atomic = GuestMemoryAtomic::new(mem);
+    let guard = atomic.memory();
+    let m: &GuestMemoryMmap = &guard;
+
+    let Ok((backend, peers)) = SocketpairBackend::new(1, params.backend_vnet_hdr) else {
+        return;
+    };
+    let Ok(queue) = backend.queue(0) else { return };
+    let Ok(mut pair) = StandalonePair::new(params) else {
+        return;
+    };
+    pair.set_backend(queue);
+    let peer: OwnedFd = peers.into_iter().next().expect("one peer");
+    let _ = sys::set_nonblocking(peer.as_raw_fd(), true);
+    {
+        let (rx, tx) = pair.rings();
+        for (ring, size, (desc, avail, used)) in [(rx, rx_size, rx_parts), (tx, tx_size, tx_parts)]
+        {
+            ring.set_size(u32::from(size));
+            if ring.set_addresses(m, desc, avail, used).is_err() {
+                return;
+            }
+            ring.set_event_idx(event_idx);
+            ring.started = true;
+            ring.enabled = true;
+        }
+    }
+    let tx_used = (tx_parts.2, layout::used_ring_len(u64::from(tx_size)));
+    let rx_used = (rx_parts.2, layout::used_ring_len(u64::from(rx_size)));
+
+    // tx: only the tx used ring changes; the backend gets no more than what was queued.
+    let tx_avail = u16_at(m, tx_parts.1 + layout::RING_IDX).unwrap_or(0);
+    let tx_used_before = u16_at(m, tx_parts.2 + layout::RING_IDX);
+    let before = snapshot(m);
+    pair.tx(&guard);
+    if let Some(at) = changed_outside(&before, &snapshot(m), &[tx_used]) {
+        panic!("tx wrote guest byte {at:#x}");
+    }
+    let mut buf = vec![0u8; 70_000];
+    let mut sent = 0u32;
+    while sys::read(peer.as_raw_fd(), &mut buf).is_ok_and(|n| n > 0) {
+        sent += 1;
+    }
+    assert!(
+        sent <= u32::from(tx_avail),
+        "{sent} frames out of {tx_avail} queued"
+    );
+    let tx_used_after = u16_at(m, tx_parts.2 + layout::RING_IDX);
+    if tx_used_after != tx_used_before {
+        // The ring started at index 0: what was returned never passes what was made available.
+        assert!(
+            tx_used_after.unwrap_or(0) <= tx_avail,
+            "tx used index passed avail"
+        );
+    }
+
+    // rx: frames from the backend land only in writable buffers and the rx used ring.
+    let mut offered = 0;
+    for (i, &len) in frames.iter().enumerate() {
+        let len = len.max(14)
+            + if params.backend_vnet_hdr {
+                params.hdr_len
+            } else {
+                0
+            };
+        let frame: Vec<u8> = (0..len).map(|b| (b as u8).wrapping_add(i as u8)).collect();
+        if sys::write(peer.as_raw_fd(), &frame).is_ok() {
+            offered += 1;
+        }
+    }
+    let allowed_before = writable_ranges(m, rx_parts.0, rx_size);
+    let before = snapshot(m);
+    pair.rx(&guard);
+    let mut allowed = allowed_before;
+    allowed.push(rx_used);
+    if let Some(at) = changed_outside(&before, &snapshot(m), &allowed) {
+        panic!("rx wrote guest byte {at:#x} outside the buffers the guest gave");
+    }
+    let c = pair.counts();
+    // Frames still waiting at the device's end of the backend: read them through another handle
+    // on that end.
+    let Ok(mut device_end) = backend.queue(0) else {
+        return;
+    };
+    let mut left = 0u64;
+    while device_end
+        .recv(&mut [std::io::IoSliceMut::new(&mut buf)])
+        .is_ok_and(|n| n > 0)
+    {
+        left += 1;
+    }
+    // Delivered, dropped (counted) or still in the backend; one may wait in the bounce buffer.
+    let accounted =
+        c.rx_frames + c.rx_dropped_link_down + c.rx_dropped_too_big + c.rx_dropped_filtered + left;
+    assert!(
+        accounted <= offered && accounted + 1 >= offered,
+        "{offered} frames sent, {accounted} accounted for: {c:?}"
+    );
+});
