@@ -19,13 +19,11 @@ use vhost_user_netd::device::queue_pair::DatapathParams;
 use vhost_user_netd::device::standalone_pair::StandalonePair;
 use vhost_user_netd_backends::socketpair::SocketpairBackend;
 use vhost_user_netd_backends::{sys, Backend};
-use vhost_user_netd_fuzz::Input;
+use vhost_user_netd_fuzz::{changed_outside, snapshot, writable_ranges, Input};
 use vhost_user_netd_ring::layout;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 const RAM: usize = 256 << 10;
-const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
 
 /// Where a ring's parts go: mostly sensible spots, sometimes anywhere.
 fn ring_addresses(input: &mut Input, base: u64) -> (u64, u64, u64) {
@@ -36,60 +34,8 @@ fn ring_addresses(input: &mut Input, base: u64) -> (u64, u64, u64) {
     (base, base + 0x1000, base + 0x2000)
 }
 
-fn snapshot(mem: &GuestMemoryMmap) -> Vec<u8> {
-    let mut buf = vec![0u8; RAM];
-    mem.read_slice(&mut buf, GuestAddress(0))
-        .expect("whole RAM");
-    buf
-}
-
 fn u16_at(mem: &GuestMemoryMmap, at: u64) -> Option<u16> {
     mem.read_obj::<u16>(GuestAddress(at)).ok().map(u16::from_le)
-}
-
-/// The ranges the guest let the device write: every device-writable descriptor of the table
-/// at `desc` (size entries), and of any indirect table one of them points at.
-fn writable_ranges(mem: &GuestMemoryMmap, desc: u64, size: u16) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut tables = vec![(desc, u64::from(size))];
-    let mut visited = std::collections::HashSet::new();
-    while let Some((table, entries)) = tables.pop() {
-        // The device walks at most a queue's worth of entries in one indirect table, and each
-        // table once is enough to know what it allows.
-        if !visited.insert(table) || visited.len() > 64 {
-            continue;
-        }
-        for i in 0..entries.min(u64::from(u16::MAX)) {
-            let mut d = [0u8; 16];
-            if mem
-                .read_slice(&mut d, GuestAddress(table + layout::desc_offset(i)))
-                .is_err()
-            {
-                break;
-            }
-            let addr = u64::from_le_bytes(d[0..8].try_into().expect("8"));
-            let len = u64::from(u32::from_le_bytes(d[8..12].try_into().expect("4")));
-            let flags = u16::from_le_bytes([d[12], d[13]]);
-            if flags & VRING_DESC_F_INDIRECT != 0 {
-                tables.push((addr, len / layout::DESC_SIZE));
-            } else if flags & VRING_DESC_F_WRITE != 0 {
-                out.push((addr, len));
-            }
-        }
-    }
-    out
-}
-
-fn changed_outside(before: &[u8], after: &[u8], allowed: &[(u64, u64)]) -> Option<usize> {
-    if before == after {
-        return None;
-    }
-    (0..before.len()).find(|&at| {
-        before[at] != after[at]
-            && !allowed
-                .iter()
-                .any(|&(start, len)| (at as u64) >= start && (at as u64) - start < len)
-    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -157,9 +103,9 @@ fuzz_target!(|data: &[u8]| {
     // tx: only the tx used ring changes; the backend gets no more than what was queued.
     let tx_avail = u16_at(m, tx_parts.1 + layout::RING_IDX).unwrap_or(0);
     let tx_used_before = u16_at(m, tx_parts.2 + layout::RING_IDX);
-    let before = snapshot(m);
+    let before = snapshot(m, RAM);
     pair.tx(&guard);
-    if let Some(at) = changed_outside(&before, &snapshot(m), &[tx_used]) {
+    if let Some(at) = changed_outside(&before, &snapshot(m, RAM), &[tx_used]) {
         panic!("tx wrote guest byte {at:#x}");
     }
     let mut buf = vec![0u8; 70_000];
@@ -195,11 +141,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let allowed_before = writable_ranges(m, rx_parts.0, rx_size);
-    let before = snapshot(m);
+    let before = snapshot(m, RAM);
     pair.rx(&guard);
     let mut allowed = allowed_before;
     allowed.push(rx_used);
-    if let Some(at) = changed_outside(&before, &snapshot(m), &allowed) {
+    if let Some(at) = changed_outside(&before, &snapshot(m, RAM), &allowed) {
         panic!("rx wrote guest byte {at:#x} outside the buffers the guest gave");
     }
     let c = pair.counts();

@@ -1,5 +1,12 @@
-//! What the fuzz targets share: structured choices read out of the fuzzer's bytes. Reading past
-//! the end yields zeros (or `None` from [`Input::next`]), so every input decodes to something.
+//! What the fuzz targets share: structured choices read out of the fuzzer's bytes ([`Input`];
+//! reading past the end yields zeros, or `None` from [`Input::next`], so every input decodes to
+//! something), and the checks of what a device wrote into guest memory.
+
+use vhost_user_netd_ring::layout;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
 
 /// The fuzzer's bytes, consumed front to back.
 #[derive(Debug)]
@@ -54,4 +61,59 @@ impl<'a> Input<'a> {
     pub fn is_empty(&self) -> bool {
         self.rest.is_empty()
     }
+}
+
+/// The first `len` bytes of guest memory.
+pub fn snapshot(mem: &GuestMemoryMmap, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    mem.read_slice(&mut buf, GuestAddress(0))
+        .expect("whole RAM");
+    buf
+}
+
+/// The ranges the guest let the device write: every device-writable descriptor of the table
+/// at `desc` (size entries), and of any indirect table one of them points at.
+pub fn writable_ranges(mem: &GuestMemoryMmap, desc: u64, size: u16) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut tables = vec![(desc, u64::from(size))];
+    let mut visited = std::collections::HashSet::new();
+    while let Some((table, entries)) = tables.pop() {
+        // The device walks at most a queue's worth of entries in one indirect table, and each
+        // table once is enough to know what it allows.
+        if !visited.insert(table) || visited.len() > 64 {
+            continue;
+        }
+        for i in 0..entries.min(u64::from(u16::MAX)) {
+            let mut d = [0u8; 16];
+            if mem
+                .read_slice(&mut d, GuestAddress(table + layout::desc_offset(i)))
+                .is_err()
+            {
+                break;
+            }
+            let addr = u64::from_le_bytes(d[0..8].try_into().expect("8"));
+            let len = u64::from(u32::from_le_bytes(d[8..12].try_into().expect("4")));
+            let flags = u16::from_le_bytes([d[12], d[13]]);
+            if flags & VRING_DESC_F_INDIRECT != 0 {
+                tables.push((addr, len / layout::DESC_SIZE));
+            } else if flags & VRING_DESC_F_WRITE != 0 {
+                out.push((addr, len));
+            }
+        }
+    }
+    out
+}
+
+/// The first byte that differs between `before` and `after` outside every `(start, len)` of
+/// `allowed`, if any.
+pub fn changed_outside(before: &[u8], after: &[u8], allowed: &[(u64, u64)]) -> Option<usize> {
+    if before == after {
+        return None;
+    }
+    (0..before.len()).find(|&at| {
+        before[at] != after[at]
+            && !allowed
+                .iter()
+                .any(|&(start, len)| (at as u64) >= start && (at as u64) - start < len)
+    })
 }
