@@ -9,7 +9,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use vhost::vhost_user::message::{
     FrontendReq, VhostUserConfig, VhostUserLog, VhostUserMemory, VhostUserMemoryRegion,
     VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringState,
@@ -22,6 +22,7 @@ use super::memory::{MemoryTable, RegionDesc, MAX_MEM_SLOTS};
 use super::socket::{Connection, Message, WireError};
 use crate::device::config_space::CONFIG_LEN;
 use crate::device::features::VHOST_USER_F_PROTOCOL_FEATURES;
+use crate::device::counters::RateLimitedLog;
 use crate::device::{lock, NetDevice};
 use vhost_user_netd_ring::dirty_log::DirtyLog;
 use vhost_user_netd_ring::memory_fault::FaultDomain;
@@ -161,6 +162,8 @@ pub struct Handler {
     features_set: bool,
     /// `SET_VRING_ENABLE` as requested, per vring (applied once features are known).
     enable_requested: Vec<bool>,
+    /// Refused requests are logged at most once a second (a hostile frontend can send many).
+    log: RateLimitedLog,
 }
 
 impl Handler {
@@ -176,6 +179,7 @@ impl Handler {
             protocol: VhostUserProtocolFeatures::empty(),
             features_set: false,
             enable_requested: vec![false; vrings],
+            log: RateLimitedLog::default(),
         })
     }
 
@@ -221,7 +225,7 @@ impl Handler {
             }
             Err(e) => {
                 lock(&self.device).count_failed_request();
-                warn!("vhost-user {name} failed: {e}");
+                self.log.warn(|| format!("vhost-user {name} failed: {e}"));
                 match request_kind(request) {
                     // Requests that always answer must answer, or the frontend hangs.
                     ReplyKind::U64 => self.conn.reply(request, VhostUserU64::new(0).as_slice())?,
