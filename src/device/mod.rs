@@ -402,7 +402,7 @@ impl NetDevice {
         let Some(backend) = p.backend.as_mut() else {
             return Ok(());
         };
-        let zero = [0u8; 12];
+        let zero = [0u8; features::HDR_LEN];
         let hdr: &[u8] = if vnet { &zero[..hdr_len] } else { &[] };
         backend.send(&[IoSlice::new(hdr), IoSlice::new(&frame)])?;
         info!("sent RARP for {mac}");

@@ -77,11 +77,12 @@ impl Default for DatapathParams {
     fn default() -> Self {
         DatapathParams {
             batching: Batching::ON,
-            hdr_len: 12,
+            hdr_len: super::features::HDR_LEN,
             mrg_rxbuf: false,
             indirect: false,
             backend_vnet_hdr: false,
-            max_rx_frame: 12 + 1518,
+            // A header and a full-size tagged Ethernet frame.
+            max_rx_frame: super::features::HDR_LEN + 1518,
             link_up: true,
             log_all: false,
         }

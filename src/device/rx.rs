@@ -10,6 +10,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use vhost_user_netd_backends::MAX_FRAME_LEN;
 use vm_memory::GuestMemoryMmap;
 
+use super::features::HDR_LEN;
 use super::queue_pair::QueuePair;
 use crate::mac::MacAddr;
 use vhost_user_netd_ring::guest_iov::{ChainError, Direction};
@@ -226,7 +227,7 @@ impl QueuePair {
             // The header, then the frame, straight into the buffers. The frame fills every
             // chain gathered for it (gathering stopped once they held it), so `num_buffers` is
             // known now.
-            let mut header = [0u8; 12];
+            let mut header = [0u8; HDR_LEN];
             if self.params.mrg_rxbuf {
                 header[NUM_BUFFERS_OFFSET..]
                     .copy_from_slice(&(self.rx.heads.len() as u16).to_le_bytes());
@@ -257,7 +258,7 @@ impl QueuePair {
                 if vnet {
                     n
                 } else {
-                    self.rx.hdr_iov.write_at(0, &[0u8; 12][..hdr]);
+                    self.rx.hdr_iov.write_at(0, &[0u8; HDR_LEN][..hdr]);
                     n + hdr
                 }
             }
