@@ -72,11 +72,6 @@ impl Daemon {
         })
     }
 
-    /// Netdevs and ports, as QMP sees them.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
     /// Ends the daemon: `SHUTDOWN` to QMP clients that read, the sockets it created removed,
     /// the netdevs shut down (tap downscripts). Port threads stop with the process.
     pub fn shutdown(self) {

@@ -26,19 +26,9 @@ impl MacAddr {
         self.0[0] & 1 != 0
     }
 
-    /// The address at `bytes[at..at + 6]`, if there are that many bytes.
-    fn at(bytes: &[u8], at: usize) -> Option<MacAddr> {
-        bytes.get(at..at + 6)?.try_into().ok().map(MacAddr)
-    }
-
     /// An Ethernet frame's destination address, if the frame is long enough to have one.
     pub fn destination_of(frame: &[u8]) -> Option<MacAddr> {
-        Self::at(frame, 0)
-    }
-
-    /// An Ethernet frame's source address, if the frame is long enough to have one.
-    pub fn source_of(frame: &[u8]) -> Option<MacAddr> {
-        Self::at(frame, 6)
+        frame.get(..6)?.try_into().ok().map(MacAddr)
     }
 }
 
@@ -111,10 +101,6 @@ mod tests {
             MacAddr::destination_of(&frame),
             Some(MacAddr([1, 2, 3, 4, 5, 6]))
         );
-        assert_eq!(
-            MacAddr::source_of(&frame),
-            Some(MacAddr([7, 8, 9, 10, 11, 12]))
-        );
-        assert_eq!(MacAddr::source_of(&frame[..11]), None);
+        assert_eq!(MacAddr::destination_of(&frame[..5]), None);
     }
 }

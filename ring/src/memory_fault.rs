@@ -26,7 +26,7 @@ use std::any::Any;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use log::error;
@@ -114,7 +114,6 @@ impl FaultDomain {
     fn trip(&self, addr: usize) {
         self.fault_addr.store(addr, Ordering::Relaxed);
         self.faulted.store(true, Ordering::Release);
-        FAULTS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: shutdown(2) is async-signal-safe; `conn` is open for the domain's lifetime.
         unsafe { libc::shutdown(self.conn.as_raw_fd(), libc::SHUT_RDWR) };
     }
@@ -165,13 +164,6 @@ static FIRST: AtomicPtr<Chunk> = AtomicPtr::new(ptr::null_mut());
 static ENTRIES: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 /// The SIGBUS action installed before ours, for faults that are not ours.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
-/// Faults recovered since the process started.
-static FAULTS: AtomicU64 = AtomicU64::new(0);
-
-/// Faults recovered since the process started.
-pub fn faults_recovered() -> u64 {
-    FAULTS.load(Ordering::Relaxed)
-}
 
 fn chunks() -> impl Iterator<Item = &'static Chunk> {
     let mut next = FIRST.load(Ordering::Acquire);
