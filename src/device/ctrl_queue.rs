@@ -58,6 +58,33 @@ pub struct CtrlQueue {
 }
 
 impl CtrlQueue {
+    /// A stopped queue with the reset filter; `pairs` get the filter its commands set.
+    fn new(
+        config_mac: MacAddr,
+        pairs: Vec<Arc<Mutex<QueuePair>>>,
+        counters: Arc<SharedCounters>,
+        epoll: Arc<Epoll>,
+    ) -> Self {
+        CtrlQueue {
+            ring: Vring::default(),
+            epoll,
+            features: None,
+            indirect: false,
+            filter: RxFilter::new(config_mac, false),
+            filtering: false,
+            config_mac,
+            pairs,
+            counters,
+            counts: Counts::default(),
+            watch: None,
+            iov: GuestIov::default(),
+            request: Vec::new(),
+            log: RateLimitedLog::default(),
+            dirty_log: None,
+            log_all: false,
+        }
+    }
+
     /// Negotiated features changed: `None` without `CTRL_VQ`.
     /// The filter starts over only when these change: `SET_FEATURES` also comes to toggle
     /// `LOG_ALL` around a migration, which must not undo the guest's filter.
@@ -274,24 +301,12 @@ impl CtrlQueue {
 impl CtrlQueue {
     /// A queue for a device whose config-space MAC is `config_mac`, with no queue pairs.
     pub fn standalone(config_mac: MacAddr) -> io::Result<Self> {
-        Ok(CtrlQueue {
-            ring: Vring::default(),
-            epoll: Arc::new(Epoll::new()?),
-            features: None,
-            indirect: false,
-            filter: RxFilter::new(config_mac, false),
-            filtering: false,
+        Ok(CtrlQueue::new(
             config_mac,
-            pairs: Vec::new(),
-            counters: Arc::default(),
-            counts: Counts::default(),
-            watch: None,
-            iov: GuestIov::default(),
-            request: Vec::new(),
-            log: RateLimitedLog::default(),
-            dirty_log: None,
-            log_all: false,
-        })
+            Vec::new(),
+            Arc::default(),
+            Arc::new(Epoll::new()?),
+        ))
     }
 
     /// Handles every queued command, as the worker does on a kick.
@@ -327,24 +342,12 @@ impl CtrlHandle {
             .first()
             .map(|p| p.counters.clone())
             .unwrap_or_default();
-        let state = Arc::new(Mutex::new(CtrlQueue {
-            ring: Vring::default(),
-            epoll: epoll.clone(),
-            features: None,
-            indirect: false,
-            filter: RxFilter::new(config_mac, false),
-            filtering: false,
+        let state = Arc::new(Mutex::new(CtrlQueue::new(
             config_mac,
-            pairs: pairs.iter().map(PairHandle::state).collect(),
+            pairs.iter().map(PairHandle::state).collect(),
             counters,
-            counts: Counts::default(),
-            watch: None,
-            iov: GuestIov::default(),
-            request: Vec::new(),
-            log: RateLimitedLog::default(),
-            dirty_log: None,
-            log_all: false,
-        }));
+            epoll.clone(),
+        )));
         let worker = state.clone();
         let thread = std::thread::Builder::new()
             .name("vq-ctrl".into())
