@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vhost_user_netd_fuzz::Input;
+use vhost_user_netd_fuzz::{write_pieces, Input};
 use vhost_user_netd_ring::guest_iov::{Direction, GuestIov};
 use vhost_user_netd_ring::vring::Vring;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -68,15 +68,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest RAM");
     // The rest writes guest memory: pieces of up to 255 bytes at 16-bit offsets.
-    while !input.is_empty() {
-        let at = u64::from(u16::from_le_bytes([input.byte(), input.byte()]));
-        let n = usize::from(input.byte());
-        let piece = input.bytes(n);
-        let _ = mem.write_slice(
-            &piece[..piece.len().min(RAM - at as usize)],
-            GuestAddress(at),
-        );
-    }
+    write_pieces(&mut input, &mem, RAM, 2);
     let atomic = GuestMemoryAtomic::new(mem);
     let guard = atomic.memory();
     let mem: &GuestMemoryMmap = &guard;

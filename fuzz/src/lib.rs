@@ -63,6 +63,18 @@ impl<'a> Input<'a> {
     }
 }
 
+/// Writes the rest of `input` into the first `ram` bytes of guest memory as pieces: an offset
+/// (`offset_bytes` little-endian bytes, modulo `ram`), a length byte, then that many bytes.
+pub fn write_pieces(input: &mut Input, mem: &GuestMemoryMmap, ram: usize, offset_bytes: usize) {
+    while !input.is_empty() {
+        let at = (0..offset_bytes).fold(0u64, |v, i| v | u64::from(input.byte()) << (8 * i));
+        let at = (at % ram as u64) as usize;
+        let n = usize::from(input.byte());
+        let piece = input.bytes(n);
+        let _ = mem.write_slice(&piece[..piece.len().min(ram - at)], GuestAddress(at as u64));
+    }
+}
+
 /// The first `len` bytes of guest memory.
 pub fn snapshot(mem: &GuestMemoryMmap, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
@@ -71,10 +83,32 @@ pub fn snapshot(mem: &GuestMemoryMmap, len: usize) -> Vec<u8> {
     buf
 }
 
-/// The ranges the guest let the device write: every device-writable descriptor of the table
+/// What a driver's descriptors let the device write.
+#[derive(Debug, Default)]
+pub struct GuestWrites {
+    /// Every device-writable buffer: (start, length).
+    pub writable: Vec<(u64, u64)>,
+    /// The descriptor tables they were read from: (start, length).
+    pub tables: Vec<(u64, u64)>,
+}
+
+impl GuestWrites {
+    /// Whether a writable buffer overlaps a descriptor table: the device's writes may then
+    /// rewrite the descriptors it walks next, and the buffers found up front say nothing about
+    /// where it may legitimately write.
+    pub fn rewrites_descriptors(&self) -> bool {
+        self.writable.iter().any(|&(w, wl)| {
+            self.tables
+                .iter()
+                .any(|&(t, tl)| w < t.saturating_add(tl) && t < w.saturating_add(wl))
+        })
+    }
+}
+
+/// The buffers the guest let the device write: every device-writable descriptor of the table
 /// at `desc` (size entries), and of any indirect table one of them points at.
-pub fn writable_ranges(mem: &GuestMemoryMmap, desc: u64, size: u16) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
+pub fn writable_ranges(mem: &GuestMemoryMmap, desc: u64, size: u16) -> GuestWrites {
+    let mut out = GuestWrites::default();
     let mut tables = vec![(desc, u64::from(size))];
     let mut visited = std::collections::HashSet::new();
     while let Some((table, entries)) = tables.pop() {
@@ -83,7 +117,9 @@ pub fn writable_ranges(mem: &GuestMemoryMmap, desc: u64, size: u16) -> Vec<(u64,
         if !visited.insert(table) || visited.len() > 64 {
             continue;
         }
-        for i in 0..entries.min(u64::from(u16::MAX)) {
+        let entries = entries.min(u64::from(u16::MAX));
+        out.tables.push((table, layout::desc_table_len(entries)));
+        for i in 0..entries {
             let mut d = [0u8; 16];
             if mem
                 .read_slice(&mut d, GuestAddress(table + layout::desc_offset(i)))
@@ -97,7 +133,7 @@ pub fn writable_ranges(mem: &GuestMemoryMmap, desc: u64, size: u16) -> Vec<(u64,
             if flags & VRING_DESC_F_INDIRECT != 0 {
                 tables.push((addr, len / layout::DESC_SIZE));
             } else if flags & VRING_DESC_F_WRITE != 0 {
-                out.push((addr, len));
+                out.writable.push((addr, len));
             }
         }
     }
