@@ -67,15 +67,15 @@ pub(super) fn open_host_forwards(
             rule.guest_addr.unwrap_or(net.dhcp_start).into(),
             rule.guest_port,
         );
-        let token = Token::HostFwd(index as u64);
+        // Non-blocking and watched by the stack's poller.
+        let watch = |fd: std::os::fd::RawFd| {
+            crate::sys::set_nonblocking(fd, true)
+                .and_then(|()| poller.add(fd, Token::HostFwd(index as u64), Interest::READ))
+                .map_err(|e| forward_error(rule, e))
+        };
         let forward = if rule.udp {
             let socket = UdpSocket::bind(host).map_err(|e| forward_error(rule, e))?;
-            socket
-                .set_nonblocking(true)
-                .map_err(|e| forward_error(rule, e))?;
-            poller
-                .add(socket.as_raw_fd(), token, Interest::READ)
-                .map_err(|e| forward_error(rule, e))?;
+            watch(socket.as_raw_fd())?;
             Forward::Udp(UdpForward {
                 socket,
                 guest,
@@ -83,12 +83,7 @@ pub(super) fn open_host_forwards(
             })
         } else {
             let listener = TcpListener::bind(host).map_err(|e| forward_error(rule, e))?;
-            listener
-                .set_nonblocking(true)
-                .map_err(|e| forward_error(rule, e))?;
-            poller
-                .add(listener.as_raw_fd(), token, Interest::READ)
-                .map_err(|e| forward_error(rule, e))?;
+            watch(listener.as_raw_fd())?;
             Forward::Tcp(listener, guest)
         };
         forwards.push(forward);
