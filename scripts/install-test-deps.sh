@@ -26,8 +26,12 @@ qemu_ok() {
   have qemu-system-x86_64 && qemu-system-x86_64 --version | grep -qE 'version (9|1[0-9])\.'
 }
 
+# The af-xdp feature builds libxdp and libbpf (clang, libclang for bindgen, libelf, zlib, m4);
+# ethtool switches off a veth's tx checksum offload, which AF_XDP cannot carry; DPDK's own
+# AF_XDP PMD is the reference backend in the bench.
 for p in busybox-static linux-image-amd64 iproute2 iputils-ping dpdk-dev librte-net-virtio23 \
-         librte-net-vhost23 passt; do
+         librte-net-vhost23 passt clang libclang-dev libelf-dev zlib1g-dev m4 pkg-config ethtool \
+         librte-net-af-xdp23; do
   pkg_installed "$p" || need+=("$p")
 done
 

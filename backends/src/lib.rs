@@ -9,6 +9,7 @@
 //! - [`options`]: QEMU-style option text/JSON into typed accessors, with QEMU's error wording.
 //! - [`netdev`]: the `Netdev` union (one typed config per `-netdev` type) and the backend factory.
 //! - [`tap`]: the Linux tap backend (`-netdev tap`).
+//! - [`af_xdp`]: AF_XDP sockets on a host interface's queues (`-netdev af-xdp`, feature `af-xdp`).
 //! - [`stream`]: QEMU's length-prefixed stream format over unix/TCP (`-netdev stream`).
 //! - [`dgram`]: one frame per UDP/unix datagram, unicast or multicast (`-netdev dgram`).
 //! - [`l2tpv3`]: RFC 3931 Ethernet pseudowires over IP or UDP (`-netdev l2tpv3`).
@@ -18,6 +19,7 @@
 //! - [`socketpair`]: a test-only backend over a `SOCK_SEQPACKET` pair, for unprivileged tests.
 //! - [`sys`]: thin checked wrappers over the few raw system calls the backends need.
 
+pub mod af_xdp;
 pub mod batching;
 pub mod datagram;
 pub mod dgram;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::af_xdp::AfXdpOptions;
 use crate::dgram::{DgramBackend, DgramOptions};
 use crate::fd_source::FdSource;
 use crate::host_env::HostEnv;
@@ -57,6 +58,7 @@ pub enum NetdevKind {
     L2tpv3(L2tpv3Options),
     User(Box<UserOptions>),
     HubPort(HubPortOptions),
+    AfXdp(AfXdpOptions),
 }
 
 impl NetdevKind {
@@ -69,6 +71,7 @@ impl NetdevKind {
             NetdevKind::L2tpv3(_) => "l2tpv3",
             NetdevKind::User(_) => "user",
             NetdevKind::HubPort(_) => "hubport",
+            NetdevKind::AfXdp(_) => "af-xdp",
         }
     }
 
@@ -76,6 +79,7 @@ impl NetdevKind {
     pub fn queue_pairs(&self) -> u16 {
         match self {
             NetdevKind::Tap(t) => t.queue_count() as u16,
+            NetdevKind::AfXdp(x) => x.queue_count(),
             _ => 1,
         }
     }
@@ -93,6 +97,7 @@ impl NetdevConfig {
             "l2tpv3" => NetdevKind::L2tpv3(L2tpv3Options::from_opts(&mut opts)?),
             "user" => NetdevKind::User(Box::new(UserOptions::from_opts(&mut opts)?)),
             "hubport" => NetdevKind::HubPort(HubPortOptions::from_opts(&mut opts)?),
+            "af-xdp" => NetdevKind::AfXdp(AfXdpOptions::from_opts(&mut opts)?),
             other if QEMU_NETDEV_TYPES.contains(&other) => {
                 return Err(OptionError::Invalid(format!(
                     "netdev type '{other}' is not supported by vhost-user-netd yet"
@@ -123,6 +128,7 @@ impl NetdevConfig {
             NetdevKind::L2tpv3(l) => l.to_json(),
             NetdevKind::User(u) => u.to_json(),
             NetdevKind::HubPort(h) => h.to_json(),
+            NetdevKind::AfXdp(x) => x.to_json(),
         };
         m.insert("id".into(), Value::String(self.id.clone()));
         m.insert("type".into(), Value::String(self.kind.type_name().into()));
@@ -138,8 +144,24 @@ impl NetdevConfig {
             NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds, env.batching)?)),
             NetdevKind::User(u) => Ok(Arc::new(UserBackend::open(u, &env.resolv_conf)?)),
             NetdevKind::HubPort(h) => Ok(Arc::new(HubPortBackend::open(h, &env.hubs)?)),
+            NetdevKind::AfXdp(x) => open_af_xdp(x, fds),
         }
     }
+}
+
+#[cfg(feature = "af-xdp")]
+fn open_af_xdp(opts: &AfXdpOptions, fds: &mut dyn FdSource) -> Result<Arc<dyn Backend>, Error> {
+    Ok(Arc::new(crate::af_xdp::AfXdpBackend::open(opts, fds)?))
+}
+
+/// A build without libxdp refuses the type when it is opened, as QEMU without CONFIG_AF_XDP.
+#[cfg(not(feature = "af-xdp"))]
+fn open_af_xdp(_opts: &AfXdpOptions, _fds: &mut dyn FdSource) -> Result<Arc<dyn Backend>, Error> {
+    Err(Error::Option(OptionError::Invalid(
+        "netdev type 'af-xdp' is not built into this vhost-user-netd (build it with \
+         `--features af-xdp`, which needs libxdp's build tools)"
+            .into(),
+    )))
 }
 
 #[cfg(test)]

@@ -32,7 +32,11 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn daemon");
-        let log = Lines::spawn(child.stderr.take().expect("stderr"), "daemon", false);
+        let log = Lines::spawn(
+            child.stderr.take().expect("stderr"),
+            "daemon",
+            std::env::var_os("VUNETD_TEST_ECHO").is_some(),
+        );
         let daemon = Daemon { child, log };
         for _ in 0..ports {
             daemon.log.wait_for(marker, Duration::from_secs(60));

@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod frontend;
+pub mod guest_traffic;
 pub mod initramfs;
 pub mod lines;
 pub mod netns;

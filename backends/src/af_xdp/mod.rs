@@ -1,0 +1,324 @@
+//! The AF_XDP backend (`-netdev af-xdp`): one AF_XDP socket and UMEM per queue pair, bound to
+//! consecutive queues of a host interface from `start-queue` on.
+//!
+//! - [`options`]: QEMU's options and rules (in every build).
+//! - `xsk` (feature `af-xdp`): the socket, its UMEM and rings, over libxdp.
+//! - `queue` (feature `af-xdp`): the batched datapath of one queue pair.
+//!
+//! AF_XDP carries no virtio-net header: the backend offers no offloads, and frames are limited
+//! to one UMEM frame (3,840 bytes received, 4,096 sent); larger ones are dropped and counted.
+
+pub mod options;
+#[cfg(feature = "af-xdp")]
+mod queue;
+#[cfg(feature = "af-xdp")]
+mod xsk;
+
+pub use options::{AfXdpOptions, XdpMode};
+
+#[cfg(feature = "af-xdp")]
+pub use backend::AfXdpBackend;
+
+/// Frame limits (bytes, Ethernet header included) and the locked memory one queue's UMEM needs.
+#[cfg(feature = "af-xdp")]
+pub use xsk::{MAX_RX_FRAME, MAX_TX_FRAME, UMEM_BYTES as UMEM_BYTES_PER_QUEUE};
+
+#[cfg(feature = "af-xdp")]
+mod backend {
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use log::{info, warn};
+
+    use super::options::{AfXdpOptions, XdpMode};
+    use super::queue::{AfXdpQueue, Drops, QueueState, Slot, SlotState};
+    use super::xsk::{self, CreateError, SocketSpec, Xsk};
+    use crate::fd_source::FdSource;
+    use crate::options::OptionError;
+    use crate::{Backend, BackendQueue, Capabilities, Error};
+
+    /// An af-xdp netdev: its sockets, one per queue pair.
+    #[derive(Debug)]
+    pub struct AfXdpBackend {
+        ifname: String,
+        native: bool,
+        first_queue: u32,
+        slots: Vec<Slot>,
+        /// The sockets' descriptors, for the kernel's counters (they live as long as the slots).
+        fds: Vec<i32>,
+        drops: Arc<Drops>,
+        /// `shutdown` ran: the sockets are closed (or close when their device lets go).
+        closed: AtomicBool,
+    }
+
+    impl AfXdpBackend {
+        /// Creates (or adopts) one socket per queue and binds it.
+        pub fn open(opts: &AfXdpOptions, fds: &mut dyn FdSource) -> Result<Self, Error> {
+            let ifname = opts.ifname.as_str();
+            let ifindex = interface_index(ifname)?;
+            let queues = u32::from(opts.queue_count());
+            let first_queue = opts.first_queue();
+            check_queues_exist(ifname, first_queue, queues)?;
+            let mut adopted = Vec::new();
+            for name in opts.sock_fd_names() {
+                let fd = fds.take_fd(name)?;
+                if crate::sys::socket_domain(fd.as_raw_fd()).ok() != Some(libc::AF_XDP) {
+                    return Err(invalid(format!(
+                        "'sock-fds': descriptor '{name}' is not an AF_XDP socket"
+                    )));
+                }
+                adopted.push(fd);
+            }
+            raise_memlock(queues as usize * xsk::UMEM_BYTES);
+            let modes: &[bool] = match opts.mode {
+                Some(XdpMode::Native) => &[true],
+                Some(XdpMode::Skb) => &[false],
+                None => &[true, false],
+            };
+            let inhibit = opts.inhibit == Some(true);
+            let mut adopted = adopted.into_iter();
+            let mut slots = Vec::new();
+            let mut socket_fds = Vec::new();
+            let mut native_used = modes[0];
+            for i in 0..queues {
+                let queue_id = first_queue + i;
+                let (socket, native) = Xsk::create(SocketSpec {
+                    ifname,
+                    queue_id,
+                    modes,
+                    force_copy: opts.force_copy == Some(true),
+                    inhibit,
+                    adopt: adopted.next(),
+                })
+                .map_err(|e| create_error(e, ifname, queue_id, i, queues))?;
+                native_used = native;
+                let map_entry = match &opts.map_path {
+                    Some(path) => {
+                        let index = opts.first_map_index() + i;
+                        let map =
+                            xsk::insert_into_pinned_map(path, index, socket.fd()).map_err(|e| {
+                                Error::io(
+                                    format!("failed to insert AF_XDP socket into map {path}"),
+                                    e,
+                                )
+                            })?;
+                        Some((map, index))
+                    }
+                    None => None,
+                };
+                socket_fds.push(socket.fd());
+                slots.push(SlotState::holding(QueueState::new(socket, map_entry)));
+            }
+            if !inhibit && xsk::attached_program(ifindex, native_used).is_none() {
+                return Err(Error::io(
+                    format!("no XDP program loaded on '{ifname}', ifindex: {ifindex}"),
+                    io::Error::from(io::ErrorKind::NotFound),
+                ));
+            }
+            info!(
+                "af-xdp {ifname}: {queues} queue(s) from {first_queue}, {} mode{}",
+                if native_used { "native" } else { "skb" },
+                if inhibit {
+                    ", program not loaded by us"
+                } else {
+                    ""
+                }
+            );
+            Ok(AfXdpBackend {
+                ifname: ifname.to_string(),
+                native: native_used,
+                first_queue,
+                slots,
+                fds: socket_fds,
+                drops: Arc::default(),
+                closed: AtomicBool::new(false),
+            })
+        }
+    }
+
+    fn invalid(text: String) -> Error {
+        Error::Option(OptionError::Invalid(text))
+    }
+
+    fn interface_index(ifname: &str) -> Result<u32, Error> {
+        let c = std::ffi::CString::new(ifname)
+            .map_err(|_| invalid(format!("failed to get ifindex for '{ifname}'")))?;
+        // SAFETY: a NUL-terminated name; the call reads nothing else.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if index == 0 {
+            let e = io::Error::last_os_error();
+            return Err(invalid(format!(
+                "failed to get ifindex for '{ifname}': {e}"
+            )));
+        }
+        Ok(index)
+    }
+
+    /// Refuses queues the interface does not have (the kernel's bind error would only say
+    /// "Invalid argument").
+    fn check_queues_exist(ifname: &str, first: u32, count: u32) -> Result<(), Error> {
+        let dir = format!("/sys/class/net/{ifname}/queues");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let rx_queues = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+            .count() as u64;
+        if u64::from(first) + u64::from(count) > rx_queues {
+            return Err(invalid(format!(
+                "'start-queue'={first} with 'queues'={count} needs rx queues {first}..{} of \
+                 '{ifname}', which has {rx_queues}",
+                u64::from(first) + u64::from(count) - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Lifts `RLIMIT_MEMLOCK` so that the UMEMs fit, where the process may.
+    fn raise_memlock(bytes: usize) {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a writable rlimit.
+        if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+            return;
+        }
+        let want = (bytes as u64).saturating_add(limit.rlim_cur);
+        if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= want {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want.min(limit.rlim_max),
+            rlim_max: limit.rlim_max.max(want),
+        };
+        // SAFETY: `raised` is a valid rlimit; failure leaves the limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } != 0 {
+            let soft_only = libc::rlimit {
+                rlim_cur: want.min(limit.rlim_max),
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above, within the hard limit.
+            unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &soft_only) };
+        }
+    }
+
+    fn memlock_limit() -> String {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a writable rlimit.
+        unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+        if limit.rlim_cur == libc::RLIM_INFINITY {
+            "unlimited".into()
+        } else {
+            format!("{} KiB", limit.rlim_cur / 1024)
+        }
+    }
+
+    fn create_error(e: CreateError, ifname: &str, queue_id: u32, index: u32, queues: u32) -> Error {
+        match e {
+            CreateError::Umem(e) => {
+                let hint = match e.raw_os_error() {
+                    Some(libc::ENOBUFS) | Some(libc::ENOMEM) | Some(libc::EPERM) => format!(
+                        " (each queue's UMEM locks {} MiB, {} MiB for {queues} queue(s); \
+                         RLIMIT_MEMLOCK is {}: raise it, e.g. LimitMEMLOCK= in the unit, or \
+                         grant CAP_IPC_LOCK)",
+                        xsk::UMEM_BYTES >> 20,
+                        (xsk::UMEM_BYTES * queues as usize) >> 20,
+                        memlock_limit()
+                    ),
+                    _ => String::new(),
+                };
+                Error::io(
+                    format!("failed to create umem for {ifname} queue_index: {index}{hint}"),
+                    e,
+                )
+            }
+            CreateError::Socket(e) => {
+                let message =
+                    format!("failed to create AF_XDP socket for {ifname} queue_id: {queue_id}");
+                match e.raw_os_error() {
+                    // The interface or the mode is wrong: a configuration error.
+                    Some(libc::EOPNOTSUPP)
+                    | Some(libc::EINVAL)
+                    | Some(libc::ENODEV)
+                    | Some(libc::EBUSY) => invalid(format!("{message}: {e}")),
+                    _ => Error::io(message, e),
+                }
+            }
+        }
+    }
+
+    impl Backend for AfXdpBackend {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                queue_pairs: self.slots.len() as u16,
+                ..Capabilities::PLAIN_ONE_QUEUE
+            }
+        }
+
+        fn queue(&self, index: u16) -> Result<Box<dyn BackendQueue>, Error> {
+            let slot = self
+                .slots
+                .get(usize::from(index))
+                .ok_or(Error::NoSuchQueue(index))?;
+            match AfXdpQueue::take(slot, self.drops.clone()) {
+                Some(q) => Ok(Box::new(q)),
+                None => Err(Error::io(
+                    format!("af-xdp {} queue {index}", self.ifname),
+                    io::Error::new(io::ErrorKind::AddrInUse, "in use by another port"),
+                )),
+            }
+        }
+
+        fn describe(&self) -> String {
+            format!(
+                "af-xdp ifname={} queues={} start-queue={} mode={}",
+                self.ifname,
+                self.slots.len(),
+                self.first_queue,
+                if self.native { "native" } else { "skb" }
+            )
+        }
+
+        fn shutdown(&self) {
+            self.closed.store(true, Ordering::SeqCst);
+            for slot in &self.slots {
+                SlotState::close(slot);
+            }
+        }
+
+        fn counters(&self) -> Vec<(&'static str, u64)> {
+            let mut kernel = xsk::Statistics::default();
+            let open = !self.closed.load(Ordering::SeqCst);
+            for &fd in self.fds.iter().filter(|_| open) {
+                match Xsk::statistics(fd) {
+                    Ok(s) => {
+                        kernel.rx_dropped += s.rx_dropped;
+                        kernel.rx_invalid_descs += s.rx_invalid_descs;
+                        kernel.tx_invalid_descs += s.tx_invalid_descs;
+                        kernel.rx_ring_full += s.rx_ring_full;
+                        kernel.rx_fill_ring_empty_descs += s.rx_fill_ring_empty_descs;
+                    }
+                    Err(e) => warn!("af-xdp {}: XDP_STATISTICS: {e}", self.ifname),
+                }
+            }
+            let d = &self.drops;
+            vec![
+                ("tx-dropped-too-big", d.tx_too_big.load(Ordering::Relaxed)),
+                ("rx-dropped-too-big", d.rx_too_big.load(Ordering::Relaxed)),
+                ("rx-bad-descriptors", d.rx_bad_desc.load(Ordering::Relaxed)),
+                ("xdp-rx-dropped", kernel.rx_dropped),
+                ("xdp-rx-ring-full", kernel.rx_ring_full),
+                ("xdp-fill-ring-empty", kernel.rx_fill_ring_empty_descs),
+                ("xdp-rx-invalid-descs", kernel.rx_invalid_descs),
+                ("xdp-tx-invalid-descs", kernel.tx_invalid_descs),
+            ]
+        }
+    }
+}
