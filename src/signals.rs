@@ -43,3 +43,30 @@ pub fn request_shutdown() {
     // SAFETY: kill(2) on our own pid with a valid signal number.
     unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
 }
+
+/// Makes `command`'s process a supervised child: it starts with the shutdown signals unblocked
+/// again (a child inherits the blocked mask across `exec`), and gets SIGTERM if its parent dies
+/// (so that killing the supervisor never leaves the child running).
+pub fn supervised_child(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls pthread_sigmask and prctl,
+    // which are async-signal-safe, on a set built before the fork.
+    unsafe {
+        let set = shutdown_set();
+        command.pre_exec(move || {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends `signal` to process `pid` (a child being told to stop).
+pub fn forward(pid: u32, signal: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a valid signal number on a child we started.
+        unsafe { libc::kill(pid, signal) };
+    }
+}

@@ -1,16 +1,22 @@
 //! A real QEMU guest (TCG) on vhost-user-netd with an `af-xdp` netdev on one end of a veth pair in
 //! a namespace the test creates, host services on the other end: ping both ways and 10 MB over
-//! TCP each way with checksums, in skb mode with one queue pair and in native mode with two.
+//! TCP each way with checksums, in skb mode with one queue pair and in native mode with two; and
+//! a daemon without any capability on sockets a privileged helper prepared (`inhibit=on`,
+//! `sock-fds`), hot-swapped over QMP to a socket passed with `getfd`.
 
 #![cfg(feature = "af-xdp")]
 #![allow(clippy::unwrap_used, clippy::cast_possible_wrap)]
 
 mod common;
 
-use std::time::Duration;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
-use common::guest_traffic::{check_ping_and_transfers, HostPeer, HOST_IP, SETUP, STEP};
+use common::guest_traffic::{
+    check_ping_and_transfers, HostPeer, IntoAddr, GUEST_IP, HOST_IP, SETUP, STEP,
+};
 use common::netns::Netns;
 use common::qemu::{Guest, NicSpec};
 use common::{guest_kernel, initramfs, privileged_environment, TempDir};
@@ -19,6 +25,16 @@ use common::{guest_kernel, initramfs, privileged_environment, TempDir};
 const XDP_IF: &str = "vxsk0";
 /// The host's end.
 const HOST_IF: &str = "vpeer0";
+
+/// The privileged helper that attaches the program and hands out sockets.
+const HELPER: &str = env!("CARGO_BIN_EXE_vhost-user-netd-xdp-helper");
+
+const SWAP: &str = r#"
+echo "PHASE swap"
+nc -l -p 5002 < /dev/null > /tmp/go
+echo "RESULT go $(cat /tmp/go)"
+if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-after-swap ok"; else echo "RESULT ping-after-swap fail"; fi
+"#;
 
 const FLOWS: &str = r#"
 i=0
@@ -180,4 +196,133 @@ fn af_xdp_errors_name_the_option_and_exit_2() {
         "{err}"
     );
     assert_eq!(xdp_attachment(&ns), "none", "a failed start left a program");
+}
+
+/// The first child of process `pid`.
+fn child_of(pid: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .expect("children of the helper");
+    children
+        .split_whitespace()
+        .next()
+        .expect("the helper runs a child")
+        .parse()
+        .expect("pid")
+}
+
+/// A line of `/proc/PID/status`.
+fn status_line(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn guest_on_af_xdp_without_privileges_sockets_from_a_helper_and_qmp_hot_swap() {
+    if !privileged_environment("guest_on_af_xdp_without_privileges") {
+        return;
+    }
+    let (kernel, modules) = guest_kernel().expect("kernel");
+    let dir = TempDir::new("xdpnp");
+    let initrd = dir.path("initrd.cpio");
+    initramfs::build(&initrd, &modules, &format!("{SETUP}{SWAP}"));
+    let ns = Netns::new("xdpnp");
+    veth(&ns, 1);
+    let socket = dir.path("vm.sock");
+    let qmp_path = dir.path("qmp.sock");
+    // The helper attaches the program and puts a socket in its map; the daemon runs with every
+    // capability dropped (root's uid, empty bounding set) on that socket.
+    let mut cmd = ns.command(HELPER);
+    cmd.args(["--ifname", XDP_IF, "--queues", "1", "--"])
+        .args([
+            "setpriv",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--no-new-privs",
+        ])
+        .arg(common::daemon::BINARY)
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--qmp")
+        .arg(&qmp_path)
+        .arg("--netdev")
+        .arg(format!(
+            "af-xdp,id=n0,ifname={XDP_IF},inhibit=on,sock-fds={{sock-fds}}"
+        ));
+    let mut daemon = Daemon::start(cmd, 1);
+    let daemon_pid = child_of(daemon.child.id());
+    assert_eq!(status_line(daemon_pid, "Name:"), "Name:\tvhost-user-netd");
+    assert_eq!(
+        status_line(daemon_pid, "CapEff:"),
+        "CapEff:\t0000000000000000"
+    );
+    assert_eq!(
+        status_line(daemon_pid, "CapBnd:"),
+        "CapBnd:\t0000000000000000"
+    );
+    assert_eq!(xdp_attachment(&ns), "xdp", "the helper's program");
+
+    let peer = HostPeer::start(&ns, 0);
+    let nic = NicSpec {
+        socket: &socket,
+        queues: 1,
+        reconnect_ms: None,
+        qemu_is_server: false,
+    };
+    let mut guest = Guest::boot(&kernel, &initrd, &nic, 1);
+    check_ping_and_transfers(&guest, &ns, peer, &dir, 1);
+
+    // Hot-swap over QMP to a socket a second helper run prepares and qemu.qmp passes in.
+    guest.console.wait_for("PHASE swap", STEP);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/af_xdp_netdev_add.py");
+    let out = ns
+        .command(HELPER)
+        .args(["--ifname", XDP_IF, "--", "python3"])
+        .arg(script)
+        .arg(&qmp_path)
+        .args([XDP_IF, "{sock-fds}"])
+        .output()
+        .expect("run the QMP script");
+    assert!(
+        out.status.success(),
+        "af_xdp_netdev_add.py:\n{}\n{}\ndaemon:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log.transcript()
+    );
+    let go = ns.spawn(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // Retried until the guest's listener is reachable through the new socket.
+            match TcpStream::connect_timeout(&(GUEST_IP, 5002).into_addr(), Duration::from_secs(2))
+            {
+                Ok(mut s) => return s.write_all(b"swapped\n").map_err(|e| e.to_string()),
+                Err(e) if Instant::now() >= deadline => return Err(e.to_string()),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    if let Err(e) = go.join().expect("go thread") {
+        panic!(
+            "guest unreachable after the swap: {e}\ndaemon:\n{}",
+            daemon.log.transcript()
+        );
+    }
+    let line = guest.console.wait_for("RESULT go", STEP);
+    assert!(line.ends_with("swapped"), "{line}");
+    let line = guest.console.wait_for("RESULT ping-after-swap", STEP);
+    assert!(line.ends_with(" ok"), "{line}");
+    guest.console.wait_for("GUEST-DONE", STEP);
+    assert!(
+        guest.wait_exit(Duration::from_secs(30)),
+        "guest did not power off"
+    );
+    // SIGTERM to the helper reaches the daemon; the helper then takes its program off.
+    let status = daemon.terminate();
+    assert!(status.success(), "helper/daemon exit on SIGTERM: {status}");
+    assert_eq!(xdp_attachment(&ns), "none", "helper left its program");
 }

@@ -10,8 +10,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use vhost_user_netd_backends::af_xdp::prepare::XskProgram;
 use vhost_user_netd_backends::af_xdp::{AfXdpBackend, AfXdpOptions};
-use vhost_user_netd_backends::{Backend, InheritedFds, Opts};
+use vhost_user_netd_backends::{Backend, Error, FdSource, InheritedFds, Opts};
 
 fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -104,16 +105,31 @@ fn frame(tag: u8, len: usize) -> Vec<u8> {
     f
 }
 
-fn open(mode: &str) -> AfXdpBackend {
-    let mut opts = Opts::parse_keyval(&format!("af-xdp,ifname=vxsk0,mode={mode}")).unwrap();
+fn open(options: &str, fds: &mut dyn FdSource) -> AfXdpBackend {
+    let mut opts = Opts::parse_keyval(&format!("af-xdp,ifname=vxsk0,{options}")).unwrap();
     opts.take_str("type").unwrap();
     let opts = AfXdpOptions::from_opts(&mut opts).unwrap();
-    AfXdpBackend::open(&opts, &mut InheritedFds::default()).unwrap()
+    AfXdpBackend::open(&opts, fds).unwrap()
+}
+
+/// Descriptors by name, as QMP's `getfd` table hands them out.
+struct Named(Vec<(String, OwnedFd)>);
+
+impl FdSource for Named {
+    fn take_fd(&mut self, name: &str) -> Result<OwnedFd, Error> {
+        let at = self.0.iter().position(|(n, _)| n == name).unwrap();
+        Ok(self.0.remove(at).1)
+    }
 }
 
 fn exchange(mode: &str) {
     let _ns = VethNs::enter(mode);
-    let backend = open(mode);
+    let backend = open(&format!("mode={mode}"), &mut InheritedFds::default());
+    check_frames(&backend, mode);
+}
+
+/// Frames both ways between the backend's queue 0 and a packet socket on the peer.
+fn check_frames(backend: &AfXdpBackend, mode: &str) {
     let mut queue = backend.queue(0).unwrap();
     assert!(backend.queue(0).is_err(), "a queue is lent to one holder");
     let peer = packet_socket();
@@ -125,10 +141,14 @@ fn exchange(mode: &str) {
         let n = unsafe { libc::send(peer.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
         assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
     }
+    let want: Vec<Vec<u8>> = (1..=3u8)
+        .map(|t| frame(t, 60 + usize::from(t) * 100))
+        .collect();
+    // IPv6 neighbour discovery and the like come too: wait for ours among them.
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = vec![0u8; 4096];
-    while got.len() < 3 && Instant::now() < deadline {
+    while !want.iter().all(|w| got.contains(w)) && Instant::now() < deadline {
         match queue.recv(&mut [IoSliceMut::new(&mut buf)]) {
             Ok(n) => got.push(buf[..n].to_vec()),
             Err(_) => {
@@ -142,12 +162,13 @@ fn exchange(mode: &str) {
             }
         }
     }
-    let want: Vec<Vec<u8>> = (1..=3u8)
-        .map(|t| frame(t, 60 + usize::from(t) * 100))
-        .collect();
-    // IPv6 router solicitations and the like may come too: look for ours.
     for w in &want {
-        assert!(got.contains(w), "frame {} not received ({mode})", w[13]);
+        assert!(
+            got.contains(w),
+            "frame {:x} not received ({mode}); got {} others",
+            w[11],
+            got.len()
+        );
     }
 
     // Backend → peer, one batch.
@@ -196,5 +217,81 @@ fn frames_cross_a_veth_in_skb_mode() {
 fn frames_cross_a_veth_in_native_mode() {
     if can_run() {
         std::thread::spawn(|| exchange("native")).join().unwrap();
+    }
+}
+
+/// Enters a private mount namespace (this thread only) with a bpf filesystem at `dir`.
+fn private_bpffs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    // SAFETY: unshares this thread's filesystem view and mount namespace; plain flags.
+    let ret = unsafe { libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS) };
+    assert_eq!(ret, 0, "unshare: {}", std::io::Error::last_os_error());
+    let root = std::ffi::CString::new("/").unwrap();
+    let target = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    let bpf = std::ffi::CString::new("bpf").unwrap();
+    // SAFETY: NUL-terminated strings; no data argument. The first call keeps the mounts below
+    // from propagating back to the machine's namespace.
+    unsafe {
+        let ret = libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+        assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
+        let ret = libc::mount(
+            bpf.as_ptr(),
+            target.as_ptr(),
+            bpf.as_ptr(),
+            0,
+            std::ptr::null(),
+        );
+        assert_eq!(ret, 0, "mount bpf: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// `inhibit=on` both ways: the program attached beforehand, the backend inserting its own
+/// socket into the pinned map (`map-path`), then adopting one already in the map (`sock-fds`).
+fn prepared_program(dir: &std::path::Path) {
+    let _ns = VethNs::enter("prep");
+    private_bpffs(dir);
+    let map = dir.join("xsks");
+    let program = XskProgram::attach("vxsk0").unwrap();
+    program.pin_map(map.to_str().unwrap()).unwrap();
+
+    let by_map = open(
+        &format!("inhibit=on,map-path={}", map.display()),
+        &mut InheritedFds::default(),
+    );
+    check_frames(&by_map, "map-path");
+    by_map.shutdown();
+    drop(by_map);
+
+    let socket = program.socket_for_queue(0).unwrap();
+    let mut fds = Named(vec![("xsk0".into(), socket)]);
+    let adopted = open("inhibit=on,sock-fds=xsk0", &mut fds);
+    check_frames(&adopted, "sock-fds");
+    adopted.shutdown();
+    drop(adopted);
+
+    program.detach_if_attached_here().unwrap();
+    let out = Command::new("ip")
+        .args(["link", "show", "vxsk0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(" xdp"), "program still attached: {text}");
+}
+
+#[test]
+fn inhibit_with_map_path_and_with_sock_fds() {
+    if can_run() {
+        let dir = std::env::temp_dir().join(format!("vunetd-bpffs-{}", std::process::id()));
+        let mount_point = dir.clone();
+        let result = std::thread::spawn(move || prepared_program(&mount_point)).join();
+        // The thread's mount namespace, and the bpffs in it, ended with the thread.
+        let _ = std::fs::remove_dir(&dir);
+        result.unwrap();
     }
 }

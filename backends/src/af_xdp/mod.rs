@@ -4,11 +4,14 @@
 //! - [`options`]: QEMU's options and rules (in every build).
 //! - `xsk` (feature `af-xdp`): the socket, its UMEM and rings, over libxdp.
 //! - `queue` (feature `af-xdp`): the batched datapath of one queue pair.
+//! - `prepare` (feature `af-xdp`): the privileged step behind `inhibit=on` (the helper binary).
 //!
 //! AF_XDP carries no virtio-net header: the backend offers no offloads, and frames are limited
 //! to one UMEM frame (3,840 bytes received, 4,096 sent); larger ones are dropped and counted.
 
 pub mod options;
+#[cfg(feature = "af-xdp")]
+pub mod prepare;
 #[cfg(feature = "af-xdp")]
 mod queue;
 #[cfg(feature = "af-xdp")]
@@ -71,7 +74,7 @@ mod backend {
                 }
                 adopted.push(fd);
             }
-            raise_memlock(queues as usize * xsk::UMEM_BYTES);
+            super::prepare::raise_memlock(queues as usize * xsk::UMEM_BYTES);
             let modes: &[bool] = match opts.mode {
                 Some(XdpMode::Native) => &[true],
                 Some(XdpMode::Skb) => &[false],
@@ -177,35 +180,6 @@ mod backend {
         Ok(())
     }
 
-    /// Lifts `RLIMIT_MEMLOCK` so that the UMEMs fit, where the process may.
-    fn raise_memlock(bytes: usize) {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `limit` is a writable rlimit.
-        if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
-            return;
-        }
-        let want = (bytes as u64).saturating_add(limit.rlim_cur);
-        if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= want {
-            return;
-        }
-        let raised = libc::rlimit {
-            rlim_cur: want.min(limit.rlim_max),
-            rlim_max: limit.rlim_max.max(want),
-        };
-        // SAFETY: `raised` is a valid rlimit; failure leaves the limit as it was.
-        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } != 0 {
-            let soft_only = libc::rlimit {
-                rlim_cur: want.min(limit.rlim_max),
-                rlim_max: limit.rlim_max,
-            };
-            // SAFETY: as above, within the hard limit.
-            unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &soft_only) };
-        }
-    }
-
     fn memlock_limit() -> String {
         let mut limit = libc::rlimit {
             rlim_cur: 0,
@@ -225,9 +199,9 @@ mod backend {
             CreateError::Umem(e) => {
                 let hint = match e.raw_os_error() {
                     Some(libc::ENOBUFS) | Some(libc::ENOMEM) | Some(libc::EPERM) => format!(
-                        " (each queue's UMEM locks {} MiB, {} MiB for {queues} queue(s); \
-                         RLIMIT_MEMLOCK is {}: raise it, e.g. LimitMEMLOCK= in the unit, or \
-                         grant CAP_IPC_LOCK)",
+                        " (each queue's UMEM locks {} MiB, {} MiB for {queues} queue(s), on top \
+                         of what the process has locked already; RLIMIT_MEMLOCK is {}: raise it, \
+                         e.g. LimitMEMLOCK= in the unit, or grant CAP_IPC_LOCK)",
                         xsk::UMEM_BYTES >> 20,
                         (xsk::UMEM_BYTES * queues as usize) >> 20,
                         memlock_limit()

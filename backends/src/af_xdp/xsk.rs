@@ -15,8 +15,10 @@ use libxdp_sys as xdp;
 
 /// Bytes per UMEM frame (one page: what libxdp and QEMU use).
 pub const FRAME_SIZE: usize = 4096;
-/// Entries in each of the four rings.
-pub const RING_SIZE: u32 = 1024;
+/// Entries in each of the four rings: eight batches of 64, and small enough that one queue's
+/// UMEM (6 MiB) fits the common 8 MiB `RLIMIT_MEMLOCK` default of a process that may not lock
+/// memory otherwise.
+pub const RING_SIZE: u32 = 512;
 /// Frames that cycle through the fill and rx rings (both can be full at once).
 pub const RX_FRAMES: usize = 2 * RING_SIZE as usize;
 /// Frames for transmission (in the tx ring, in flight, or free).
@@ -30,6 +32,10 @@ pub const UMEM_BYTES: usize = FRAMES * FRAME_SIZE;
 pub const MAX_RX_FRAME: usize = FRAME_SIZE - xdp::XDP_PACKET_HEADROOM as usize;
 /// The largest frame one tx descriptor carries.
 pub const MAX_TX_FRAME: usize = FRAME_SIZE;
+
+/// Tries (50 ms apart) at what a socket closed a moment ago may still hold in the kernel: its
+/// UMEM's locked memory, its interface queue.
+const RELEASE_ATTEMPTS: u32 = 10;
 
 const SOL_XDP: libc::c_int = 283;
 const XDP_STATISTICS: libc::c_int = 7;
@@ -137,34 +143,56 @@ impl Xsk {
             flags: 0,
         };
         let rings: *mut Rings = &mut *xsk.rings;
-        // SAFETY: `area` is a live mapping of UMEM_BYTES owned by `xsk`; the ring structs are
-        // boxed and live as long as the UMEM (dropped after it in `Drop`); libxdp takes the
-        // adopted descriptor's ownership (it closes it in `xsk_umem__delete`).
-        let ret = unsafe {
-            match spec.adopt {
-                Some(fd) => xdp::xsk_umem__create_with_fd(
-                    &mut xsk.umem,
-                    fd.into_raw_fd(),
-                    xsk.area.cast(),
-                    UMEM_BYTES as u64,
-                    &mut (*rings).fill,
-                    &mut (*rings).comp,
-                    &umem_config,
+        let mut attempts = 0;
+        let ret = loop {
+            // libxdp takes the descriptor it is given, and closes it if registering fails: it
+            // gets a duplicate each time, so that the adopted socket outlives a failed attempt.
+            let attempt_fd = match &spec.adopt {
+                Some(fd) => Some(
+                    crate::sys::dup_cloexec(fd.as_raw_fd())
+                        .map_err(CreateError::Umem)?
+                        .into_raw_fd(),
                 ),
-                None => xdp::xsk_umem__create(
-                    &mut xsk.umem,
-                    xsk.area.cast(),
-                    UMEM_BYTES as u64,
-                    &mut (*rings).fill,
-                    &mut (*rings).comp,
-                    &umem_config,
-                ),
+                None => None,
+            };
+            // SAFETY: `area` is a live mapping of UMEM_BYTES owned by `xsk`; the ring structs
+            // are boxed and live as long as the UMEM (dropped after it in `Drop`); the
+            // duplicate descriptor is libxdp's from here on, whatever the result.
+            let ret = unsafe {
+                match attempt_fd {
+                    Some(fd) => xdp::xsk_umem__create_with_fd(
+                        &mut xsk.umem,
+                        fd,
+                        xsk.area.cast(),
+                        UMEM_BYTES as u64,
+                        &mut (*rings).fill,
+                        &mut (*rings).comp,
+                        &umem_config,
+                    ),
+                    None => xdp::xsk_umem__create(
+                        &mut xsk.umem,
+                        xsk.area.cast(),
+                        UMEM_BYTES as u64,
+                        &mut (*rings).fill,
+                        &mut (*rings).comp,
+                        &umem_config,
+                    ),
+                }
+            };
+            // The kernel gives a closed socket's UMEM back to the locked-memory account from a
+            // work queue: right after a netdev_del, its pages may still count. Give it a moment.
+            attempts += 1;
+            if ret != -libc::ENOBUFS || attempts == RELEASE_ATTEMPTS {
+                break ret;
             }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         };
         if ret != 0 {
             xsk.umem = ptr::null_mut();
             return Err(CreateError::Umem(errno_of(ret)));
         }
+        // The UMEM holds its own duplicate of an adopted socket.
+        drop(spec.adopt);
         let mut bind_flags = xdp::XDP_USE_NEED_WAKEUP as u16;
         if spec.force_copy {
             bind_flags |= xdp::XDP_COPY as u16;
@@ -191,18 +219,29 @@ impl Xsk {
                     },
                 bind_flags,
             };
-            // SAFETY: `ifname` is NUL-terminated; the UMEM was created above; the rx/tx ring
-            // structs are boxed in `xsk` and outlive the socket (deleted first in `Drop`).
-            let ret = unsafe {
-                xdp::xsk_socket__create(
-                    &mut xsk.socket,
-                    ifname.as_ptr(),
-                    spec.queue_id,
-                    xsk.umem,
-                    &mut (*rings).rx,
-                    &mut (*rings).tx,
-                    &config,
-                )
+            let mut attempts = 0;
+            let ret = loop {
+                // SAFETY: `ifname` is NUL-terminated; the UMEM was created above; the rx/tx
+                // ring structs are boxed in `xsk` and outlive the socket (deleted first in
+                // `Drop`). A failed attempt leaves the UMEM as it was (QEMU retries the same).
+                let ret = unsafe {
+                    xdp::xsk_socket__create(
+                        &mut xsk.socket,
+                        ifname.as_ptr(),
+                        spec.queue_id,
+                        xsk.umem,
+                        &mut (*rings).rx,
+                        &mut (*rings).tx,
+                        &config,
+                    )
+                };
+                // The queue of a socket closed a moment ago (a netdev_del before this
+                // netdev_add) is freed from a work queue: until then binding says EBUSY.
+                attempts += 1;
+                if ret != -libc::EBUSY || attempts == RELEASE_ATTEMPTS {
+                    break ret;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
             };
             if ret == 0 {
                 result = Ok(native);
@@ -456,18 +495,7 @@ pub fn insert_into_pinned_map(path: &str, index: u32, socket: RawFd) -> io::Resu
     }
     // SAFETY: `fd` was just returned by bpf_obj_get and nothing else owns it.
     let map = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: key and value point at u32/i32 locals of the map's 4-byte key and value sizes.
-    let ret = unsafe {
-        xdp::bpf_map_update_elem(
-            map.as_raw_fd(),
-            (&index as *const u32).cast(),
-            (&socket as *const RawFd).cast(),
-            0,
-        )
-    };
-    if ret != 0 {
-        return Err(errno_of(ret));
-    }
+    map_insert(&map, index, socket)?;
     Ok(map)
 }
 
@@ -489,4 +517,87 @@ pub fn attached_program(ifindex: u32, native: bool) -> Option<u32> {
     // SAFETY: `id` is a writable u32.
     let ret = unsafe { xdp::bpf_xdp_query_id(ifindex, flags, &mut id) };
     (ret == 0 && id != 0).then_some(id)
+}
+
+/// Attaches libxdp's default XSK program to `ifindex` (native where the driver allows, else skb;
+/// nothing if it is attached already) and returns its XSK map.
+pub fn load_default_program(ifindex: u32) -> io::Result<OwnedFd> {
+    let ifindex =
+        libc::c_int::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))?;
+    let mut map_fd: libc::c_int = -1;
+    // SAFETY: `map_fd` is a writable int; libxdp loads and attaches the program.
+    let ret = unsafe { xdp::xsk_setup_xdp_prog(ifindex, &mut map_fd) };
+    if ret != 0 || map_fd < 0 {
+        return Err(errno_of(ret));
+    }
+    // SAFETY: libxdp returned a fresh descriptor of the map that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(map_fd) })
+}
+
+/// A new AF_XDP socket, not bound, without `FD_CLOEXEC` (to be passed on).
+pub fn unbound_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket call; the descriptor returned is ours.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Puts `socket` at `index` of the XSK map `map`.
+pub fn map_insert(map: &OwnedFd, index: u32, socket: RawFd) -> io::Result<()> {
+    // SAFETY: key and value point at 4-byte locals, the XSK map's key and value sizes.
+    let ret = unsafe {
+        xdp::bpf_map_update_elem(
+            map.as_raw_fd(),
+            (&index as *const u32).cast(),
+            (&socket as *const RawFd).cast(),
+            0,
+        )
+    };
+    if ret != 0 {
+        return Err(errno_of(ret));
+    }
+    Ok(())
+}
+
+/// Pins `map` at `path` on a bpf filesystem (for `map-path`).
+pub fn pin(map: &OwnedFd, path: &str) -> io::Result<()> {
+    let c_path = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated path and a map descriptor we own.
+    let ret = unsafe { xdp::bpf_obj_pin(map.as_raw_fd(), c_path.as_ptr()) };
+    if ret != 0 {
+        return Err(errno_of(ret));
+    }
+    Ok(())
+}
+
+/// Takes program `prog_id` off `ifindex` if it is still the one attached there (in whichever
+/// mode); a program someone attached since stays.
+pub fn detach_program(ifindex: u32, prog_id: u32) -> io::Result<()> {
+    const XDP_FLAGS_REPLACE: u32 = 1 << 4;
+    let ifindex =
+        libc::c_int::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))?;
+    // SAFETY: asks for a descriptor of a program by id; the result, if any, is ours.
+    let fd = unsafe { xdp::bpf_prog_get_fd_by_id(prog_id) };
+    if fd < 0 {
+        return Err(errno_of(fd));
+    }
+    // SAFETY: just returned by the kernel, owned by nobody else.
+    let prog = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let opts = xdp::bpf_xdp_attach_opts {
+        sz: std::mem::size_of::<xdp::bpf_xdp_attach_opts>(),
+        old_prog_fd: prog.as_raw_fd(),
+    };
+    let mut result = Err(io::Error::from_raw_os_error(libc::ENOENT));
+    for mode in [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE] {
+        // SAFETY: `opts` is a valid, sized bpf_xdp_attach_opts naming the expected program.
+        let ret = unsafe { xdp::bpf_xdp_detach(ifindex, mode | XDP_FLAGS_REPLACE, &opts) };
+        if ret == 0 {
+            return Ok(());
+        }
+        result = Err(errno_of(ret));
+    }
+    result
 }
