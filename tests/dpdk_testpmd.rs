@@ -321,3 +321,29 @@ fn inherited_listening_socket_and_multiqueue_tap_fds() {
         inherited_descriptors("inhfds", "vufds0", 2);
     }
 }
+
+/// The same loop through an `af-xdp` netdev on a veth pair: frames from the peer's packet socket
+/// reach testpmd through the AF_XDP socket and come back out of it, in order and intact.
+#[cfg(feature = "af-xdp")]
+#[test]
+fn testpmd_virtio_user_exchanges_frames_through_af_xdp() {
+    if !privileged_environment("testpmd_af_xdp") {
+        return;
+    }
+    let dir = TempDir::new("testpmdxdp");
+    let ns = Netns::new("dpdkxdp");
+    ns.ip(&[
+        "link", "add", "vxsk1", "type", "veth", "peer", "name", "vpeer1",
+    ]);
+    ns.ip(&["link", "set", "vxsk1", "up"]);
+    ns.ip(&["link", "set", "vpeer1", "up"]);
+    let socket = dir.path("dpdk.sock");
+    let mut cmd = ns.command(common::daemon::BINARY);
+    cmd.arg("--socket-path")
+        .arg(&socket)
+        .arg("--netdev")
+        .arg("af-xdp,id=n0,ifname=vxsk1");
+    let mut daemon = Daemon::start(cmd, 1);
+    exchange_through_testpmd(&ns, "vpeer1", &socket, &daemon);
+    assert!(daemon.terminate().success());
+}

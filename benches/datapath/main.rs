@@ -9,10 +9,12 @@
 //! - `gso`: 64 KiB GSO frames across the tap both ways, against 1514-byte frames.
 //! - `mq`: two queue pairs against one.
 //! - `idle`: an idle connected port's CPU and the daemon's resident memory.
+//! - `xdp` (built with `--features af-xdp`): the af-xdp backend per direction at 64 and 1500
+//!   bytes on a veth, against the tap backend and DPDK's `net_vhost` + `net_af_xdp`.
 //!
 //! The frontend (testpmd, or the in-repo driver where testpmd cannot make GSO frames) runs on
 //! core 1, the daemon on core 0. `BENCH_DAEMON_ARGS="--poll-us 0"` passes options to the daemon. Run as root after `bash scripts/install-test-deps.sh`:
-//! `cargo bench --bench datapath`.
+//! `cargo bench --bench datapath --features af-xdp`.
 
 #![allow(
     clippy::unwrap_used,
@@ -40,6 +42,8 @@ mod tap;
 #[path = "../common/testpmd.rs"]
 mod testpmd;
 
+#[cfg(feature = "af-xdp")]
+mod af_xdp_rate;
 mod frames;
 mod generator;
 mod gso;
@@ -61,13 +65,22 @@ fn main() {
     let (runs, window) = runs_and_window(3, 4.0);
     let scratch = std::env::temp_dir().join(format!("vunetd-bench-dp-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
-    let sections: [(&str, &dyn Fn()); 5] = [
-        ("hub", &|| hub_loop::run(runs, window, &scratch.join("hub"))),
-        ("tap", &|| tap_rate::run(runs, window, &scratch)),
-        ("gso", &|| gso::run(runs, window, &scratch)),
-        ("mq", &|| tap_rate::run_multiqueue(runs, window, &scratch)),
-        ("idle", &|| gso::run_idle(window, &scratch)),
+    #[allow(unused_mut)]
+    let mut sections: Vec<(&str, Box<dyn Fn()>)> = vec![
+        (
+            "hub",
+            Box::new(|| hub_loop::run(runs, window, &scratch.join("hub"))),
+        ),
+        ("tap", Box::new(|| tap_rate::run(runs, window, &scratch))),
+        ("gso", Box::new(|| gso::run(runs, window, &scratch))),
+        (
+            "mq",
+            Box::new(|| tap_rate::run_multiqueue(runs, window, &scratch)),
+        ),
+        ("idle", Box::new(|| gso::run_idle(window, &scratch))),
     ];
+    #[cfg(feature = "af-xdp")]
+    sections.push(("xdp", Box::new(|| af_xdp_rate::run(runs, window, &scratch))));
     for (name, section) in sections {
         if wanted(name) {
             let steal = StealMeter::start();

@@ -105,7 +105,7 @@ fn frontend(socket: &Path, prefix: &str, queues: u16, mode: &str, size: usize) -
     Proc(c.spawn().expect("spawn dpdk-testpmd"))
 }
 
-fn daemon_tx(
+pub fn daemon_tx(
     ns: &Netns,
     scratch: &Path,
     size: usize,
@@ -119,7 +119,7 @@ fn daemon_tx(
     measure_daemon(ns, &daemon, window, |s| (s.rx_packets, s.rx_bytes))
 }
 
-fn daemon_rx(ns: &Netns, scratch: &Path, size: usize, window: Duration, tag: &str) -> Measure {
+pub fn daemon_rx(ns: &Netns, scratch: &Path, size: usize, window: Duration, tag: &str) -> Measure {
     let (daemon, socket) = start_daemon(ns, scratch, 1, true);
     let _fe = frontend(&socket, tag, 1, "rxonly", size);
     let _source = Generator::start(ns, DAEMON_TAP, frames::udp(size), None, 1);
