@@ -26,6 +26,13 @@ const XDP_IF: &str = "vxsk0";
 /// The host's end.
 const HOST_IF: &str = "vpeer0";
 
+const JUMBO: &str = r#"
+if ping -c 3 -W 5 -s 8000 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-jumbo ok"; else echo "RESULT ping-jumbo fail"; fi
+echo "PHASE host-ping"
+nc -l -p 5002 < /dev/null > /tmp/go
+echo "RESULT go $(cat /tmp/go)"
+"#;
+
 /// The privileged helper that attaches the program and hands out sockets.
 const HELPER: &str = env!("CARGO_BIN_EXE_vhost-user-netd-xdp-helper");
 
@@ -46,6 +53,10 @@ echo "RESULT flows-done"
 /// A veth pair with `queues` queues each way; the host end carries the host's address and
 /// finishes its own checksums (AF_XDP has no way to carry a partial one to the guest).
 fn veth(ns: &Netns, queues: u16) {
+    veth_mtu(ns, queues, 1500);
+}
+
+fn veth_mtu(ns: &Netns, queues: u16, mtu: u32) {
     let q = queues.to_string();
     ns.ip(&[
         "link",
@@ -66,6 +77,9 @@ fn veth(ns: &Netns, queues: u16) {
         &q,
     ]);
     ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", HOST_IF]);
+    for ifname in [XDP_IF, HOST_IF] {
+        ns.ip(&["link", "set", ifname, "mtu", &mtu.to_string()]);
+    }
     ns.ip(&["link", "set", XDP_IF, "up"]);
     ns.ip(&["link", "set", HOST_IF, "up"]);
     let status = ns
@@ -325,4 +339,84 @@ fn guest_on_af_xdp_without_privileges_sockets_from_a_helper_and_qmp_hot_swap() {
     let status = daemon.terminate();
     assert!(status.success(), "helper/daemon exit on SIGTERM: {status}");
     assert_eq!(xdp_attachment(&ns), "none", "helper left its program");
+}
+
+#[test]
+fn guest_on_af_xdp_with_a_9000_byte_mtu() {
+    if !privileged_environment("guest_on_af_xdp_jumbo") {
+        return;
+    }
+    let (kernel, modules) = guest_kernel().expect("kernel");
+    let dir = TempDir::new("xdpjumbo");
+    let initrd = dir.path("initrd.cpio");
+    let script = format!("ip link set eth0 mtu 9000\n{SETUP}{JUMBO}");
+    initramfs::build(&initrd, &modules, &script);
+    let ns = Netns::new("xdpjumbo");
+    veth_mtu(&ns, 1, 9000);
+    let socket = dir.path("vm.sock");
+    let mut cmd = ns.command(common::daemon::BINARY);
+    cmd.arg("--socket-path")
+        .arg(&socket)
+        .args(["--mtu", "9000", "--netdev"])
+        .arg(format!("af-xdp,id=n0,ifname={XDP_IF},mode=skb"));
+    let mut daemon = Daemon::start(cmd, 1);
+    assert!(
+        !daemon.log.matching("multi-buffer").is_empty(),
+        "{}",
+        daemon.log.transcript()
+    );
+    let peer = HostPeer::start(&ns, 0);
+    let nic = NicSpec {
+        socket: &socket,
+        queues: 1,
+        reconnect_ms: None,
+        qemu_is_server: false,
+    };
+    let mut guest = Guest::boot(&kernel, &initrd, &nic, 1);
+    check_ping_and_transfers(&guest, &ns, peer, &dir, 1);
+    let line = guest.console.wait_for("RESULT ping-jumbo", STEP);
+    assert!(line.ends_with(" ok"), "guest → host 8000-byte ping: {line}");
+    // The guest waits (listening on 5002) while the host pings it with 8000-byte frames.
+    guest.console.wait_for("PHASE host-ping", STEP);
+    let out = ns
+        .command("ping")
+        .args(["-c", "3", "-W", "5", "-s", "8000", "-M", "do", GUEST_IP])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" 0% packet loss"),
+        "host → guest 8000-byte ping:\n{text}"
+    );
+    let go = ns.spawn(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // Retried until the guest's listener is up.
+            match TcpStream::connect_timeout(&(GUEST_IP, 5002).into_addr(), Duration::from_secs(2))
+            {
+                Ok(mut s) => return s.write_all(b"pinged\n").is_ok(),
+                Err(_) if Instant::now() >= deadline => return false,
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    assert!(
+        go.join().expect("go thread"),
+        "guest's listener unreachable"
+    );
+    guest.console.wait_for("RESULT go", STEP);
+    guest.console.wait_for("GUEST-DONE", STEP);
+    assert!(
+        guest.wait_exit(Duration::from_secs(30)),
+        "guest did not power off"
+    );
+    let c = daemon.pair_counts(0);
+    assert!(
+        c.rx_max_frame > 8000 && c.tx_max_frame > 8000,
+        "frames over one UMEM frame both ways: rx {} tx {}",
+        c.rx_max_frame,
+        c.tx_max_frame
+    );
+    assert!(daemon.terminate().success());
+    assert_eq!(xdp_attachment(&ns), "none", "program left attached");
 }

@@ -56,6 +56,9 @@ use common::{runs_and_window, StealMeter};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
 
+/// A section's run, by name.
+type Section<'a> = Box<dyn Fn() + 'a>;
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -66,7 +69,7 @@ fn main() {
     let scratch = std::env::temp_dir().join(format!("vunetd-bench-dp-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     #[allow(unused_mut)]
-    let mut sections: Vec<(&str, Box<dyn Fn()>)> = vec![
+    let mut sections: Vec<(&str, Section)> = vec![
         (
             "hub",
             Box::new(|| hub_loop::run(runs, window, &scratch.join("hub"))),

@@ -6,8 +6,11 @@
 //! - `queue` (feature `af-xdp`): the batched datapath of one queue pair.
 //! - `prepare` (feature `af-xdp`): the privileged step behind `inhibit=on` (the helper binary).
 //!
-//! AF_XDP carries no virtio-net header: the backend offers no offloads, and frames are limited
-//! to one UMEM frame (3,840 bytes received, 4,096 sent); larger ones are dropped and counted.
+//! AF_XDP carries no virtio-net header: the backend offers no offloads. A frame fits one UMEM
+//! frame (3,840 bytes received, 4,096 sent) unless the interface's MTU is larger: then the
+//! sockets are multi-buffer (`XDP_USE_SG`, kernel 6.6+) under a program loaded with frags
+//! support, and a frame spans up to 16 UMEM frames. Frames that do not fit are dropped and
+//! counted.
 
 pub mod options;
 #[cfg(feature = "af-xdp")]
@@ -29,15 +32,15 @@ pub use xsk::{MAX_RX_FRAME, MAX_TX_FRAME, UMEM_BYTES as UMEM_BYTES_PER_QUEUE};
 #[cfg(feature = "af-xdp")]
 mod backend {
     use std::io;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     use log::{info, warn};
 
     use super::options::{AfXdpOptions, XdpMode};
     use super::queue::{AfXdpQueue, Drops, QueueState, Slot, SlotState};
-    use super::xsk::{self, CreateError, SocketSpec, Xsk};
+    use super::xsk::{self, CreateError, FragsProgram, SocketSpec, Xsk};
     use crate::fd_source::FdSource;
     use crate::options::OptionError;
     use crate::{Backend, BackendQueue, Capabilities, Error};
@@ -54,6 +57,8 @@ mod backend {
         drops: Arc<Drops>,
         /// `shutdown` ran: the sockets are closed (or close when their device lets go).
         closed: AtomicBool,
+        /// The multi-buffer program we attached ourselves (taken off at shutdown).
+        program: Mutex<Option<FragsProgram>>,
     }
 
     impl AfXdpBackend {
@@ -64,24 +69,35 @@ mod backend {
             let queues = u32::from(opts.queue_count());
             let first_queue = opts.first_queue();
             check_queues_exist(ifname, first_queue, queues)?;
-            let mut adopted = Vec::new();
-            for name in opts.sock_fd_names() {
-                let fd = fds.take_fd(name)?;
-                if crate::sys::socket_domain(fd.as_raw_fd()).ok() != Some(libc::AF_XDP) {
-                    return Err(invalid(format!(
-                        "'sock-fds': descriptor '{name}' is not an AF_XDP socket"
-                    )));
-                }
-                adopted.push(fd);
-            }
+            let mut adopted = take_sockets(opts, fds)?.into_iter();
             super::prepare::raise_memlock(queues as usize * xsk::UMEM_BYTES);
-            let modes: &[bool] = match opts.mode {
+            let mut modes: &[bool] = match opts.mode {
                 Some(XdpMode::Native) => &[true],
                 Some(XdpMode::Skb) => &[false],
                 None => &[true, false],
             };
             let inhibit = opts.inhibit == Some(true);
-            let mut adopted = adopted.into_iter();
+            // Frames larger than one UMEM frame need multi-buffer sockets, and a program that
+            // takes frames in pieces, which libxdp's own set-up does not load: then we load it.
+            let mtu = interface_mtu(ifname);
+            let multi_buffer = mtu.is_some_and(|m| m + ETHERNET_HEADER > xsk::MAX_RX_FRAME);
+            let program = if multi_buffer && !inhibit {
+                let (program, native) = FragsProgram::attach(ifindex, modes).map_err(|e| {
+                    Error::io(
+                        format!(
+                            "attaching a multi-buffer XDP program to '{ifname}' (MTU {}; \
+                             frames over {} bytes need kernel 6.6 or later)",
+                            mtu.unwrap_or_default(),
+                            xsk::MAX_RX_FRAME
+                        ),
+                        e,
+                    )
+                })?;
+                modes = if native { &[true] } else { &[false] };
+                Some(program)
+            } else {
+                None
+            };
             let mut slots = Vec::new();
             let mut socket_fds = Vec::new();
             let mut native_used = modes[0];
@@ -92,11 +108,17 @@ mod backend {
                     queue_id,
                     modes,
                     force_copy: opts.force_copy == Some(true),
-                    inhibit,
+                    inhibit: inhibit || program.is_some(),
                     adopt: adopted.next(),
+                    multi_buffer,
                 })
                 .map_err(|e| create_error(e, ifname, queue_id, i, queues))?;
                 native_used = native;
+                if let Some(program) = &program {
+                    // The program redirects a frame to the socket at its receive queue's index.
+                    xsk::map_insert(program.map(), queue_id, socket.fd())
+                        .map_err(|e| Error::io("inserting the AF_XDP socket into its map", e))?;
+                }
                 let map_entry = match &opts.map_path {
                     Some(path) => {
                         let index = opts.first_map_index() + i;
@@ -112,22 +134,32 @@ mod backend {
                     None => None,
                 };
                 socket_fds.push(socket.fd());
-                slots.push(SlotState::holding(QueueState::new(socket, map_entry)));
+                slots.push(SlotState::holding(QueueState::new(
+                    socket,
+                    map_entry,
+                    multi_buffer,
+                )));
             }
-            if !inhibit && xsk::attached_program(ifindex, native_used).is_none() {
+            if !inhibit
+                && program.is_none()
+                && xsk::attached_program(ifindex, native_used).is_none()
+            {
                 return Err(Error::io(
                     format!("no XDP program loaded on '{ifname}', ifindex: {ifindex}"),
                     io::Error::from(io::ErrorKind::NotFound),
                 ));
             }
             info!(
-                "af-xdp {ifname}: {queues} queue(s) from {first_queue}, {} mode{}",
-                if native_used { "native" } else { "skb" },
+                "af-xdp {ifname}: {queues} queue(s) from {first_queue}, {}{}{}",
                 if inhibit {
-                    ", program not loaded by us"
+                    "program not loaded by us"
+                } else if native_used {
+                    "native mode"
                 } else {
-                    ""
-                }
+                    "skb mode"
+                },
+                if multi_buffer { ", multi-buffer" } else { "" },
+                mtu.map(|m| format!(", MTU {m}")).unwrap_or_default()
             );
             Ok(AfXdpBackend {
                 ifname: ifname.to_string(),
@@ -137,8 +169,34 @@ mod backend {
                 fds: socket_fds,
                 drops: Arc::default(),
                 closed: AtomicBool::new(false),
+                program: Mutex::new(program),
             })
         }
+    }
+
+    /// Bytes of Ethernet header (with one VLAN tag) on top of the MTU.
+    const ETHERNET_HEADER: usize = 18;
+
+    /// The descriptors `sock-fds` names, each checked to be an AF_XDP socket.
+    fn take_sockets(opts: &AfXdpOptions, fds: &mut dyn FdSource) -> Result<Vec<OwnedFd>, Error> {
+        let mut adopted = Vec::new();
+        for name in opts.sock_fd_names() {
+            let fd = fds.take_fd(name)?;
+            if crate::sys::socket_domain(fd.as_raw_fd()).ok() != Some(libc::AF_XDP) {
+                return Err(invalid(format!(
+                    "'sock-fds': descriptor '{name}' is not an AF_XDP socket"
+                )));
+            }
+            adopted.push(fd);
+        }
+        Ok(adopted)
+    }
+
+    /// The interface's MTU.
+    fn interface_mtu(ifname: &str) -> Option<usize> {
+        crate::sys::interface_mtu(ifname)
+            .ok()
+            .and_then(|m| usize::try_from(m).ok())
     }
 
     fn invalid(text: String) -> Error {
@@ -265,6 +323,12 @@ mod backend {
             for slot in &self.slots {
                 SlotState::close(slot);
             }
+            drop(
+                self.program
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            );
         }
 
         fn counters(&self) -> Vec<(&'static str, u64)> {

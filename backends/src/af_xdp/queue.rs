@@ -8,7 +8,9 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::xsk::{self, Xsk, FRAME_SIZE, MAX_TX_FRAME, RX_FRAMES, TX_FRAMES};
+use super::xsk::{
+    self, Xsk, FRAME_SIZE, MAX_FRAME_DESCS, MAX_TX_FRAME, RX_FRAMES, TX_FRAMES, XDP_PKT_CONTD,
+};
 use crate::{BackendQueue, Offloads};
 
 /// Received descriptors taken from the rx ring at once.
@@ -41,11 +43,13 @@ pub struct QueueState {
     rx_left: u32,
     /// With `map-path`: the map and the slot this socket occupies.
     map_entry: Option<(OwnedFd, u32)>,
+    /// Bound with `XDP_USE_SG`: frames span descriptors.
+    multi_buffer: bool,
 }
 
 impl QueueState {
     /// Takes over a fresh socket: every rx frame goes on the fill ring, every tx frame is free.
-    pub fn new(xsk: Xsk, map_entry: Option<(OwnedFd, u32)>) -> Self {
+    pub fn new(xsk: Xsk, map_entry: Option<(OwnedFd, u32)>, multi_buffer: bool) -> Self {
         let mut rx_recycled = Vec::with_capacity(RX_FRAMES);
         rx_recycled.extend((0..RX_FRAMES as u64).rev().map(|i| i * FRAME_SIZE as u64));
         let mut tx_free = Vec::with_capacity(TX_FRAMES);
@@ -59,6 +63,7 @@ impl QueueState {
             rx_next: 0,
             rx_left: 0,
             map_entry,
+            multi_buffer,
         };
         state.refill();
         state
@@ -88,74 +93,144 @@ impl QueueState {
         }
     }
 
+    /// The next received descriptor, peeking another batch when the last one is used up.
+    fn next_rx(&mut self) -> Option<xsk::Desc> {
+        if self.rx_left == 0 {
+            let (idx, n) = self.xsk.rx_peek(RX_BATCH);
+            if n == 0 {
+                return None;
+            }
+            (self.rx_next, self.rx_left) = (idx, n);
+        }
+        let desc = self.xsk.rx_desc(self.rx_next);
+        self.rx_next = self.rx_next.wrapping_add(1);
+        self.rx_left -= 1;
+        Some(desc)
+    }
+
     fn recv(&mut self, bufs: &mut [IoSliceMut<'_>], drops: &Drops) -> io::Result<usize> {
         loop {
-            if self.rx_left == 0 {
-                let (idx, n) = self.xsk.rx_peek(RX_BATCH);
-                if n == 0 {
-                    self.refill();
-                    return Err(io::Error::from(io::ErrorKind::WouldBlock));
+            // One frame: one descriptor, or (multi-buffer) a run ending without XDP_PKT_CONTD.
+            let mut parts = [(0u64, 0usize); MAX_FRAME_DESCS];
+            let (mut count, mut total, mut complete, mut fits_parts) = (0, 0, false, true);
+            while let Some(desc) = self.next_rx() {
+                if count < MAX_FRAME_DESCS {
+                    parts[count] = (desc.addr, desc.len as usize);
+                    count += 1;
+                } else {
+                    // More pieces than a frame can have: its tail is let go below, unread.
+                    fits_parts = false;
+                    self.release_rx(desc.addr);
                 }
-                (self.rx_next, self.rx_left) = (idx, n);
+                total += desc.len as usize;
+                if desc.options & XDP_PKT_CONTD == 0 || !self.multi_buffer {
+                    complete = true;
+                    break;
+                }
             }
-            let desc = self.xsk.rx_desc(self.rx_next);
-            self.rx_next = self.rx_next.wrapping_add(1);
-            self.rx_left -= 1;
+            if count == 0 {
+                self.refill();
+                return Err(io::Error::from(io::ErrorKind::WouldBlock));
+            }
             let capacity: usize = bufs.iter().map(|b| b.len()).sum();
-            let copied = match self.xsk.frame(desc.addr, desc.len as usize) {
-                None => {
+            let copied = if !complete || !fits_parts {
+                // The kernel publishes a frame's descriptors together: a cut one is corrupt.
+                drops.rx_bad_desc.fetch_add(1, Ordering::Relaxed);
+                None
+            } else if total > capacity {
+                drops.rx_too_big.fetch_add(1, Ordering::Relaxed);
+                None
+            } else {
+                let mut slices: [&[u8]; MAX_FRAME_DESCS] = [&[]; MAX_FRAME_DESCS];
+                let mut valid = true;
+                for (slot, &(addr, len)) in slices.iter_mut().zip(&parts[..count]) {
+                    match self.xsk.frame(addr, len) {
+                        Some(f) => *slot = f,
+                        None => valid = false,
+                    }
+                }
+                if valid {
+                    Some(crate::copy_parts(&slices[..count], bufs))
+                } else {
                     drops.rx_bad_desc.fetch_add(1, Ordering::Relaxed);
                     None
                 }
-                Some(frame) if frame.len() > capacity => {
-                    drops.rx_too_big.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-                Some(frame) => Some(crate::copy_frame(frame, bufs)),
             };
-            self.release_rx(desc.addr);
+            for &(addr, _) in &parts[..count] {
+                self.release_rx(addr);
+            }
             if let Some(n) = copied {
                 return Ok(n);
             }
         }
     }
 
+    /// UMEM frames (and tx descriptors) a frame of `len` bytes takes; `None` if it cannot go.
+    fn tx_descs(&self, len: usize) -> Option<usize> {
+        let limit = if self.multi_buffer {
+            MAX_TX_FRAME * MAX_FRAME_DESCS
+        } else {
+            MAX_TX_FRAME
+        };
+        (1..=limit)
+            .contains(&len)
+            .then(|| len.div_ceil(MAX_TX_FRAME))
+    }
+
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]], drops: &Drops) -> io::Result<usize> {
         self.xsk.reap_completions(&mut self.tx_free);
-        let fits = |frame: &[IoSlice<'_>]| {
-            let len: usize = frame.iter().map(|s| s.len()).sum();
-            (1..=MAX_TX_FRAME).contains(&len)
-        };
-        // Reserve exactly one slot per frame that will be written (dropped frames take none).
-        let sendable = frames
-            .iter()
-            .filter(|f| fits(f))
-            .take(self.tx_free.len())
-            .count();
-        let (idx, reserved) = self.xsk.tx_reserve(sendable as u32);
+        let frame_len = |frame: &[IoSlice<'_>]| frame.iter().map(|s| s.len()).sum::<usize>();
+        // Reserve exactly the descriptors of the frames that will be written (dropped frames
+        // take none), stopping at the first that no longer finds free UMEM frames.
+        let mut needed = 0;
+        for frame in frames {
+            if let Some(d) = self.tx_descs(frame_len(frame)) {
+                if needed + d > self.tx_free.len() {
+                    break;
+                }
+                needed += d;
+            }
+        }
+        let (idx, reserved) = self.xsk.tx_reserve(needed as u32);
         let (mut written, mut taken) = (0u32, 0);
         for frame in frames {
-            if !fits(frame) {
-                let len: usize = frame.iter().map(|s| s.len()).sum();
+            let len = frame_len(frame);
+            let Some(descs) = self.tx_descs(len) else {
                 drops
                     .tx_too_big
                     .fetch_add(u64::from(len > 0), Ordering::Relaxed);
                 taken += 1;
                 continue;
-            }
-            if written == reserved {
+            };
+            if written as usize + descs > reserved as usize {
                 break;
             }
-            let addr = self.tx_free.pop().unwrap_or_default();
-            let len: usize = frame.iter().map(|s| s.len()).sum();
-            if let Some(dst) = self.xsk.frame_mut(addr, len) {
-                let mut at = 0;
-                for part in frame.iter() {
-                    dst[at..at + part.len()].copy_from_slice(part);
-                    at += part.len();
+            // The frame's bytes, cut into UMEM frames; every piece but the last says "more".
+            let mut piece = 0;
+            let mut at = 0;
+            let mut addr = self.tx_free.pop().unwrap_or_default();
+            for part in frame.iter() {
+                let mut part: &[u8] = part;
+                while !part.is_empty() {
+                    if at == MAX_TX_FRAME {
+                        self.xsk
+                            .tx_set(idx.wrapping_add(written), addr, at as u32, XDP_PKT_CONTD);
+                        written += 1;
+                        piece += 1;
+                        addr = self.tx_free.pop().unwrap_or_default();
+                        at = 0;
+                    }
+                    let n = part.len().min(MAX_TX_FRAME - at);
+                    if let Some(dst) = self.xsk.frame_mut(addr + at as u64, n) {
+                        dst.copy_from_slice(&part[..n]);
+                    }
+                    part = &part[n..];
+                    at += n;
                 }
             }
-            self.xsk.tx_set(idx.wrapping_add(written), addr, len as u32);
+            debug_assert_eq!(piece + 1, descs);
+            self.xsk
+                .tx_set(idx.wrapping_add(written), addr, at as u32, 0);
             written += 1;
             taken += 1;
         }

@@ -32,6 +32,13 @@ pub const UMEM_BYTES: usize = FRAMES * FRAME_SIZE;
 pub const MAX_RX_FRAME: usize = FRAME_SIZE - xdp::XDP_PACKET_HEADROOM as usize;
 /// The largest frame one tx descriptor carries.
 pub const MAX_TX_FRAME: usize = FRAME_SIZE;
+/// Descriptors one frame may span with `XDP_USE_SG` (the kernel's `MAX_SKB_FRAGS` + 1 is the
+/// limit for copy mode; 16 frames hold 64 KiB).
+pub const MAX_FRAME_DESCS: usize = 16;
+/// Descriptor option: more descriptors of the same frame follow.
+pub const XDP_PKT_CONTD: u32 = 1;
+/// Bind flag for multi-buffer sockets.
+const XDP_USE_SG: u16 = 1 << 4;
 
 /// Tries (50 ms apart) at what a socket closed a moment ago may still hold in the kernel: its
 /// UMEM's locked memory, its interface queue.
@@ -56,7 +63,12 @@ pub struct SocketSpec<'a> {
     pub inhibit: bool,
     /// An already-open, unbound AF_XDP socket to use instead of a new one (`sock-fds`).
     pub adopt: Option<OwnedFd>,
+    /// Bind with `XDP_USE_SG`: a frame may span several UMEM frames (kernel 6.6+).
+    pub multi_buffer: bool,
 }
+
+/// A ring descriptor: UMEM address, length, options ([`XDP_PKT_CONTD`]).
+pub type Desc = xdp::xdp_desc;
 
 /// The kernel's per-socket drop counters (`XDP_STATISTICS`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -197,6 +209,9 @@ impl Xsk {
         if spec.force_copy {
             bind_flags |= xdp::XDP_COPY as u16;
         }
+        if spec.multi_buffer {
+            bind_flags |= XDP_USE_SG;
+        }
         let mut result = Err(CreateError::Socket(io::Error::from(
             io::ErrorKind::InvalidInput,
         )));
@@ -335,7 +350,7 @@ impl Xsk {
     }
 
     /// The received descriptor at ring index `idx` (one that `rx_peek` returned).
-    pub fn rx_desc(&self, idx: u32) -> xdp::xdp_desc {
+    pub fn rx_desc(&self, idx: u32) -> Desc {
         // SAFETY: libxdp masks the index into the ring; the caller only asks for peeked entries,
         // which the kernel does not write until they are released.
         unsafe { *xdp::xsk_ring_cons__rx_desc(&self.rings.rx, idx) }
@@ -359,15 +374,12 @@ impl Xsk {
         (idx, got)
     }
 
-    /// Writes the reserved tx slot `idx`.
-    pub fn tx_set(&mut self, idx: u32, addr: u64, len: u32) {
+    /// Writes the reserved tx slot `idx` (`options`: [`XDP_PKT_CONTD`] if the frame goes on).
+    pub fn tx_set(&mut self, idx: u32, addr: u64, len: u32, options: u32) {
         // SAFETY: `idx` lies in a reservation the caller made and has not submitted yet.
         unsafe {
-            *xdp::xsk_ring_prod__tx_desc(&mut self.rings.tx, idx) = xdp::xdp_desc {
-                addr,
-                len,
-                options: 0,
-            }
+            *xdp::xsk_ring_prod__tx_desc(&mut self.rings.tx, idx) =
+                xdp::xdp_desc { addr, len, options }
         };
     }
 
@@ -600,4 +612,116 @@ pub fn detach_program(ifindex: u32, prog_id: u32) -> io::Result<()> {
         result = Err(errno_of(ret));
     }
     result
+}
+
+/// libxdp's XSK program, loaded by us with multi-buffer support (`BPF_F_XDP_HAS_FRAGS`, which
+/// libxdp's own set-up does not ask for) and attached to an interface until dropped. The sockets
+/// are then created with the program load inhibited and put into its map by the caller.
+pub struct FragsProgram {
+    program: *mut xdp::xdp_program,
+    ifindex: libc::c_int,
+    mode: xdp::xdp_attach_mode,
+    map: OwnedFd,
+}
+
+// SAFETY: the program object is only touched again in `Drop`, by whichever thread drops it.
+unsafe impl Send for FragsProgram {}
+// SAFETY: shared references only read the map descriptor.
+unsafe impl Sync for FragsProgram {}
+
+impl std::fmt::Debug for FragsProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FragsProgram")
+            .field("ifindex", &self.ifindex)
+            .finish()
+    }
+}
+
+impl FragsProgram {
+    /// Loads the program and attaches it to `ifindex` in the first of `modes` (native = true)
+    /// that works; returns it and whether that was native.
+    pub fn attach(ifindex: u32, modes: &[bool]) -> io::Result<(FragsProgram, bool)> {
+        let ifindex = libc::c_int::try_from(ifindex)
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))?;
+        let file = CString::new("xsk_def_xdp_prog.o").map_err(|_| io::Error::other("name"))?;
+        let map_name = CString::new("xsks_map").map_err(|_| io::Error::other("name"))?;
+        let mut last = io::Error::from_raw_os_error(libc::EINVAL);
+        for &native in modes {
+            // SAFETY: libxdp opens its embedded object by name; the result is checked below
+            // and closed on every path that does not keep it.
+            let program =
+                unsafe { xdp::xdp_program__find_file(file.as_ptr(), ptr::null(), ptr::null_mut()) };
+            // SAFETY: libxdp_get_error only inspects the pointer value.
+            let err = unsafe { xdp::libxdp_get_error(program.cast()) };
+            if err != 0 || program.is_null() {
+                return Err(io::Error::from_raw_os_error(
+                    i32::try_from(-err).unwrap_or(libc::ENOENT),
+                ));
+            }
+            let mode = if native {
+                xdp::xdp_attach_mode_XDP_MODE_NATIVE
+            } else {
+                xdp::xdp_attach_mode_XDP_MODE_SKB
+            };
+            // SAFETY: `program` is a live, not yet loaded program object.
+            let ret = unsafe {
+                match xdp::xdp_program__set_xdp_frags_support(program, true) {
+                    0 => xdp::xdp_program__attach(program, ifindex, mode, 0),
+                    e => e,
+                }
+            };
+            if ret != 0 {
+                last = errno_of(ret);
+                // SAFETY: closes the object opened above, attached nowhere.
+                unsafe { xdp::xdp_program__close(program) };
+                continue;
+            }
+            // SAFETY: the program is loaded; its object owns the map descriptor, which we
+            // duplicate so that ours outlives nothing it should not.
+            let map_fd = unsafe {
+                xdp::bpf_object__find_map_fd_by_name(
+                    xdp::xdp_program__bpf_obj(program),
+                    map_name.as_ptr(),
+                )
+            };
+            let map = if map_fd < 0 {
+                Err(errno_of(map_fd))
+            } else {
+                crate::sys::dup_cloexec(map_fd)
+            };
+            let attached = FragsProgram {
+                program,
+                ifindex,
+                mode,
+                map: match map {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // SAFETY: detaches and closes what was attached just above.
+                        unsafe {
+                            xdp::xdp_program__detach(program, ifindex, mode, 0);
+                            xdp::xdp_program__close(program);
+                        }
+                        return Err(e);
+                    }
+                },
+            };
+            return Ok((attached, native));
+        }
+        Err(last)
+    }
+
+    /// The program's XSK map (queue index → socket).
+    pub fn map(&self) -> &OwnedFd {
+        &self.map
+    }
+}
+
+impl Drop for FragsProgram {
+    fn drop(&mut self) {
+        // SAFETY: detaches and closes the program attached in `attach`, once.
+        unsafe {
+            xdp::xdp_program__detach(self.program, self.ifindex, self.mode, 0);
+            xdp::xdp_program__close(self.program);
+        }
+    }
 }
