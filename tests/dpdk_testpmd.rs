@@ -347,3 +347,54 @@ fn testpmd_virtio_user_exchanges_frames_through_af_xdp() {
     exchange_through_testpmd(&ns, "vpeer1", &socket, &daemon);
     assert!(daemon.terminate().success());
 }
+
+/// `map-path` for a daemon without CAP_NET_ADMIN: the helper attaches the program and pins its
+/// XSK map on a bpf filesystem (mounted in a private mount namespace); the daemon, left with
+/// CAP_NET_RAW (its own sockets) and CAP_BPF (the map) only, inserts its socket there.
+#[cfg(feature = "af-xdp")]
+#[test]
+fn testpmd_through_af_xdp_map_path_without_cap_net_admin() {
+    use common::process::{child_of, status_line};
+    if !privileged_environment("testpmd_af_xdp_map_path") {
+        return;
+    }
+    let dir = TempDir::new("xdpmap");
+    let ns = Netns::new("xdpmap");
+    ns.ip(&[
+        "link", "add", "vxsk2", "type", "veth", "peer", "name", "vpeer2",
+    ]);
+    ns.ip(&["link", "set", "vxsk2", "up"]);
+    ns.ip(&["link", "set", "vpeer2", "up"]);
+    let bpffs = dir.path("bpf");
+    std::fs::create_dir_all(&bpffs).unwrap();
+    let map = bpffs.join("xsks");
+    let socket = dir.path("dpdk.sock");
+    let mut cmd = ns.command("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t bpf bpf "$0" && exec "$@""#)
+        .arg(&bpffs)
+        .arg(env!("CARGO_BIN_EXE_vhost-user-netd-xdp-helper"))
+        .args(["--ifname", "vxsk2", "--no-sockets", "--pin-map"])
+        .arg(&map)
+        .args([
+            "--",
+            "setpriv",
+            "--bounding-set=-all,+net_raw,+bpf",
+            "--inh-caps=-all",
+        ])
+        .arg(common::daemon::BINARY)
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--netdev")
+        .arg(format!(
+            "af-xdp,id=n0,ifname=vxsk2,inhibit=on,map-path={}",
+            map.display()
+        ));
+    let mut daemon = Daemon::start(cmd, 1);
+    let pid = child_of(daemon.child.id());
+    assert_eq!(status_line(pid, "Name:"), "Name:\tvhost-user-netd");
+    // CAP_NET_RAW is bit 13, CAP_BPF bit 39; CAP_NET_ADMIN (12) is gone.
+    assert_eq!(status_line(pid, "CapEff:"), "CapEff:\t0000008000002000");
+    exchange_through_testpmd(&ns, "vpeer2", &socket, &daemon);
+    assert!(daemon.terminate().success());
+}

@@ -18,6 +18,7 @@ use common::guest_traffic::{
     check_ping_and_transfers, HostPeer, IntoAddr, GUEST_IP, HOST_IP, SETUP, STEP,
 };
 use common::netns::Netns;
+use common::process::{child_of, status_line};
 use common::qemu::{Guest, NicSpec};
 use common::{guest_kernel, initramfs, privileged_environment, TempDir};
 
@@ -203,6 +204,13 @@ fn af_xdp_errors_name_the_option_and_exit_2() {
     let (code, err) = run(&format!("af-xdp,id=n0,ifname={XDP_IF},start-queue=1"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("'start-queue'"), "{err}");
+    // The loopback device has no driver-mode XDP (and its 64 KiB MTU asks for multi-buffer).
+    let (code, err) = run("af-xdp,id=n0,ifname=lo,mode=native");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("failed to attach a multi-buffer XDP program to 'lo' in native mode"),
+        "{err}"
+    );
     let (code, err) = run(&format!("af-xdp,id=n0,ifname={XDP_IF},inhibit=on"));
     assert_eq!(code, Some(2), "{err}");
     assert!(
@@ -210,28 +218,6 @@ fn af_xdp_errors_name_the_option_and_exit_2() {
         "{err}"
     );
     assert_eq!(xdp_attachment(&ns), "none", "a failed start left a program");
-}
-
-/// The first child of process `pid`.
-fn child_of(pid: u32) -> u32 {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .expect("children of the helper");
-    children
-        .split_whitespace()
-        .next()
-        .expect("the helper runs a child")
-        .parse()
-        .expect("pid")
-}
-
-/// A line of `/proc/PID/status`.
-fn status_line(pid: u32, key: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .unwrap_or_default()
-        .to_string()
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod initramfs;
 pub mod lines;
 pub mod netns;
 pub mod packet;
+pub mod process;
 pub mod python;
 pub mod qemu;
 pub mod qmp;

@@ -83,15 +83,22 @@ mod backend {
             let multi_buffer = mtu.is_some_and(|m| m + ETHERNET_HEADER > xsk::MAX_RX_FRAME);
             let program = if multi_buffer && !inhibit {
                 let (program, native) = FragsProgram::attach(ifindex, modes).map_err(|e| {
-                    Error::io(
-                        format!(
-                            "attaching a multi-buffer XDP program to '{ifname}' (MTU {}; \
-                             frames over {} bytes need kernel 6.6 or later)",
-                            mtu.unwrap_or_default(),
-                            xsk::MAX_RX_FRAME
-                        ),
-                        e,
-                    )
+                    let message = format!(
+                        "failed to attach a multi-buffer XDP program to '{ifname}' in {} mode \
+                         (its MTU {} needs frames over {} bytes)",
+                        opts.mode.map_or("native or skb", XdpMode::name),
+                        mtu.unwrap_or_default(),
+                        xsk::MAX_RX_FRAME
+                    );
+                    match e.raw_os_error() {
+                        // The driver refuses the mode, or the MTU in that mode: configuration.
+                        Some(libc::EOPNOTSUPP)
+                        | Some(libc::EINVAL)
+                        | Some(libc::E2BIG)
+                        | Some(libc::EBUSY)
+                        | Some(libc::ERANGE) => invalid(format!("{message}: {e}")),
+                        _ => Error::io(message, e),
+                    }
                 })?;
                 modes = if native { &[true] } else { &[false] };
                 Some(program)
