@@ -322,6 +322,14 @@ fn inherited_listening_socket_and_multiqueue_tap_fds() {
     }
 }
 
+/// A veth pair `a`–`b` in `ns`, both ends up.
+#[cfg(feature = "af-xdp")]
+fn veth_pair(ns: &Netns, a: &str, b: &str) {
+    ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    ns.ip(&["link", "set", a, "up"]);
+    ns.ip(&["link", "set", b, "up"]);
+}
+
 /// The same loop through an `af-xdp` netdev on a veth pair: frames from the peer's packet socket
 /// reach testpmd through the AF_XDP socket and come back out of it, in order and intact.
 #[cfg(feature = "af-xdp")]
@@ -332,11 +340,7 @@ fn testpmd_virtio_user_exchanges_frames_through_af_xdp() {
     }
     let dir = TempDir::new("testpmdxdp");
     let ns = Netns::new("dpdkxdp");
-    ns.ip(&[
-        "link", "add", "vxsk1", "type", "veth", "peer", "name", "vpeer1",
-    ]);
-    ns.ip(&["link", "set", "vxsk1", "up"]);
-    ns.ip(&["link", "set", "vpeer1", "up"]);
+    veth_pair(&ns, "vxsk1", "vpeer1");
     let socket = dir.path("dpdk.sock");
     let mut cmd = ns.command(common::daemon::BINARY);
     cmd.arg("--socket-path")
@@ -360,11 +364,7 @@ fn testpmd_through_af_xdp_map_path_without_cap_net_admin() {
     }
     let dir = TempDir::new("xdpmap");
     let ns = Netns::new("xdpmap");
-    ns.ip(&[
-        "link", "add", "vxsk2", "type", "veth", "peer", "name", "vpeer2",
-    ]);
-    ns.ip(&["link", "set", "vxsk2", "up"]);
-    ns.ip(&["link", "set", "vpeer2", "up"]);
+    veth_pair(&ns, "vxsk2", "vpeer2");
     let bpffs = dir.path("bpf");
     std::fs::create_dir_all(&bpffs).unwrap();
     let map = bpffs.join("xsks");

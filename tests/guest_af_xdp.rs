@@ -9,18 +9,15 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-
 use common::daemon::Daemon;
 use common::guest_traffic::{
-    check_ping_and_transfers, HostPeer, IntoAddr, GUEST_IP, HOST_IP, SETUP, STEP,
+    check_ping_and_transfers, guest_done, phase, prepare, tell_guest, HostPeer, Prepared, FLOWS,
+    GUEST_IP, HOST_IP, SETUP, STEP,
 };
 use common::netns::Netns;
+use common::privileged_environment;
 use common::process::{child_of, status_line};
 use common::qemu::{Guest, NicSpec};
-use common::{guest_kernel, initramfs, privileged_environment, TempDir};
 
 /// The daemon's end of the veth pair.
 const XDP_IF: &str = "vxsk0";
@@ -29,27 +26,10 @@ const HOST_IF: &str = "vpeer0";
 
 const JUMBO: &str = r#"
 if ping -c 3 -W 5 -s 8000 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-jumbo ok"; else echo "RESULT ping-jumbo fail"; fi
-echo "PHASE host-ping"
-nc -l -p 5002 < /dev/null > /tmp/go
-echo "RESULT go $(cat /tmp/go)"
 "#;
 
 /// The privileged helper that attaches the program and hands out sockets.
 const HELPER: &str = env!("CARGO_BIN_EXE_vhost-user-netd-xdp-helper");
-
-const SWAP: &str = r#"
-echo "PHASE swap"
-nc -l -p 5002 < /dev/null > /tmp/go
-echo "RESULT go $(cat /tmp/go)"
-if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-after-swap ok"; else echo "RESULT ping-after-swap fail"; fi
-"#;
-
-const FLOWS: &str = r#"
-i=0
-while [ $i -lt 16 ]; do nc 10.0.0.1 5003 < /dev/null > /dev/null & i=$((i+1)); done
-wait
-echo "RESULT flows-done"
-"#;
 
 /// A veth pair with `queues` queues each way; the host end carries the host's address and
 /// finishes its own checksums (AF_XDP has no way to carry a partial one to the guest).
@@ -107,18 +87,42 @@ fn xdp_attachment(ns: &Netns) -> String {
         .to_string()
 }
 
+/// Boots the guest on `socket` with `queues` queue pairs and checks ping and the transfers
+/// (with `flows` parallel downloads served, whose thread is returned).
+fn boot_and_exchange(
+    prepared: &Prepared,
+    socket: &std::path::Path,
+    queues: u16,
+    flows: usize,
+) -> (Guest, Option<std::thread::JoinHandle<usize>>) {
+    let peer = HostPeer::start(&prepared.ns, flows);
+    let nic = NicSpec {
+        socket,
+        queues,
+        reconnect_ms: None,
+        qemu_is_server: false,
+    };
+    let guest = Guest::boot(&prepared.kernel, &prepared.initrd, &nic, queues);
+    let flows = check_ping_and_transfers(&guest, &prepared.ns, peer, &prepared.dir, queues);
+    (guest, flows)
+}
+
+/// Ends the daemon (through its helper, if any) with SIGTERM; no XDP program may be left.
+fn stop(daemon: &mut Daemon, ns: &Netns) {
+    let status = daemon.terminate();
+    assert!(status.success(), "exit on SIGTERM: {status}");
+    assert_eq!(xdp_attachment(ns), "none", "program left attached");
+}
+
 fn guest_through_af_xdp(tag: &str, queues: u16, mode: &str) {
-    let (kernel, modules) = guest_kernel().expect("kernel");
-    let dir = TempDir::new(tag);
-    let initrd = dir.path("initrd.cpio");
     let script = if queues > 1 {
         format!("{SETUP}{FLOWS}")
     } else {
         SETUP.to_string()
     };
-    initramfs::build(&initrd, &modules, &script);
-    let ns = Netns::new(tag);
-    veth(&ns, queues);
+    let prepared = prepare(tag, &script);
+    let (ns, dir) = (&prepared.ns, &prepared.dir);
+    veth(ns, queues);
     let socket = dir.path("vm.sock");
     let mut cmd = ns.command(common::daemon::BINARY);
     cmd.arg("--socket-path")
@@ -128,7 +132,7 @@ fn guest_through_af_xdp(tag: &str, queues: u16, mode: &str) {
             "af-xdp,id=n0,ifname={XDP_IF},mode={mode},queues={queues}"
         ));
     let mut daemon = Daemon::start(cmd, 1);
-    let attached = xdp_attachment(&ns);
+    let attached = xdp_attachment(ns);
     let expected = if mode == "native" {
         "xdp"
     } else {
@@ -136,32 +140,18 @@ fn guest_through_af_xdp(tag: &str, queues: u16, mode: &str) {
     };
     assert_eq!(attached, expected, "how the program is attached");
     let flows = usize::from(queues > 1) * 16;
-    let peer = HostPeer::start(&ns, flows);
-    let nic = NicSpec {
-        socket: &socket,
-        queues,
-        reconnect_ms: None,
-        qemu_is_server: false,
-    };
-    let mut guest = Guest::boot(&kernel, &initrd, &nic, queues);
-    let flows = check_ping_and_transfers(&guest, &ns, peer, &dir, queues);
+    let (mut guest, flows) = boot_and_exchange(&prepared, &socket, queues, flows);
     if let Some(flows) = flows {
         guest.console.wait_for("RESULT flows-done", STEP);
         assert_eq!(flows.join().expect("flows thread"), 16);
     }
-    guest.console.wait_for("GUEST-DONE", STEP);
-    assert!(
-        guest.wait_exit(Duration::from_secs(30)),
-        "guest did not power off"
-    );
+    guest_done(&mut guest);
     for pair in 0..queues {
         let (rx, tx) = daemon.pair_frames(pair);
         assert!(rx + tx > 0, "queue pair {pair} carried no frames");
     }
-    let status = daemon.terminate();
-    assert!(status.success(), "daemon exit on SIGTERM: {status}");
     // libxdp takes its program off the interface with the last socket.
-    assert_eq!(xdp_attachment(&ns), "none", "program left attached");
+    stop(&mut daemon, ns);
 }
 
 #[test]
@@ -225,12 +215,9 @@ fn guest_on_af_xdp_without_privileges_sockets_from_a_helper_and_qmp_hot_swap() {
     if !privileged_environment("guest_on_af_xdp_without_privileges") {
         return;
     }
-    let (kernel, modules) = guest_kernel().expect("kernel");
-    let dir = TempDir::new("xdpnp");
-    let initrd = dir.path("initrd.cpio");
-    initramfs::build(&initrd, &modules, &format!("{SETUP}{SWAP}"));
-    let ns = Netns::new("xdpnp");
-    veth(&ns, 1);
+    let prepared = prepare("xdpnp", &format!("{SETUP}{}", phase("swap", 5002)));
+    let (ns, dir) = (&prepared.ns, &prepared.dir);
+    veth(ns, 1);
     let socket = dir.path("vm.sock");
     let qmp_path = dir.path("qmp.sock");
     // The helper attaches the program and puts a socket in its map; the daemon runs with every
@@ -263,17 +250,9 @@ fn guest_on_af_xdp_without_privileges_sockets_from_a_helper_and_qmp_hot_swap() {
         status_line(daemon_pid, "CapBnd:"),
         "CapBnd:\t0000000000000000"
     );
-    assert_eq!(xdp_attachment(&ns), "xdp", "the helper's program");
+    assert_eq!(xdp_attachment(ns), "xdp", "the helper's program");
 
-    let peer = HostPeer::start(&ns, 0);
-    let nic = NicSpec {
-        socket: &socket,
-        queues: 1,
-        reconnect_ms: None,
-        qemu_is_server: false,
-    };
-    let mut guest = Guest::boot(&kernel, &initrd, &nic, 1);
-    check_ping_and_transfers(&guest, &ns, peer, &dir, 1);
+    let (mut guest, _) = boot_and_exchange(&prepared, &socket, 1, 0);
 
     // Hot-swap over QMP to a socket a second helper run prepares and qemu.qmp passes in.
     guest.console.wait_for("PHASE swap", STEP);
@@ -294,19 +273,7 @@ fn guest_on_af_xdp_without_privileges_sockets_from_a_helper_and_qmp_hot_swap() {
         String::from_utf8_lossy(&out.stderr),
         daemon.log.transcript()
     );
-    let go = ns.spawn(|| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            // Retried until the guest's listener is reachable through the new socket.
-            match TcpStream::connect_timeout(&(GUEST_IP, 5002).into_addr(), Duration::from_secs(2))
-            {
-                Ok(mut s) => return s.write_all(b"swapped\n").map_err(|e| e.to_string()),
-                Err(e) if Instant::now() >= deadline => return Err(e.to_string()),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    });
-    if let Err(e) = go.join().expect("go thread") {
+    if let Err(e) = tell_guest(ns, 5002, "swapped") {
         panic!(
             "guest unreachable after the swap: {e}\ndaemon:\n{}",
             daemon.log.transcript()
@@ -316,15 +283,9 @@ fn guest_on_af_xdp_without_privileges_sockets_from_a_helper_and_qmp_hot_swap() {
     assert!(line.ends_with("swapped"), "{line}");
     let line = guest.console.wait_for("RESULT ping-after-swap", STEP);
     assert!(line.ends_with(" ok"), "{line}");
-    guest.console.wait_for("GUEST-DONE", STEP);
-    assert!(
-        guest.wait_exit(Duration::from_secs(30)),
-        "guest did not power off"
-    );
+    guest_done(&mut guest);
     // SIGTERM to the helper reaches the daemon; the helper then takes its program off.
-    let status = daemon.terminate();
-    assert!(status.success(), "helper/daemon exit on SIGTERM: {status}");
-    assert_eq!(xdp_attachment(&ns), "none", "helper left its program");
+    stop(&mut daemon, ns);
 }
 
 #[test]
@@ -332,13 +293,13 @@ fn guest_on_af_xdp_with_a_9000_byte_mtu() {
     if !privileged_environment("guest_on_af_xdp_jumbo") {
         return;
     }
-    let (kernel, modules) = guest_kernel().expect("kernel");
-    let dir = TempDir::new("xdpjumbo");
-    let initrd = dir.path("initrd.cpio");
-    let script = format!("ip link set eth0 mtu 9000\n{SETUP}{JUMBO}");
-    initramfs::build(&initrd, &modules, &script);
-    let ns = Netns::new("xdpjumbo");
-    veth_mtu(&ns, 1, 9000);
+    let script = format!(
+        "ip link set eth0 mtu 9000\n{SETUP}{JUMBO}{}",
+        phase("host-ping", 5002)
+    );
+    let prepared = prepare("xdpjumbo", &script);
+    let (ns, dir) = (&prepared.ns, &prepared.dir);
+    veth_mtu(ns, 1, 9000);
     let socket = dir.path("vm.sock");
     let mut cmd = ns.command(common::daemon::BINARY);
     cmd.arg("--socket-path")
@@ -351,15 +312,7 @@ fn guest_on_af_xdp_with_a_9000_byte_mtu() {
         "{}",
         daemon.log.transcript()
     );
-    let peer = HostPeer::start(&ns, 0);
-    let nic = NicSpec {
-        socket: &socket,
-        queues: 1,
-        reconnect_ms: None,
-        qemu_is_server: false,
-    };
-    let mut guest = Guest::boot(&kernel, &initrd, &nic, 1);
-    check_ping_and_transfers(&guest, &ns, peer, &dir, 1);
+    let (mut guest, _) = boot_and_exchange(&prepared, &socket, 1, 0);
     let line = guest.console.wait_for("RESULT ping-jumbo", STEP);
     assert!(line.ends_with(" ok"), "guest → host 8000-byte ping: {line}");
     // The guest waits (listening on 5002) while the host pings it with 8000-byte frames.
@@ -374,28 +327,10 @@ fn guest_on_af_xdp_with_a_9000_byte_mtu() {
         text.contains(" 0% packet loss"),
         "host → guest 8000-byte ping:\n{text}"
     );
-    let go = ns.spawn(|| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            // Retried until the guest's listener is up.
-            match TcpStream::connect_timeout(&(GUEST_IP, 5002).into_addr(), Duration::from_secs(2))
-            {
-                Ok(mut s) => return s.write_all(b"pinged\n").is_ok(),
-                Err(_) if Instant::now() >= deadline => return false,
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    });
-    assert!(
-        go.join().expect("go thread"),
-        "guest's listener unreachable"
-    );
-    guest.console.wait_for("RESULT go", STEP);
-    guest.console.wait_for("GUEST-DONE", STEP);
-    assert!(
-        guest.wait_exit(Duration::from_secs(30)),
-        "guest did not power off"
-    );
+    tell_guest(ns, 5002, "pinged").expect("guest's listener");
+    let line = guest.console.wait_for("RESULT ping-after-host-ping", STEP);
+    assert!(line.ends_with(" ok"), "{line}");
+    guest_done(&mut guest);
     let c = daemon.pair_counts(0);
     assert!(
         c.rx_max_frame > 8000 && c.tx_max_frame > 8000,
@@ -403,6 +338,5 @@ fn guest_on_af_xdp_with_a_9000_byte_mtu() {
         c.rx_max_frame,
         c.tx_max_frame
     );
-    assert!(daemon.terminate().success());
-    assert_eq!(xdp_attachment(&ns), "none", "program left attached");
+    stop(&mut daemon, ns);
 }

@@ -6,17 +6,14 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-
 use common::daemon::Daemon;
 use common::guest_traffic::{
-    check_ping_and_transfers, HostPeer, IntoAddr, GUEST_IP, HOST_IP, SETUP, STEP,
+    check_ping_and_transfers, guest_done, phase, prepare, tell_guest, HostPeer, FLOWS, HOST_IP,
+    SETUP, STEP,
 };
 use common::netns::Netns;
+use common::privileged_environment;
 use common::qemu::{Guest, NicSpec, QemuVersion};
-use common::{guest_kernel, initramfs, privileged_environment, TempDir};
 
 const TAP: &str = "vutap0";
 
@@ -28,20 +25,6 @@ nc -l -p 5002 < /dev/null > /tmp/go
 kill $PING
 echo "RESULT go $(cat /tmp/go)"
 if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-after-restart ok"; else echo "RESULT ping-after-restart fail"; fi
-"#;
-
-const MIGRATE: &str = r#"
-echo "PHASE migrate"
-nc -l -p 5004 < /dev/null > /tmp/go
-echo "RESULT resumed $(cat /tmp/go)"
-if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-after-migrate ok"; else echo "RESULT ping-after-migrate fail"; fi
-"#;
-
-const FLOWS: &str = r#"
-i=0
-while [ $i -lt 16 ]; do nc 10.0.0.1 5003 < /dev/null > /dev/null & i=$((i+1)); done
-wait
-echo "RESULT flows-done"
 "#;
 
 fn start_daemon(ns: &Netns, socket: &std::path::Path, queues: u16) -> Daemon {
@@ -73,14 +56,11 @@ fn guest_on_tap_one_queue_pair_ping_transfer_and_daemon_restart() {
     if !privileged_environment("guest_on_tap_one_queue_pair") {
         return;
     }
-    let (kernel, modules) = guest_kernel().expect("kernel");
-    let dir = TempDir::new("guest1");
-    let initrd = dir.path("initrd.cpio");
-    initramfs::build(&initrd, &modules, &format!("{SETUP}{RESTART}"));
-    let ns = Netns::new("g1");
+    let prepared = prepare("g1", &format!("{SETUP}{RESTART}"));
+    let (ns, dir) = (&prepared.ns, &prepared.dir);
     let socket = dir.path("vm.sock");
-    let mut daemon = start_daemon(&ns, &socket, 1);
-    let peer = HostPeer::start(&ns, 0);
+    let mut daemon = start_daemon(ns, &socket, 1);
+    let peer = HostPeer::start(ns, 0);
 
     let nic = NicSpec {
         socket: &socket,
@@ -88,29 +68,14 @@ fn guest_on_tap_one_queue_pair_ping_transfer_and_daemon_restart() {
         reconnect_ms: Some(300),
         qemu_is_server: false,
     };
-    let mut guest = Guest::boot(&kernel, &initrd, &nic, 1);
-    check_ping_and_transfers(&guest, &ns, peer, &dir, 1);
+    let mut guest = Guest::boot(&prepared.kernel, &prepared.initrd, &nic, 1);
+    check_ping_and_transfers(&guest, ns, peer, dir, 1);
 
     // Kill the daemon while the guest pings, start a new one: QEMU reconnects, traffic resumes.
     guest.console.wait_for("PHASE restart", STEP);
     daemon.kill();
-    daemon = start_daemon(&ns, &socket, 1);
-    let go = ns.spawn(|| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            // Retried until the guest's listener is reachable again through the new daemon.
-            match TcpStream::connect_timeout(&(GUEST_IP, 5002).into_addr(), Duration::from_secs(2))
-            {
-                Ok(mut s) => {
-                    s.write_all(b"restarted\n").expect("send go");
-                    return Ok(());
-                }
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    });
-    if let Err(e) = go.join().expect("reconnect thread") {
+    daemon = start_daemon(ns, &socket, 1);
+    if let Err(e) = tell_guest(ns, 5002, "restarted") {
         panic!(
             "guest unreachable after daemon restart: {e}\nnew daemon's log:\n{}\nguest console:\n{}",
             daemon.log.transcript(),
@@ -121,11 +86,7 @@ fn guest_on_tap_one_queue_pair_ping_transfer_and_daemon_restart() {
     assert!(line.ends_with("restarted"), "{line}");
     let line = guest.console.wait_for("RESULT ping-after-restart", STEP);
     assert!(line.ends_with(" ok"), "{line}");
-    guest.console.wait_for("GUEST-DONE", STEP);
-    assert!(
-        guest.wait_exit(Duration::from_secs(30)),
-        "guest did not power off"
-    );
+    guest_done(&mut guest);
 
     let (rx, tx) = daemon.pair_frames(0);
     assert!(
@@ -142,14 +103,11 @@ fn guest_on_tap_two_queue_pairs_both_carry_traffic() {
     if !privileged_environment("guest_on_tap_two_queue_pairs") {
         return;
     }
-    let (kernel, modules) = guest_kernel().expect("kernel");
-    let dir = TempDir::new("guest2");
-    let initrd = dir.path("initrd.cpio");
-    initramfs::build(&initrd, &modules, &format!("{SETUP}{FLOWS}{MIGRATE}"));
-    let ns = Netns::new("g2");
+    let prepared = prepare("g2", &format!("{SETUP}{FLOWS}{}", phase("migrate", 5004)));
+    let (ns, dir) = (&prepared.ns, &prepared.dir);
     let socket = dir.path("vm.sock");
-    let daemon = start_daemon(&ns, &socket, 2);
-    let peer = HostPeer::start(&ns, 16);
+    let daemon = start_daemon(ns, &socket, 2);
+    let peer = HostPeer::start(ns, 16);
 
     let nic = NicSpec {
         socket: &socket,
@@ -158,8 +116,9 @@ fn guest_on_tap_two_queue_pairs_both_carry_traffic() {
         qemu_is_server: false,
     };
     let qmp_path = dir.path("qmp.sock");
-    let mut guest = Guest::boot_with_qmp(&kernel, &initrd, &nic, 2, Some(&qmp_path));
-    let flows = check_ping_and_transfers(&guest, &ns, peer, &dir, 2);
+    let mut guest =
+        Guest::boot_with_qmp(&prepared.kernel, &prepared.initrd, &nic, 2, Some(&qmp_path));
+    let flows = check_ping_and_transfers(&guest, ns, peer, dir, 2);
     // QEMU is long past creating its QMP socket once the guest has run its script.
     let mut qmp = common::qmp::Qmp::connect(&qmp_path);
     guest.console.wait_for("RESULT flows-done", STEP);
@@ -180,29 +139,12 @@ fn guest_on_tap_two_queue_pairs_both_carry_traffic() {
     assert_eq!(done["data"]["status"], "completed", "{done}");
     // The source stops after migrating; resume it: the device restarts and traffic flows again.
     qmp.execute("cont", serde_json::json!({})).expect("cont");
-    ns.spawn(|| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            // Retried until the resumed guest's listener answers.
-            match TcpStream::connect_timeout(&(GUEST_IP, 5004).into_addr(), Duration::from_secs(2))
-            {
-                Ok(mut s) => return s.write_all(b"after-migration\n").expect("send go"),
-                Err(e) if Instant::now() > deadline => {
-                    panic!("guest unreachable after migration: {e}")
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    })
-    .join()
-    .expect("resume thread");
+    tell_guest(ns, 5004, "after-migration").expect("guest unreachable after migration");
+    let line = guest.console.wait_for("RESULT go", STEP);
+    assert!(line.ends_with("after-migration"), "{line}");
     let line = guest.console.wait_for("RESULT ping-after-migrate", STEP);
     assert!(line.ends_with(" ok"), "{line}");
-    guest.console.wait_for("GUEST-DONE", STEP);
-    assert!(
-        guest.wait_exit(Duration::from_secs(30)),
-        "guest did not power off"
-    );
+    guest_done(&mut guest);
 
     let mut largest = (0, 0);
     for pair in 0..2 {
@@ -244,11 +186,8 @@ fn guest_on_qemu_7_2_two_queue_pairs_daemon_as_client() {
             .exists(),
         "QEMU 7.2 not unpacked (scripts/install-test-deps.sh)"
     );
-    let (kernel, modules) = guest_kernel().expect("kernel");
-    let dir = TempDir::new("guest72");
-    let initrd = dir.path("initrd.cpio");
-    initramfs::build(&initrd, &modules, SETUP);
-    let ns = Netns::new("g72");
+    let prepared = prepare("g72", SETUP);
+    let (ns, dir) = (&prepared.ns, &prepared.dir);
     let socket = dir.path("vm.sock");
     let nic = NicSpec {
         socket: &socket,
@@ -256,17 +195,20 @@ fn guest_on_qemu_7_2_two_queue_pairs_daemon_as_client() {
         reconnect_ms: None,
         qemu_is_server: true,
     };
-    let mut guest = Guest::boot_version(QemuVersion::Bookworm72, &kernel, &initrd, &nic, 2, None);
+    let mut guest = Guest::boot_version(
+        QemuVersion::Bookworm72,
+        &prepared.kernel,
+        &prepared.initrd,
+        &nic,
+        2,
+        None,
+    );
     // QEMU listens and blocks its start-up until a backend connects; the daemon, in client
     // mode, connects (retrying with backoff until the socket exists).
-    let daemon = start_daemon_mode(&ns, &socket, 2, true);
-    let peer = HostPeer::start(&ns, 0);
-    check_ping_and_transfers(&guest, &ns, peer, &dir, 2);
-    guest.console.wait_for("GUEST-DONE", STEP);
-    assert!(
-        guest.wait_exit(Duration::from_secs(30)),
-        "guest did not power off"
-    );
+    let daemon = start_daemon_mode(ns, &socket, 2, true);
+    let peer = HostPeer::start(ns, 0);
+    check_ping_and_transfers(&guest, ns, peer, dir, 2);
+    guest_done(&mut guest);
     let (rx, tx) = daemon.pair_frames(0);
     assert!(rx > 0 && tx > 0, "pair 0 moved frames (rx {rx}, tx {tx})");
 }

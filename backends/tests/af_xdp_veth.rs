@@ -23,6 +23,23 @@ fn can_run() -> bool {
     root
 }
 
+/// Runs `f` on a thread of its own (it enters namespaces), where root is there to run it.
+fn in_own_thread(f: impl FnOnce() + Send + 'static) {
+    if can_run() {
+        std::thread::spawn(f).join().unwrap();
+    }
+}
+
+/// Fails if an XDP program is still attached to the backend's end.
+fn assert_no_program() {
+    let out = Command::new("ip")
+        .args(["link", "show", "vxsk0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(" xdp"), "program still attached: {text}");
+}
+
 /// A namespace with a veth pair (`vxsk0` for the backend, `vpeer0` for the packet socket);
 /// the calling thread enters it. Deleted on drop.
 struct VethNs {
@@ -208,16 +225,12 @@ fn check_frames(backend: &AfXdpBackend, mode: &str) {
 
 #[test]
 fn frames_cross_a_veth_in_skb_mode() {
-    if can_run() {
-        std::thread::spawn(|| exchange("skb")).join().unwrap();
-    }
+    in_own_thread(|| exchange("skb"));
 }
 
 #[test]
 fn frames_cross_a_veth_in_native_mode() {
-    if can_run() {
-        std::thread::spawn(|| exchange("native")).join().unwrap();
-    }
+    in_own_thread(|| exchange("native"));
 }
 
 /// Enters a private mount namespace (this thread only) with a bpf filesystem at `dir`.
@@ -276,12 +289,7 @@ fn prepared_program(dir: &std::path::Path) {
     drop(adopted);
 
     program.detach_if_attached_here().unwrap();
-    let out = Command::new("ip")
-        .args(["link", "show", "vxsk0"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains(" xdp"), "program still attached: {text}");
+    assert_no_program();
 }
 
 #[test]
@@ -356,24 +364,15 @@ fn jumbo(mode: &str) {
     assert!(seen, "9014-byte frame sent whole ({mode})");
     drop(queue);
     backend.shutdown();
-    let out = Command::new("ip")
-        .args(["link", "show", "vxsk0"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains(" xdp"), "program still attached: {text}");
+    assert_no_program();
 }
 
 #[test]
 fn jumbo_frames_cross_with_multi_buffer_in_skb_mode() {
-    if can_run() {
-        std::thread::spawn(|| jumbo("skb")).join().unwrap();
-    }
+    in_own_thread(|| jumbo("skb"));
 }
 
 #[test]
 fn jumbo_frames_cross_with_multi_buffer_in_native_mode() {
-    if can_run() {
-        std::thread::spawn(|| jumbo("native")).join().unwrap();
-    }
+    in_own_thread(|| jumbo("native"));
 }

@@ -24,7 +24,8 @@ use crate::frames;
 use crate::generator::Generator;
 use crate::netns::Netns;
 use crate::raw_tap::{tap_stats, Measure};
-use crate::report::{print_ratio, print_row};
+use crate::report::print_ratio;
+use crate::tap_rate::rows;
 use crate::{tap_rate, testpmd, DAEMON};
 
 /// The backend's end of the veth pair.
@@ -156,57 +157,53 @@ fn measure(backend: &Proc, window: Duration, frames: impl Fn() -> u64) -> Measur
     }
 }
 
-fn tx(
-    ns: &Netns,
-    backend: Backend,
-    size: usize,
+/// Where and how long each run measures.
+struct Runs<'a> {
+    ns: &'a Netns,
     window: Duration,
-    scratch: &Path,
-    tag: &str,
-) -> Measure {
-    let socket = scratch.join("xdp.sock");
-    let proc = start_backend(ns, backend, &socket, tag);
-    let _fe = start_frontend(&socket, "txonly", size, tag);
-    measure(&proc, window, || tap_stats(ns, PEER_IF).rx_packets)
+    scratch: &'a Path,
 }
 
-/// Rx, and the backend's CPU share in the second before the source starts (frontend connected).
-fn rx(
-    ns: &Netns,
-    backend: Backend,
-    size: usize,
-    window: Duration,
-    scratch: &Path,
-    tag: &str,
-) -> (Measure, f64) {
-    let socket = scratch.join("xdp.sock");
-    let proc = start_backend(ns, backend, &socket, tag);
-    let fe = start_frontend(&socket, "rxonly", size, tag);
-    std::thread::sleep(WARM_UP);
-    let pid = proc.0.id();
-    let c0 = process_cpu_seconds(pid);
-    std::thread::sleep(Duration::from_secs(1));
-    let idle = (process_cpu_seconds(pid) - c0) * 100.0;
-    let _source = Generator::start(ns, PEER_IF, frames::udp(size), None, 1);
-    let m = measure(&proc, window, || fe.received.load(Ordering::Relaxed));
-    (m, idle)
-}
-
-fn rows(name: &str, runs: &[Measure], per_cpu: bool) -> f64 {
-    let rate: Vec<f64> = runs.iter().map(Measure::frames_per_second).collect();
-    let cpu: Vec<f64> = runs.iter().map(Measure::cpu_percent).collect();
-    let m = print_row(name, "frames/s", &rate, &cpu);
-    if !per_cpu {
-        return m;
+impl Runs<'_> {
+    /// `backend` serving a testpmd in `mode`, on a fresh socket.
+    fn start(&self, backend: Backend, mode: &str, size: usize, tag: &str) -> (Proc, Frontend) {
+        let socket = self.scratch.join("xdp.sock");
+        let proc = start_backend(self.ns, backend, &socket, tag);
+        let frontend = start_frontend(&socket, mode, size, tag);
+        (proc, frontend)
     }
-    let capacity: Vec<f64> = runs.iter().map(Measure::frames_per_cpu_second).collect();
-    print_row("    per second of its own CPU", "frames/s", &capacity, &cpu)
+
+    fn tx(&self, backend: Backend, size: usize, tag: &str) -> Measure {
+        let (proc, _fe) = self.start(backend, "txonly", size, tag);
+        measure(&proc, self.window, || {
+            tap_stats(self.ns, PEER_IF).rx_packets
+        })
+    }
+
+    /// Rx, and the backend's CPU share in the second before the source starts (frontend
+    /// connected, no traffic).
+    fn rx(&self, backend: Backend, size: usize, tag: &str) -> (Measure, f64) {
+        let (proc, fe) = self.start(backend, "rxonly", size, tag);
+        std::thread::sleep(WARM_UP);
+        let pid = proc.0.id();
+        let c0 = process_cpu_seconds(pid);
+        std::thread::sleep(Duration::from_secs(1));
+        let idle = (process_cpu_seconds(pid) - c0) * 100.0;
+        let _source = Generator::start(self.ns, PEER_IF, frames::udp(size), None, 1);
+        let m = measure(&proc, self.window, || fe.received.load(Ordering::Relaxed));
+        (m, idle)
+    }
 }
 
 /// Runs the section: tx and rx at 64 and 1500 bytes; af-xdp, tap and DPDK alternating run by run.
 pub fn run(runs: usize, window: Duration, scratch: &Path) {
     let ns = Netns::new("xdp");
     veth(&ns);
+    let xdp_runs = Runs {
+        ns: &ns,
+        window,
+        scratch,
+    };
     let tap_ns = Netns::new("xdptap");
     let pid = std::process::id();
     let dirs = std::env::var("BENCH_DIRS").unwrap_or_default();
@@ -216,7 +213,7 @@ pub fn run(runs: usize, window: Duration, scratch: &Path) {
             let (mut xdp, mut tap, mut dpdk) = (Vec::new(), Vec::new(), Vec::new());
             for r in 0..runs {
                 let tag = format!("{pid}-tx-{size}-{r}");
-                xdp.push(tx(&ns, Backend::Daemon, size, window, scratch, &tag));
+                xdp.push(xdp_runs.tx(Backend::Daemon, size, &tag));
                 tap.push(tap_rate::daemon_tx(
                     &tap_ns,
                     scratch,
@@ -226,7 +223,7 @@ pub fn run(runs: usize, window: Duration, scratch: &Path) {
                     window,
                     &format!("vunetd-xdptap-{tag}"),
                 ));
-                dpdk.push(tx(&ns, Backend::Dpdk, size, window, scratch, &tag));
+                dpdk.push(xdp_runs.tx(Backend::Dpdk, size, &tag));
             }
             let a = rows(&format!("af-xdp tx {size} B: vhost-user-netd"), &xdp, false);
             let b = rows(&format!("af-xdp tx {size} B: tap backend"), &tap, false);
@@ -243,7 +240,7 @@ pub fn run(runs: usize, window: Duration, scratch: &Path) {
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for r in 0..runs {
                 let tag = format!("{pid}-rx-{size}-{r}");
-                let (m, i) = rx(&ns, Backend::Daemon, size, window, scratch, &tag);
+                let (m, i) = xdp_runs.rx(Backend::Daemon, size, &tag);
                 xdp.push(m);
                 idle.push(i);
                 tap.push(tap_rate::daemon_rx(
@@ -253,7 +250,7 @@ pub fn run(runs: usize, window: Duration, scratch: &Path) {
                     window,
                     &format!("vunetd-xdptap-{tag}"),
                 ));
-                dpdk.push(rx(&ns, Backend::Dpdk, size, window, scratch, &tag).0);
+                dpdk.push(xdp_runs.rx(Backend::Dpdk, size, &tag).0);
             }
             let a = rows(&format!("af-xdp rx {size} B: vhost-user-netd"), &xdp, true);
             let b = rows(&format!("af-xdp rx {size} B: tap backend"), &tap, true);

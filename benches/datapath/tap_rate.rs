@@ -126,7 +126,9 @@ pub fn daemon_rx(ns: &Netns, scratch: &Path, size: usize, window: Duration, tag:
     measure_daemon(ns, &daemon, window, |s| (s.tx_packets, s.tx_bytes))
 }
 
-fn rows(name: &str, runs: &[Measure], per_cpu: bool) -> f64 {
+/// Prints a row of frame rates (and, with `per_cpu`, one of rates per second of the measured
+/// side's CPU); returns the last row's median.
+pub fn rows(name: &str, runs: &[Measure], per_cpu: bool) -> f64 {
     let rate: Vec<f64> = runs.iter().map(Measure::frames_per_second).collect();
     let cpu: Vec<f64> = runs.iter().map(Measure::cpu_percent).collect();
     let m = print_row(name, "frames/s", &rate, &cpu);

@@ -181,3 +181,81 @@ impl IntoAddr for &(&str, u16) {
         format!("{}:{}", self.0, self.1).parse().expect("address")
     }
 }
+
+/// The guest's part for a multiqueue check: 16 parallel downloads from the host (port 5003).
+pub const FLOWS: &str = r#"
+i=0
+while [ $i -lt 16 ]; do nc 10.0.0.1 5003 < /dev/null > /dev/null & i=$((i+1)); done
+wait
+echo "RESULT flows-done"
+"#;
+
+/// The guest's part of a phase the host acts in: it prints `PHASE name`, waits for the host's
+/// word on TCP `port` (`RESULT go WORD`), then pings the host (`RESULT ping-after-name ok`).
+pub fn phase(name: &str, port: u16) -> String {
+    format!(
+        r#"
+echo "PHASE {name}"
+nc -l -p {port} < /dev/null > /tmp/go
+echo "RESULT go $(cat /tmp/go)"
+if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-after-{name} ok"; else echo "RESULT ping-after-{name} fail"; fi
+"#
+    )
+}
+
+/// The host's word to a guest waiting in [`phase`]: connects to its listener on `port` from
+/// inside `ns`, retried for up to a minute (the path may be coming back), and sends `word`.
+pub fn tell_guest(ns: &Netns, port: u16, word: &'static str) -> Result<(), String> {
+    ns.spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match std::net::TcpStream::connect_timeout(
+                &(GUEST_IP, port).into_addr(),
+                Duration::from_secs(2),
+            ) {
+                Ok(mut s) => {
+                    return s
+                        .write_all(format!("{word}\n").as_bytes())
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e.to_string()),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    })
+    .join()
+    .expect("tell_guest thread")
+}
+
+/// What a guest test starts from: the guest kernel, a scratch directory with an initramfs that
+/// runs `script`, and a namespace.
+pub struct Prepared {
+    pub kernel: std::path::PathBuf,
+    pub dir: TempDir,
+    pub initrd: std::path::PathBuf,
+    pub ns: Netns,
+}
+
+/// Builds the initramfs for `script` and creates the namespace, both named after `tag`.
+pub fn prepare(tag: &str, script: &str) -> Prepared {
+    let (kernel, modules) = super::guest_kernel().expect("kernel");
+    let dir = TempDir::new(tag);
+    let initrd = dir.path("initrd.cpio");
+    super::initramfs::build(&initrd, &modules, script);
+    Prepared {
+        kernel,
+        dir,
+        initrd,
+        ns: Netns::new(tag),
+    }
+}
+
+/// Waits until the guest's script has ended and the guest has powered off (the daemon then logs
+/// the disconnected port's counters).
+pub fn guest_done(guest: &mut Guest) {
+    guest.console.wait_for("GUEST-DONE", STEP);
+    assert!(
+        guest.wait_exit(Duration::from_secs(30)),
+        "guest did not power off"
+    );
+}
