@@ -201,6 +201,21 @@ fn af_xdp_errors_name_the_option_and_exit_2() {
         err.contains("failed to attach a multi-buffer XDP program to 'lo' in native mode"),
         "{err}"
     );
+    // Without CAP_NET_RAW no AF_XDP socket can be created: the error says what to do instead.
+    let out = ns
+        .command("setpriv")
+        .args([
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            common::daemon::BINARY,
+        ])
+        .args(["--socket-path", "/nonexistent/x.sock", "--netdev"])
+        .arg(format!("af-xdp,id=n0,ifname={XDP_IF},mode=skb"))
+        .output()
+        .expect("run daemon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs CAP_NET_RAW"), "{err}");
     let (code, err) = run(&format!("af-xdp,id=n0,ifname={XDP_IF},inhibit=on"));
     assert_eq!(code, Some(2), "{err}");
     assert!(

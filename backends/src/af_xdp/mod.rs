@@ -263,7 +263,11 @@ mod backend {
         match e {
             CreateError::Umem(e) => {
                 let hint = match e.raw_os_error() {
-                    Some(libc::ENOBUFS) | Some(libc::ENOMEM) | Some(libc::EPERM) => format!(
+                    Some(libc::EPERM) | Some(libc::EACCES) => " (creating an AF_XDP socket needs \
+                         CAP_NET_RAW; without it, take sockets from a privileged helper with \
+                         inhibit=on,sock-fds=)"
+                        .to_string(),
+                    Some(libc::ENOBUFS) | Some(libc::ENOMEM) => format!(
                         " (each queue's UMEM locks {} MiB, {} MiB for {queues} queue(s), on top \
                          of what the process has locked already; RLIMIT_MEMLOCK is {}: raise it, \
                          e.g. LimitMEMLOCK= in the unit, or grant CAP_IPC_LOCK)",
