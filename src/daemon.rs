@@ -18,6 +18,7 @@ use crate::events::EventBus;
 use crate::port::{bind_listener, inherited_listener, Port};
 use crate::qmp::commands::QmpContext;
 use crate::registry::{Netdev, Registry};
+use crate::service_manager::ServiceManager;
 
 /// How long shutdown waits for QMP clients to read `SHUTDOWN`.
 const SHUTDOWN_EVENT_WAIT: Duration = Duration::from_millis(500);
@@ -40,6 +41,8 @@ pub struct Daemon {
     qmp: Arc<QmpContext>,
     /// Socket files the daemon created (removed at shutdown).
     created: Vec<PathBuf>,
+    /// The systemd notifier, when a service manager listens.
+    service_manager: Option<ServiceManager>,
 }
 
 impl Daemon {
@@ -51,7 +54,8 @@ impl Daemon {
             .map_err(|e| StartError::Runtime(format!("--workers: {e}")))?;
         let netdevs = open_netdevs(config, &env)?;
         let events = Arc::new(EventBus::default());
-        let ports = make_ports(config, &netdevs, &events, &Arc::new(workers))?;
+        let workers = Arc::new(workers);
+        let ports = make_ports(config, &netdevs, &events, &workers)?;
         let registry = Arc::new(Registry::new(netdevs, ports, Some(events.clone())).with_env(env));
         let mut created = Vec::new();
         for port in registry.ports() {
@@ -65,16 +69,24 @@ impl Daemon {
                 created.push(path.clone());
             }
         }
+        let service_manager = ServiceManager::start(registry.clone(), workers, &qmp.events);
+        if let Some(sm) = &service_manager {
+            sm.ready();
+        }
         Ok(Daemon {
             registry,
             qmp,
             created,
+            service_manager,
         })
     }
 
     /// Ends the daemon: `SHUTDOWN` to QMP clients that read, the sockets it created removed,
     /// the netdevs shut down (tap downscripts). Port threads stop with the process.
     pub fn shutdown(self) {
+        if let Some(sm) = self.service_manager {
+            sm.stopping();
+        }
         let reason = if self.qmp.quit_requested.load(Ordering::SeqCst) {
             "host-qmp-quit"
         } else {

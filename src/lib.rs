@@ -26,5 +26,6 @@ pub mod mac;
 pub mod port;
 pub mod qmp;
 pub mod registry;
+pub mod service_manager;
 pub mod signals;
 pub mod vhost_user;

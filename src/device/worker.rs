@@ -11,7 +11,8 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vhost_user_netd_backends::Batching;
@@ -25,6 +26,8 @@ use super::queue_pair::{PairEvent, QueuePair};
 
 /// Event data of the worker's own stop eventfd.
 const STOP: u64 = u64::MAX;
+/// Event data of the worker's liveness ping (the service manager's watchdog).
+const PING: u64 = u64::MAX - 1;
 /// Rounds of work on hot rings between two looks at the epoll.
 const EPOLL_EVERY: u32 = 8;
 /// Empty polling rounds between two yields of the core.
@@ -43,6 +46,9 @@ struct Slot {
 struct Shared {
     epoll: Arc<Epoll>,
     slots: Mutex<Vec<Option<Slot>>>,
+    /// Written to ask the thread for a sign of life, which it gives by counting `beats`.
+    ping: EventFd,
+    beats: AtomicU64,
 }
 
 impl Shared {
@@ -78,9 +84,17 @@ impl Worker {
             stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, STOP),
         )?;
+        let ping = EventFd::new(EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            ping.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, PING),
+        )?;
         let shared = Arc::new(Shared {
             epoll,
             slots: Mutex::new(Vec::new()),
+            ping,
+            beats: AtomicU64::new(0),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -91,6 +105,25 @@ impl Worker {
             stop,
             thread: Some(thread),
         }))
+    }
+
+    /// Whether the thread answers a ping within `timeout` (it is neither gone nor stuck).
+    pub fn answers(&self, timeout: Duration) -> bool {
+        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+            return false;
+        }
+        let before = self.shared.beats.load(Ordering::SeqCst);
+        if self.shared.ping.write(1).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        while self.shared.beats.load(Ordering::SeqCst) == before {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// Pairs served now.
@@ -150,6 +183,8 @@ impl Drop for Worker {
 #[derive(Debug)]
 pub struct Workers {
     shared: Vec<Arc<Worker>>,
+    /// Every worker started and not yet dropped (shared ones and those of single pairs).
+    all: Mutex<Vec<Weak<Worker>>>,
     poll_budget: Duration,
     /// Whether the pairs they run batch backend system calls (`--no-batching`: one frame each).
     batching: Batching,
@@ -160,6 +195,7 @@ impl Default for Workers {
     fn default() -> Self {
         Workers {
             shared: Vec::new(),
+            all: Mutex::new(Vec::new()),
             poll_budget: DEFAULT_POLL_BUDGET,
             batching: Batching::ON,
         }
@@ -172,10 +208,11 @@ pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_micros(50);
 impl Workers {
     /// Starts `shared` workers (0: a worker per pair, started with each pair).
     pub fn start(shared: usize, poll_budget: Duration, batching: Batching) -> io::Result<Self> {
-        let shared = (0..shared)
+        let shared: Vec<Arc<Worker>> = (0..shared)
             .map(|i| Worker::spawn(format!("vq-worker-{i}"), poll_budget))
             .collect::<io::Result<_>>()?;
         Ok(Workers {
+            all: Mutex::new(shared.iter().map(Arc::downgrade).collect()),
             shared,
             poll_budget,
             batching,
@@ -191,8 +228,24 @@ impl Workers {
     pub(super) fn for_new_pair(&self, index: u16) -> io::Result<Arc<Worker>> {
         match self.shared.iter().min_by_key(|w| w.load()) {
             Some(w) => Ok(w.clone()),
-            None => Worker::spawn(format!("vq-pair-{index}"), self.poll_budget),
+            None => {
+                let worker = Worker::spawn(format!("vq-pair-{index}"), self.poll_budget)?;
+                let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+                all.retain(|w| w.strong_count() > 0);
+                all.push(Arc::downgrade(&worker));
+                Ok(worker)
+            }
         }
+    }
+
+    /// Whether every running worker answers a ping within `timeout` each (the watchdog's test).
+    pub fn all_answer(&self, timeout: Duration) -> bool {
+        let live: Vec<Arc<Worker>> = {
+            let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+            all.retain(|w| w.strong_count() > 0);
+            all.iter().filter_map(Weak::upgrade).collect()
+        };
+        live.iter().all(|w| w.answers(timeout))
     }
 }
 
@@ -367,6 +420,11 @@ impl<'a> WorkerLoop<'a> {
                 debug!("queue worker stopping");
                 return false;
             }
+            if data == PING {
+                let _ = self.shared.ping.read();
+                self.shared.beats.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
             let index = (data >> SLOT_SHIFT) as usize;
             let Some(event) = PairEvent::from_data(data & 0xff) else {
                 continue;
@@ -476,6 +534,20 @@ mod tests {
             assert!(Instant::now() < deadline, "kick never processed");
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn a_running_worker_answers_its_ping_and_workers_know_every_worker() {
+        let workers = Workers::start(2, DEFAULT_POLL_BUDGET, Batching::ON).unwrap();
+        assert!(workers.all_answer(Duration::from_secs(5)));
+        let own = Workers::start(0, DEFAULT_POLL_BUDGET, Batching::ON).unwrap();
+        let pair_worker = own.for_new_pair(0).unwrap();
+        assert!(pair_worker.answers(Duration::from_secs(5)));
+        assert_eq!(own.all.lock().unwrap().len(), 1);
+        drop(pair_worker);
+        // A worker that is gone is no longer asked.
+        assert!(own.all_answer(Duration::from_secs(5)));
+        assert!(own.all.lock().unwrap().is_empty());
     }
 
     #[test]
