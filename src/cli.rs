@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use vhost_user_netd_backends::NetdevConfig;
 
-use crate::config::{build_port, parse_port, Config, ConfigError, Listen, RuntimeConfig};
+use std::os::fd::RawFd;
+
+use crate::config::{build_port, parse_port, Config, ConfigError, Listen, QmpAddr, RuntimeConfig};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -35,7 +37,9 @@ pub struct Args {
     #[arg(long, value_name = "PATH", conflicts_with = "fd")]
     pub socket_path: Option<PathBuf>,
 
-    /// Serve an already-listening socket inherited as this descriptor (e.g. from systemd).
+    /// Serve a socket inherited as this descriptor: a listening one (systemd, libvirt), or one
+    /// already connected to its frontend (a socketpair end, as QEMU's and libvirt's launchers
+    /// hand over), which is served once: the daemon exits when it closes.
     #[arg(long, value_name = "N")]
     pub fd: Option<i32>,
 
@@ -91,10 +95,56 @@ pub struct Args {
     pub resolv_conf: PathBuf,
 }
 
+/// A socket the service manager passed (`LISTEN_FDS`), with its `FileDescriptorName=`
+/// (`unknown` when none was given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritedSocket {
+    pub fd: RawFd,
+    pub name: String,
+}
+
+/// The name that makes an inherited socket the QMP listener.
+pub const QMP_SOCKET_NAME: &str = "qmp";
+
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(args: Args) -> Result<Self, ConfigError> {
+        Config::from_args(args, Vec::new())
+    }
+}
+
+/// Gives each `--port id=NAME` without a socket the inherited socket named NAME; returns the
+/// sockets no port asked for.
+fn adopt_named_sockets(
+    ports: &mut [crate::config::PortConfig],
+    mut sockets: Vec<InheritedSocket>,
+) -> Result<Vec<InheritedSocket>, ConfigError> {
+    for port in ports.iter_mut().filter(|p| p.listen == Listen::Activated) {
+        let at = sockets
+            .iter()
+            .position(|s| s.name == port.id)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "--port",
+                    format!(
+                        "id={}: no socket of that name was passed (LISTEN_FDNAMES, systemd's \
+                     FileDescriptorName=)",
+                        port.id
+                    ),
+                )
+            })?;
+        port.listen = Listen::Fd(sockets.remove(at).fd);
+    }
+    Ok(sockets)
+}
+
+impl Config {
+    /// The configuration from the command line and the sockets a service manager passed.
+    pub fn from_args(args: Args, inherited: Vec<InheritedSocket>) -> Result<Self, ConfigError> {
+        let (qmp_sockets, port_sockets): (Vec<_>, Vec<_>) = inherited
+            .into_iter()
+            .partition(|s| s.name == QMP_SOCKET_NAME);
         let mut netdevs = Vec::new();
         for text in &args.netdevs {
             let n = NetdevConfig::parse_cli(text)
@@ -105,11 +155,28 @@ impl TryFrom<Args> for Config {
         for text in &args.ports {
             ports.push(parse_port(text, &netdevs)?);
         }
+        let mut port_sockets = adopt_named_sockets(&mut ports, port_sockets)?;
+        let mut implied_id = None;
         let implied = match (&args.socket_path, args.fd) {
             (Some(p), None) => Some(Listen::Path(p.clone())),
             (None, Some(fd)) => Some(Listen::Fd(fd)),
+            // Socket activation alone: the one socket passed is the implied port's.
+            _ if ports.is_empty() && port_sockets.len() == 1 => {
+                let socket = port_sockets.remove(0);
+                implied_id = (socket.name != "unknown").then_some(socket.name);
+                Some(Listen::Fd(socket.fd))
+            }
             _ => None,
         };
+        if let Some(left) = port_sockets.first() {
+            return Err(ConfigError::new(
+                "LISTEN_FDS",
+                format!(
+                    "the socket named '{}' (fd {}) matches no port: give --port id={},netdev=ID",
+                    left.name, left.fd, left.name
+                ),
+            ));
+        }
         if let Some(listen) = implied {
             if !ports.is_empty() {
                 return Err(ConfigError::new(
@@ -135,7 +202,7 @@ impl TryFrom<Args> for Config {
             let option = |e: ConfigError| ConfigError::new(format!("--{}", e.option), e.message);
             ports.push(
                 build_port(
-                    None,
+                    implied_id,
                     listen,
                     args.client,
                     netdev,
@@ -152,11 +219,12 @@ impl TryFrom<Args> for Config {
                 "--mac, --mtu and --client go with --socket-path; use --port keys",
             ));
         }
-        let qmp = args
+        let mut qmp = args
             .qmp
             .iter()
             .map(|q| crate::config::parse_qmp(q))
             .collect::<Result<Vec<_>, _>>()?;
+        qmp.extend(qmp_sockets.iter().map(|s| QmpAddr::Fd(s.fd)));
         let runtime = RuntimeConfig {
             workers: args.workers,
             poll_budget: std::time::Duration::from_micros(args.poll_us),
@@ -186,6 +254,85 @@ mod tests {
         let mut v = vec!["vhost-user-netd"];
         v.extend_from_slice(args);
         Config::try_from(Args::try_parse_from(v).expect("clap parse"))
+    }
+
+    fn activated(args: &[&str], sockets: &[(RawFd, &str)]) -> Result<Config, ConfigError> {
+        let mut v = vec!["vhost-user-netd"];
+        v.extend_from_slice(args);
+        let inherited = sockets
+            .iter()
+            .map(|&(fd, name)| InheritedSocket {
+                fd,
+                name: name.into(),
+            })
+            .collect();
+        Config::from_args(Args::try_parse_from(v).expect("clap parse"), inherited)
+    }
+
+    #[test]
+    fn socket_activation_names_ports_and_the_qmp_listener() {
+        // One socket and nothing else: the implied port on the default user stack, named.
+        let c = activated(&[], &[(3, "vm0"), (4, "qmp")]).unwrap();
+        assert_eq!(c.ports.len(), 1);
+        assert_eq!(
+            (c.ports[0].id.as_str(), &c.ports[0].listen),
+            ("vm0", &Listen::Fd(3))
+        );
+        assert_eq!(c.netdevs[0].kind.type_name(), "user");
+        assert_eq!(c.qmp, vec![QmpAddr::Fd(4)]);
+        // Unnamed (systemd without FileDescriptorName=): the port is named after the fd.
+        let c = activated(&["--netdev", "user,id=u0"], &[(3, "unknown")]).unwrap();
+        assert_eq!(c.ports[0].id, "fd3");
+        // Several: each --port id= takes the socket of its name.
+        let c = activated(
+            &[
+                "--netdev",
+                "user,id=a",
+                "--netdev",
+                "user,id=b",
+                "--port",
+                "id=vm-a,netdev=a",
+                "--port",
+                "id=vm-b,netdev=b",
+            ],
+            &[(3, "vm-b"), (4, "vm-a")],
+        )
+        .unwrap();
+        assert_eq!(c.ports[0].listen, Listen::Fd(4));
+        assert_eq!(c.ports[1].listen, Listen::Fd(3));
+    }
+
+    #[test]
+    fn socket_activation_mismatches_are_errors() {
+        let e = activated(
+            &["--port", "id=vm1,netdev=net0", "--netdev", "user,id=net0"],
+            &[(3, "vm0")],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("id=vm1: no socket of that name"),
+            "{e}"
+        );
+        let e = activated(
+            &[
+                "--netdev",
+                "user,id=a",
+                "--port",
+                "socket-path=/tmp/a.sock,netdev=a",
+            ],
+            &[(3, "vm9")],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("'vm9' (fd 3) matches no port"),
+            "{e}"
+        );
+        let e = activated(&["--port", "netdev=net0", "--netdev", "user,id=net0"], &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("one of socket-path= and fd= is needed"),
+            "{e}"
+        );
     }
 
     #[test]

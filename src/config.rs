@@ -37,8 +37,12 @@ impl ConfigError {
 pub enum Listen {
     /// Listen on (or with `client`, connect to) this path.
     Path(PathBuf),
-    /// An already-listening socket inherited from the parent (systemd).
+    /// A socket inherited from the parent: listening (systemd, libvirt), or already connected
+    /// to its frontend (one end of a socketpair; served once, then the daemon exits).
     Fd(RawFd),
+    /// The socket the service manager passes under the port's id (socket activation); becomes
+    /// [`Listen::Fd`] when the configuration is built, or an error if there is none.
+    Activated,
 }
 
 /// One vhost-user port: a socket, and the netdev that serves it.
@@ -61,6 +65,8 @@ pub struct PortConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QmpAddr {
     Unix(PathBuf),
+    /// A listening unix socket inherited from the service manager (named `qmp`).
+    Fd(RawFd),
     /// Host and port; loopback only.
     Tcp(String, u16),
 }
@@ -152,6 +158,7 @@ fn default_port_id(listen: &Listen) -> String {
             .file_stem()
             .map_or_else(|| "port".into(), |s| s.to_string_lossy().into_owned()),
         Listen::Fd(fd) => format!("fd{fd}"),
+        Listen::Activated => "port".into(),
     }
 }
 
@@ -179,13 +186,19 @@ pub fn parse_port(text: &str, netdevs: &[NetdevConfig]) -> Result<PortConfig, Co
         None
     };
     opts.finish().map_err(|e| err(e.to_string()))?;
-    let listen = match (path, fd) {
-        (Some(p), None) => Listen::Path(PathBuf::from(p)),
-        (None, Some(fd)) => {
-            Listen::Fd(RawFd::try_from(fd).map_err(|_| err(format!("fd={fd} is out of range")))?)
-        }
-        _ => return Err(err("exactly one of socket-path= and fd= is needed".into())),
-    };
+    let listen =
+        match (path, fd) {
+            (Some(p), None) => Listen::Path(PathBuf::from(p)),
+            (None, Some(fd)) => Listen::Fd(
+                RawFd::try_from(fd).map_err(|_| err(format!("fd={fd} is out of range")))?,
+            ),
+            (None, None) if id.is_some() => Listen::Activated,
+            _ => return Err(err(
+                "one of socket-path= and fd= is needed (or, with socket activation, id= naming \
+                 the inherited socket)"
+                    .into(),
+            )),
+        };
     let netdev = match netdev {
         Some(n) => n,
         None if netdevs.len() == 1 => netdevs[0].id.clone(),

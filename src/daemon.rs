@@ -15,7 +15,7 @@ use vhost_user_netd_backends::{Batching, HostEnv, InheritedFds};
 use crate::config::{Config, Listen, PortConfig, QmpAddr};
 use crate::device::worker::Workers;
 use crate::events::EventBus;
-use crate::port::{bind_listener, inherited_listener, Port};
+use crate::port::{bind_listener, inherited_socket, InheritedSocket, Port};
 use crate::qmp::commands::QmpContext;
 use crate::registry::{Netdev, Registry};
 use crate::service_manager::ServiceManager;
@@ -192,8 +192,30 @@ fn serve_port(port: &Port) -> Result<Option<PathBuf>, StartError> {
                     created = Some(p.clone());
                     l
                 }
-                Listen::Fd(fd) => inherited_listener(*fd)
-                    .map_err(|e| StartError::Usage(format!("--fd {fd}: {e}")))?,
+                Listen::Fd(fd) => match inherited_socket(*fd) {
+                    Ok(InheritedSocket::Listening(l)) => l,
+                    Ok(InheritedSocket::Connected(stream)) => {
+                        info!("port {}: serving the frontend connected on fd {fd}", pc.id);
+                        let id = pc.id.clone();
+                        let thread = std::thread::Builder::new().name(name).spawn(move || {
+                            port.serve_connection(stream);
+                            // Like passt's --fd: the connection was the daemon's whole job.
+                            info!("port {id}: its only frontend went away: exiting");
+                            crate::signals::request_shutdown();
+                        });
+                        thread.map_err(|e| {
+                            StartError::Runtime(format!("spawning port thread: {e}"))
+                        })?;
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(StartError::Usage(format!("--fd {fd}: {e}"))),
+                },
+                Listen::Activated => {
+                    return Err(StartError::Usage(format!(
+                        "port {}: no socket was passed for it",
+                        pc.id
+                    )))
+                }
             };
             info!("port {}: listening on {:?}", pc.id, pc.listen);
             std::thread::Builder::new()

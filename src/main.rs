@@ -21,7 +21,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     vhost_user_netd_backends::sys::raise_fd_limit();
-    let config = match Config::try_from(args) {
+    let inherited = match vhost_user_netd::service_manager::inherited_sockets() {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            eprintln!("vhost-user-netd: LISTEN_FDS: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = match Config::from_args(args, inherited) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vhost-user-netd: {e}");

@@ -333,28 +333,43 @@ pub fn bind_listener(path: &Path) -> io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
-/// Takes over an inherited listening socket.
-pub fn inherited_listener(fd: RawFd) -> io::Result<UnixListener> {
-    let owned = vhost_user_netd_backends::sys::adopt_inherited_fd(fd)?;
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `kind`, which is a c_int.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if ret < 0 || kind == 0 {
+/// A unix stream socket inherited from the parent.
+#[derive(Debug)]
+pub enum InheritedSocket {
+    /// Listening (systemd's socket units, libvirt): frontends connect to it.
+    Listening(UnixListener),
+    /// Already connected to its frontend (one end of a socketpair).
+    Connected(UnixStream),
+}
+
+/// Takes over inherited descriptor `fd`, which must be a unix stream socket.
+pub fn inherited_socket(fd: RawFd) -> io::Result<InheritedSocket> {
+    use vhost_user_netd_backends::sys;
+    let owned = sys::adopt_inherited_fd(fd)?;
+    let unix_stream = sys::socket_domain(fd).ok() == Some(libc::AF_UNIX)
+        && sys::socket_type(fd).ok() == Some(libc::SOCK_STREAM);
+    if !unix_stream {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "descriptor is not a listening socket",
+            "descriptor is not a unix stream socket",
         ));
     }
-    Ok(UnixListener::from(owned))
+    Ok(if sys::socket_listens(fd)? {
+        InheritedSocket::Listening(UnixListener::from(owned))
+    } else {
+        InheritedSocket::Connected(UnixStream::from(owned))
+    })
+}
+
+/// Takes over an inherited listening socket.
+pub fn inherited_listener(fd: RawFd) -> io::Result<UnixListener> {
+    match inherited_socket(fd)? {
+        InheritedSocket::Listening(l) => Ok(l),
+        InheritedSocket::Connected(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptor is not a listening socket",
+        )),
+    }
 }
 
 /// Where a port listens, for clean-up.

@@ -141,3 +141,12 @@ fn notifier(
         }
     }
 }
+
+/// The sockets the service manager passed (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`); none
+/// when the variables are absent or meant for another process. (The variables stay: a child
+/// sees a `LISTEN_PID` that is not its own and ignores them.)
+pub fn inherited_sockets() -> std::io::Result<Vec<crate::cli::InheritedSocket>> {
+    Ok(sd_notify::listen_fds_with_names()?
+        .map(|(fd, name)| crate::cli::InheritedSocket { fd, name })
+        .collect())
+}

@@ -243,7 +243,6 @@ fn unprivileged_daemon_attaches_to_a_persistent_tap_it_owns() {
 /// open tap descriptors as fds 4.. (`fd=4` or `fds=4:5:...`, as libvirt passes them).
 fn inherited_descriptors(tag: &'static str, tap_name: &'static str, queues: usize) {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let dir = TempDir::new(tag);
     let ns = Netns::new(tag);
     let mut add = vec!["tuntap", "add", "dev", tap_name, "mode", "tap", "vnet_hdr"];
@@ -275,27 +274,7 @@ fn inherited_descriptors(tag: &'static str, tap_name: &'static str, queues: usiz
             .enumerate()
             .map(|(i, t)| (t.as_raw_fd(), 4 + i as i32)),
     );
-    // SAFETY: only fcntl(2)/dup2(2), async-signal-safe, between fork and exec. Every source is
-    // first copied above 100 so that no target number overwrites a source still to be moved;
-    // dup2 leaves the targets without FD_CLOEXEC.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut parked = [(0, 0); 8];
-            for (slot, &(from, to)) in parked.iter_mut().zip(&moves) {
-                let tmp = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 100);
-                if tmp < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                *slot = (tmp, to);
-            }
-            for &(tmp, to) in &parked[..moves.len()] {
-                if libc::dup2(tmp, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    common::process::pass_fds(&mut cmd, moves);
     let daemon = Daemon::start(cmd, 1);
     drop((listener, taps));
     let opened = daemon.log.matching("netdev n0: tap");

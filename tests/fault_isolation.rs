@@ -10,7 +10,6 @@
 mod common;
 
 use std::io::Read;
-use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -23,6 +22,7 @@ use common::qmp::Qmp;
 use common::raw_frontend::{
     mem_table, memfd, RawFrontend, PF_LOG_SHMFD, SET_LOG_BASE, SET_MEM_TABLE,
 };
+use common::wire::Wire;
 use common::TempDir;
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::EventFd;
@@ -30,34 +30,6 @@ use vmm_sys_util::eventfd::EventFd;
 const F_VERSION_1: u64 = 1 << 32;
 const F_PROTOCOL: u64 = 1 << 30;
 const F_INDIRECT: u64 = 1 << 28;
-
-/// The UDP end of a port's `dgram` netdev.
-struct Wire {
-    sock: UdpSocket,
-    /// Where the daemon's netdev listens.
-    daemon: std::net::SocketAddr,
-}
-
-impl Wire {
-    fn new() -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let daemon = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        Wire { sock, daemon }
-    }
-
-    fn netdev(&self, id: &str) -> String {
-        format!(
-            "dgram,id={id},local.type=inet,local.host=127.0.0.1,local.port={},\
-             remote.type=inet,remote.host=127.0.0.1,remote.port={}",
-            self.daemon.port(),
-            self.sock.local_addr().unwrap().port()
-        )
-    }
-}
 
 struct TwoPorts {
     daemon: Daemon,

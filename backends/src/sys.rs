@@ -246,6 +246,16 @@ pub fn socket_domain(fd: RawFd) -> io::Result<libc::c_int> {
     getsockopt_int(fd, libc::SO_DOMAIN)
 }
 
+/// The type of a socket (`SO_TYPE`), e.g. `SOCK_STREAM`.
+pub fn socket_type(fd: RawFd) -> io::Result<libc::c_int> {
+    getsockopt_int(fd, libc::SO_TYPE)
+}
+
+/// Whether a socket listens (`SO_ACCEPTCONN`).
+pub fn socket_listens(fd: RawFd) -> io::Result<bool> {
+    Ok(getsockopt_int(fd, libc::SO_ACCEPTCONN)? != 0)
+}
+
 /// The protocol of a socket (`SO_PROTOCOL`), e.g. `IPPROTO_UDP`.
 pub fn socket_protocol(fd: RawFd) -> io::Result<libc::c_int> {
     getsockopt_int(fd, libc::SO_PROTOCOL)

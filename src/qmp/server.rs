@@ -55,6 +55,13 @@ pub fn start(addrs: &[QmpAddr], ctx: Arc<QmpContext>) -> io::Result<()> {
                     serve(listener.incoming(), ctx, sessions)
                 })?;
             }
+            QmpAddr::Fd(fd) => {
+                let listener = crate::port::inherited_listener(*fd)?;
+                info!("QMP listening on inherited fd {fd}");
+                spawn("qmp-unix", move || {
+                    serve(listener.incoming(), ctx, sessions)
+                })?;
+            }
             QmpAddr::Tcp(host, port) => {
                 let listener = TcpListener::bind((host.as_str(), *port))?;
                 info!("QMP listening on tcp:{host}:{port}");

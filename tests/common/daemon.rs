@@ -95,6 +95,26 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Waits (at most `timeout`) for the daemon to exit on its own; its status, or `None`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: pidfd_open on our own child's pid; the descriptor is closed below.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.child.id(), 0) };
+        if pidfd >= 0 {
+            let mut p = libc::pollfd {
+                fd: pidfd as i32,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: one valid pollfd; the pidfd becomes readable when the process exits.
+            unsafe {
+                libc::poll(&mut p, 1, ms);
+                libc::close(pidfd as i32);
+            }
+        }
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child's pid.

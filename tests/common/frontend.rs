@@ -99,6 +99,16 @@ impl TestFrontend {
     pub fn connect(path: &std::path::Path, queue_pairs: u16, wanted: u64) -> Self {
         let fe =
             Frontend::connect(path, u64::from(queue_pairs) * 2 + 1).expect("connect to the daemon");
+        Self::over_frontend(fe, queue_pairs, wanted)
+    }
+
+    /// Talks to a daemon over an already-connected socket and starts every ring.
+    pub fn over(stream: UnixStream, queue_pairs: u16, wanted: u64) -> Self {
+        let fe = Frontend::from_stream(stream, u64::from(queue_pairs) * 2 + 1);
+        Self::over_frontend(fe, queue_pairs, wanted)
+    }
+
+    fn over_frontend(fe: Frontend, queue_pairs: u16, wanted: u64) -> Self {
         let mut t = TestFrontend {
             fe,
             ram: GuestRam::with_size(RAM_SIZE),

@@ -17,6 +17,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod raw_frontend;
 pub mod tap;
+pub mod wire;
 
 use std::path::PathBuf;
 

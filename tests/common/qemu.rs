@@ -101,6 +101,20 @@ impl Guest {
         smp: u16,
         args: &[String],
     ) -> Self {
+        Self::boot_passing(netns, version, kernel, initrd, smp, args, Vec::new())
+    }
+
+    /// As [`Self::boot_in`], QEMU starting with our descriptors `(from, to)` at numbers `to`
+    /// (for `-chardev socket,fd=N`).
+    pub fn boot_passing(
+        netns: Option<&Netns>,
+        version: QemuVersion,
+        kernel: &Path,
+        initrd: &Path,
+        smp: u16,
+        args: &[String],
+        fds: Vec<(i32, i32)>,
+    ) -> Self {
         let program = match version {
             QemuVersion::Installed => std::path::PathBuf::from("qemu-system-x86_64"),
             QemuVersion::Bookworm72 => qemu_72_root().join("usr/bin/qemu-system-x86_64"),
@@ -148,6 +162,9 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if !fds.is_empty() {
+            super::process::pass_fds(&mut cmd, fds);
+        }
         let mut child = cmd.spawn().expect("spawn qemu");
         let console = Lines::spawn(child.stdout.take().expect("stdout"), "guest", true);
         Guest { child, console }
