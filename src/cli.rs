@@ -72,6 +72,14 @@ pub struct Args {
     #[arg(long)]
     pub print_capabilities: bool,
 
+    /// Print this program's man page (roff) and exit.
+    #[arg(long)]
+    pub print_man_page: bool,
+
+    /// Print a completion script for SHELL and exit.
+    #[arg(long, value_name = "SHELL")]
+    pub print_completions: Option<clap_complete::Shell>,
+
     /// One system call per frame on the socket backends (no recvmmsg/sendmmsg batches, no
     /// coalesced writes or multi-frame reads). Only useful as the benchmarks' reference.
     #[arg(long)]
@@ -239,6 +247,22 @@ impl Config {
         }
         .validate()
     }
+}
+
+/// The man page, from the same definition the command line is parsed with.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Args::command()).render(&mut out)?;
+    Ok(out)
+}
+
+/// A completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "vhost-user-netd", &mut out);
+    out
 }
 
 /// What `--print-capabilities` prints (QEMU's vhost-user backend conventions).

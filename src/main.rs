@@ -20,6 +20,22 @@ fn main() -> ExitCode {
         println!("{}", capabilities_json());
         return ExitCode::SUCCESS;
     }
+    let generated = if args.print_man_page {
+        Some(vhost_user_netd::cli::man_page())
+    } else {
+        args.print_completions
+            .map(|shell| Ok(vhost_user_netd::cli::completions(shell)))
+    };
+    if let Some(text) = generated {
+        use std::io::Write;
+        return match text.and_then(|t| std::io::stdout().write_all(&t)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vhost-user-netd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     vhost_user_netd_backends::sys::raise_fd_limit();
     let inherited = match vhost_user_netd::service_manager::inherited_sockets() {
         Ok(sockets) => sockets,

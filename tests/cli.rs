@@ -139,3 +139,55 @@ fn an_inherited_fd_that_is_not_a_listening_socket_fails_early() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("descriptor '0'"));
 }
+
+/// `--long` option names in `text`.
+fn long_options(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2 && !w.ends_with('-'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn man_page_and_completions_list_the_options_the_binary_accepts() {
+    let (code, help, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    let accepted = long_options(&help);
+    assert!(accepted.contains("--netdev") && accepted.contains("--print-man-page"));
+
+    let (code, man, _) = run(&["--print-man-page"]);
+    assert_eq!(code, 0);
+    let dir = std::env::temp_dir().join(format!("vunetd-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("vhost-user-netd.1");
+    std::fs::write(&page, &man).unwrap();
+    let rendered = Command::new("man")
+        .arg("-l")
+        .arg(&page)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "200")
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let rendered = rendered.expect("man (Debian's man-db)");
+    assert!(rendered.status.success(), "man -l failed");
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(text.contains("OPTIONS"), "{text}");
+    assert_eq!(long_options(&text), accepted, "man page options vs --help");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, err) = run(&["--print-completions", shell]);
+        assert_eq!(code, 0, "{err}");
+        for option in &accepted {
+            assert!(
+                script.contains(option.trim_start_matches('-')),
+                "{shell}: {option}"
+            );
+        }
+    }
+    let (_, bash, _) = run(&["--print-completions", "bash"]);
+    let check = Command::new("bash")
+        .args(["-n", "-c", &bash])
+        .status()
+        .unwrap();
+    assert!(check.success(), "bash completion does not parse");
+}

@@ -1,0 +1,89 @@
+//! The systemd units in `contrib/` as systemd's own tools see them: `systemd-analyze verify`
+//! accepts the socket and service pair (instantiated for `vm0`, with this build's binary), and
+//! `systemd-analyze security` rates the service's exposure "OK" or better (below 5.0).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{which, TempDir};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
+
+/// Copies the template units into `dir` as instance `vm0`, pointing at this build's binary.
+fn instantiate(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let contrib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let service = std::fs::read_to_string(contrib.join("vhost-user-netd@.service")).unwrap();
+    let socket = std::fs::read_to_string(contrib.join("vhost-user-netd@.socket")).unwrap();
+    assert!(service.contains("/usr/libexec/vhost-user-netd"));
+    let service = service.replace("/usr/libexec/vhost-user-netd", BINARY);
+    let (s, k) = (
+        dir.path("vhost-user-netd@vm0.service"),
+        dir.path("vhost-user-netd@vm0.socket"),
+    );
+    std::fs::write(&s, service).unwrap();
+    std::fs::write(&k, socket).unwrap();
+    (s, k)
+}
+
+fn available() -> bool {
+    if which("systemd-analyze").is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("VUNETD_FULL_SUITE").is_none(),
+        "systemd-analyze missing (Debian's systemd package)"
+    );
+    false
+}
+
+#[test]
+fn systemd_analyze_verifies_the_units() {
+    if !available() {
+        return;
+    }
+    let dir = TempDir::new("units");
+    let (service, socket) = instantiate(&dir);
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&service)
+        .arg(&socket)
+        .current_dir(dir.path(""))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify: {err}");
+    assert!(
+        err.trim().is_empty(),
+        "systemd-analyze verify complains: {err}"
+    );
+}
+
+#[test]
+fn the_service_is_rated_ok_or_better_by_systemd_analyze_security() {
+    if !available() {
+        return;
+    }
+    let dir = TempDir::new("unitsec");
+    let (service, _) = instantiate(&dir);
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&service)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read {line}"));
+    eprintln!("{line}");
+    assert!(score < 5.0, "{line}");
+}
