@@ -1,6 +1,7 @@
 //! The systemd units in `contrib/` as systemd's own tools see them: `systemd-analyze verify`
 //! accepts the socket and service pair (instantiated for `vm0`, with this build's binary), and
-//! `systemd-analyze security` rates the service's exposure "OK" or better (below 5.0).
+//! `systemd-analyze security` rates the service's exposure "OK" or better (below 5.0); and
+//! libvirt's schema (`virt-xml-validate`) accepts the example domain.
 
 #![allow(clippy::unwrap_used)]
 
@@ -86,4 +87,41 @@ fn the_service_is_rated_ok_or_better_by_systemd_analyze_security() {
         .unwrap_or_else(|| panic!("cannot read {line}"));
     eprintln!("{line}");
     assert!(score < 5.0, "{line}");
+}
+
+#[test]
+fn the_libvirt_domain_validates_against_libvirt_schema() {
+    if which("virt-xml-validate").is_none() {
+        assert!(
+            std::env::var_os("VUNETD_FULL_SUITE").is_none(),
+            "virt-xml-validate missing (Debian's libvirt-clients)"
+        );
+        return;
+    }
+    let xml = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/libvirt-vm0.xml");
+    let ok = Command::new("virt-xml-validate")
+        .arg(&xml)
+        .arg("domain")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The validator is real: a broken interface type is refused.
+    let dir = TempDir::new("libvirt");
+    let broken = dir.path("broken.xml");
+    let text = std::fs::read_to_string(&xml).unwrap();
+    std::fs::write(
+        &broken,
+        text.replace("type='vhostuser'", "type='vhostuserx'"),
+    )
+    .unwrap();
+    let refused = Command::new("virt-xml-validate")
+        .arg(&broken)
+        .arg("domain")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "a broken domain validated");
 }
