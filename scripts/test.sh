@@ -11,7 +11,7 @@ bash scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 # Everything is checked and tested with the af-xdp netdev built in (its build tools are above).
-FEATURES=(--features vhost-user-netd/af-xdp,vhost-user-netd-backends/af-xdp)
+FEATURES=(--features vhost-user-netd/af-xdp,vhost-user-netd-backends/af-xdp,vhost-user-netd/sandbox-probe)
 cargo clippy --workspace --all-targets --locked "${FEATURES[@]}" -- -D warnings
 # ... and without it, as README's first command builds the daemon.
 cargo clippy --workspace --locked -- -D warnings

@@ -8,6 +8,7 @@ use vhost_user_netd_backends::NetdevConfig;
 use std::os::fd::RawFd;
 
 use crate::config::{build_port, parse_port, Config, ConfigError, Listen, QmpAddr, RuntimeConfig};
+use crate::sandbox::SandboxMode;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -67,6 +68,13 @@ pub struct Args {
     /// `tcp:HOST:PORT` on loopback. Repeatable.
     #[arg(long = "qmp", value_name = "ADDRESS")]
     pub qmp: Vec<String>,
+
+    /// Confinement after set-up: no new privileges and a seccomp filter on every thread. `on`:
+    /// a forbidden system call ends the process; `log`: it fails with ENOSYS and is logged;
+    /// `off`: none. The filter also holds for the programs the daemon starts (tap scripts,
+    /// guestfwd commands), which may need system calls it does not allow.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxMode::Off)]
+    pub sandbox: SandboxMode,
 
     /// Print the vhost-user backend capabilities as JSON and exit.
     #[arg(long)]
@@ -238,6 +246,7 @@ impl Config {
             poll_budget: std::time::Duration::from_micros(args.poll_us),
             batching: !args.no_batching,
             resolv_conf: args.resolv_conf.clone(),
+            sandbox: args.sandbox,
         };
         Config {
             netdevs,

@@ -125,6 +125,8 @@ pub struct RuntimeConfig {
     pub batching: bool,
     /// Where the user stack finds the host's resolvers (`--resolv-conf`).
     pub resolv_conf: PathBuf,
+    /// Confinement after set-up (`--sandbox`).
+    pub sandbox: crate::sandbox::SandboxMode,
 }
 
 impl Default for RuntimeConfig {
@@ -134,6 +136,7 @@ impl Default for RuntimeConfig {
             poll_budget: std::time::Duration::from_micros(50),
             batching: true,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            sandbox: crate::sandbox::SandboxMode::Off,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod mac;
 pub mod port;
 pub mod qmp;
 pub mod registry;
+pub mod sandbox;
 pub mod service_manager;
 pub mod signals;
 pub mod vhost_user;

@@ -65,6 +65,22 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Err(e) = vhost_user_netd::sandbox::install(config.runtime.sandbox) {
+        eprintln!("vhost-user-netd: --sandbox: {e}");
+        daemon.shutdown();
+        return ExitCode::FAILURE;
+    }
+    if config.runtime.sandbox != vhost_user_netd::sandbox::SandboxMode::Off {
+        info!(
+            "sandbox {:?}: no new privileges, seccomp filter on every thread",
+            config.runtime.sandbox
+        );
+    }
+    #[cfg(feature = "sandbox-probe")]
+    if std::env::var_os("VUNETD_SANDBOX_PROBE").is_some() {
+        let ret = vhost_user_netd::sandbox::make_forbidden_call();
+        info!("sandbox probe: the forbidden call returned {ret}");
+    }
     let signal = signals::wait_for_shutdown();
     info!("signal {signal}: shutting down");
     daemon.shutdown();
