@@ -174,10 +174,8 @@ pub enum SandboxError {
 }
 
 fn filter(mode: SandboxMode) -> Result<BpfProgram, SandboxError> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = ALLOWED
-        .iter()
-        .map(|&nr| (nr, Vec::new()))
-        .collect();
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
     let mismatch = match mode {
         SandboxMode::On => SeccompAction::KillProcess,
         _ => SeccompAction::Trap,
