@@ -21,7 +21,7 @@ const REFILL_BATCH: usize = 32;
 /// Frames the backend refused, shared by its queues (the kernel counts its own drops).
 #[derive(Debug, Default)]
 pub struct Drops {
-    /// Guest frames larger than a UMEM frame.
+    /// Guest frames larger than the socket carries (one UMEM frame, or 16 with multi-buffer).
     pub tx_too_big: AtomicU64,
     /// Received frames larger than the guest's buffers.
     pub rx_too_big: AtomicU64,
@@ -336,10 +336,13 @@ impl AfXdpQueue {
         })
     }
 
-    fn state(&mut self) -> io::Result<&mut QueueState> {
-        self.state
+    /// The socket state and the drop counters, borrowed together (no per-frame refcounting).
+    fn parts(&mut self) -> io::Result<(&mut QueueState, &Drops)> {
+        let state = self
+            .state
             .as_mut()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        Ok((state, &self.drops))
     }
 }
 
@@ -360,8 +363,8 @@ impl BackendQueue for AfXdpQueue {
     }
 
     fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        let drops = self.drops.clone();
-        self.state()?.recv(bufs, &drops)
+        let (state, drops) = self.parts()?;
+        state.recv(bufs, drops)
     }
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -369,12 +372,12 @@ impl BackendQueue for AfXdpQueue {
     }
 
     fn send_batch(&mut self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
-        let drops = self.drops.clone();
-        self.state()?.send_batch(frames, &drops)
+        let (state, drops) = self.parts()?;
+        state.send_batch(frames, drops)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.state()?.flush()
+        self.parts()?.0.flush()
     }
 
     fn pending_input(&self) -> bool {
