@@ -8,7 +8,8 @@ use vhost_user_netd_backends::NetdevConfig;
 use std::os::fd::RawFd;
 
 use crate::config::{build_port, parse_port, Config, ConfigError, Listen, QmpAddr, RuntimeConfig};
-use crate::sandbox::SandboxMode;
+use crate::sandbox::privileges::resolve_ids;
+use crate::sandbox::{SandboxConfig, SandboxMode};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -69,12 +70,44 @@ pub struct Args {
     #[arg(long = "qmp", value_name = "ADDRESS")]
     pub qmp: Vec<String>,
 
-    /// Confinement after set-up: no new privileges and a seccomp filter on every thread. `on`:
-    /// a forbidden system call ends the process; `log`: it fails with ENOSYS and is logged;
-    /// `off`: none. The filter also holds for the programs the daemon starts (tap scripts,
-    /// guestfwd commands), which may need system calls it does not allow.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxMode::Off)]
+    /// Confinement after set-up: capabilities dropped (--keep-caps), no new privileges and a
+    /// seccomp filter on every thread; scripts, helpers and guestfwd commands are run by a
+    /// launcher process forked before it. `on`: a forbidden system call ends the process;
+    /// `log`: it fails with ENOSYS and is logged; `off`: none (for debugging).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxMode::On)]
     pub sandbox: SandboxMode,
+
+    /// A program the sandbox's launcher may run besides those the command line's netdevs name
+    /// (a tap script or helper path, or a guestfwd command): for netdevs added over QMP.
+    /// Repeatable. QEMU's default /etc/qemu-ifup, /etc/qemu-ifdown and bridge helper are allowed.
+    #[arg(long = "allow-spawn", value_name = "PROGRAM")]
+    pub allow_spawn: Vec<String>,
+
+    /// Capabilities kept after set-up (comma-separated names such as net_admin,net_raw, or
+    /// `none`). `auto`: with a QMP listener CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF, which
+    /// netdev_add needs for taps, l2tpv3 and af-xdp; without one, none; an af-xdp netdev that
+    /// loaded its XDP program keeps CAP_NET_ADMIN, CAP_BPF and CAP_SYS_ADMIN to remove it at exit
+    /// (inhibit=on with vhost-user-netd-xdp-helper needs none).
+    #[arg(
+        long = "keep-caps",
+        value_name = "auto|none|CAP,...",
+        default_value = "auto"
+    )]
+    pub keep_caps: crate::sandbox::KeepCaps,
+
+    /// A directory the sandboxed daemon may still create and remove sockets in and read (for
+    /// netdevs added over QMP: unix socket paths, TFTP roots). Repeatable. The directories of
+    /// the command line's sockets, its TFTP roots and the resolver file are allowed already.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    pub allow_paths: Vec<PathBuf>,
+
+    /// Run as this user (name or number) once set-up is done.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run as this group (name or number) once set-up is done; default: the --user's group.
+    #[arg(long, value_name = "GROUP", requires = "user")]
+    pub group: Option<String>,
 
     /// Print the vhost-user backend capabilities as JSON and exit.
     #[arg(long)]
@@ -246,7 +279,18 @@ impl Config {
             poll_budget: std::time::Duration::from_micros(args.poll_us),
             batching: !args.no_batching,
             resolv_conf: args.resolv_conf.clone(),
-            sandbox: args.sandbox,
+            sandbox: SandboxConfig {
+                mode: args.sandbox,
+                allow_spawn: args.allow_spawn.clone(),
+                allow_paths: args.allow_paths.clone(),
+                keep_caps: args.keep_caps.clone(),
+                ids: args
+                    .user
+                    .as_deref()
+                    .map(|u| resolve_ids(u, args.group.as_deref()))
+                    .transpose()
+                    .map_err(|e| ConfigError::new("--user", e))?,
+            },
         };
         Config {
             netdevs,

@@ -8,7 +8,8 @@ use std::net::ToSocketAddrs;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use vhost_user_netd_backends::{NetdevConfig, Opts};
+use vhost_user_netd_backends::launcher::LaunchPolicy;
+use vhost_user_netd_backends::{NetdevConfig, NetdevKind, Opts};
 
 use crate::mac::MacAddr;
 
@@ -125,8 +126,8 @@ pub struct RuntimeConfig {
     pub batching: bool,
     /// Where the user stack finds the host's resolvers (`--resolv-conf`).
     pub resolv_conf: PathBuf,
-    /// Confinement after set-up (`--sandbox`).
-    pub sandbox: crate::sandbox::SandboxMode,
+    /// Confinement after set-up (`--sandbox`, `--allow-spawn`, `--keep-caps`, `--user`).
+    pub sandbox: crate::sandbox::SandboxConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -136,7 +137,7 @@ impl Default for RuntimeConfig {
             poll_budget: std::time::Duration::from_micros(50),
             batching: true,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
-            sandbox: crate::sandbox::SandboxMode::Off,
+            sandbox: crate::sandbox::SandboxConfig::default(),
         }
     }
 }
@@ -289,8 +290,90 @@ pub fn build_port(
     })
 }
 
+/// The paths a netdev's options name, wherever they sit in QEMU's schema: a unix socket's
+/// `path` (its directory gets sockets made and removed) and a `tftp` root (read).
+fn netdev_paths(value: &serde_json::Value, fs: &mut crate::sandbox::filesystem::FsAccess) {
+    use serde_json::Value;
+    match value {
+        Value::Object(members) => {
+            for (key, v) in members {
+                match (key.as_str(), v) {
+                    ("path", Value::String(p)) => {
+                        fs.socket_dirs
+                            .extend(crate::sandbox::filesystem::socket_dir(p.as_ref()));
+                    }
+                    ("tftp", Value::String(p)) => fs.read.push(PathBuf::from(p)),
+                    _ => netdev_paths(v, fs),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| netdev_paths(v, fs)),
+        _ => {}
+    }
+}
+
 impl Config {
-    /// Cross-checks: unique ids, one port per netdev, unique socket paths.
+    /// The programs the sandbox's launcher may run: QEMU's defaults, those the netdevs name,
+    /// and `--allow-spawn`.
+    pub fn launch_policy(&self) -> LaunchPolicy {
+        let mut policy = LaunchPolicy::default();
+        for n in &self.netdevs {
+            policy.allow_netdev(n);
+        }
+        for p in &self.runtime.sandbox.allow_spawn {
+            policy.allow(p.clone());
+        }
+        policy
+    }
+
+    /// What the configuration needs at run time: capabilities (for `--keep-caps=auto`) and the
+    /// filesystem (sockets' directories, TFTP roots, the resolver file, `--allow-path`).
+    pub fn runtime_needs(&self) -> crate::sandbox::RuntimeNeeds {
+        use crate::sandbox::filesystem::{socket_dir, FsAccess};
+        let mut fs = FsAccess {
+            read: vec![self.runtime.resolv_conf.clone()],
+            socket_dirs: Vec::new(),
+            state_dirs: Vec::new(),
+        };
+        for p in &self.ports {
+            if let Listen::Path(path) = &p.listen {
+                fs.socket_dirs.extend(socket_dir(path));
+            }
+        }
+        for q in &self.qmp {
+            if let QmpAddr::Unix(path) = q {
+                fs.socket_dirs.extend(socket_dir(path));
+            }
+        }
+        for n in &self.netdevs {
+            netdev_paths(&serde_json::Value::Object(n.to_json()), &mut fs);
+        }
+        for p in &self.runtime.sandbox.allow_paths {
+            fs.socket_dirs.push(p.clone());
+            fs.read.push(p.clone());
+        }
+        let qmp = !self.qmp.is_empty();
+        let af_xdp = self
+            .netdevs
+            .iter()
+            .any(|n| matches!(&n.kind, NetdevKind::AfXdp(_)));
+        if af_xdp || (qmp && cfg!(feature = "af-xdp")) {
+            fs.state_dirs.extend(
+                crate::sandbox::filesystem::XDP_STATE_DIRS
+                    .iter()
+                    .map(PathBuf::from),
+            );
+        }
+        crate::sandbox::RuntimeNeeds {
+            fs,
+            qmp,
+            xdp_program: self
+                .netdevs
+                .iter()
+                .any(|n| matches!(&n.kind, NetdevKind::AfXdp(x) if x.inhibit != Some(true))),
+        }
+    }
+
     pub fn validate(self) -> Result<Self, ConfigError> {
         let mut ids = HashSet::new();
         for n in &self.netdevs {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use log::{error, info};
 use vhost_user_netd_backends::hub::Hubs;
+use vhost_user_netd_backends::launcher::Launcher;
 use vhost_user_netd_backends::{Batching, HostEnv, InheritedFds};
 
 use crate::config::{Config, Listen, PortConfig, QmpAddr};
@@ -46,9 +47,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Opens every netdev, then serves every port and QMP address of `config`.
+    /// Opens every netdev, then serves every port and QMP address of `config`; the daemon
+    /// starts scripts and commands itself.
     pub fn start(config: &Config) -> Result<Daemon, StartError> {
-        let env = host_env(config);
+        Daemon::start_with(config, Launcher::InProcess)
+    }
+
+    /// As [`Daemon::start`], with `launcher` starting the scripts, helpers and `guestfwd`
+    /// commands (the launcher process of a sandboxed daemon).
+    pub fn start_with(config: &Config, launcher: Launcher) -> Result<Daemon, StartError> {
+        let env = host_env(config, launcher);
         let rt = &config.runtime;
         let workers = Workers::start(usize::from(rt.workers), rt.poll_budget, env.batching)
             .map_err(|e| StartError::Runtime(format!("--workers: {e}")))?;
@@ -108,7 +116,7 @@ impl Daemon {
 }
 
 /// What the backends are opened in, from the runtime settings.
-fn host_env(config: &Config) -> HostEnv {
+fn host_env(config: &Config, launcher: Launcher) -> HostEnv {
     HostEnv {
         resolv_conf: config.runtime.resolv_conf.clone(),
         batching: if config.runtime.batching {
@@ -117,6 +125,7 @@ fn host_env(config: &Config) -> HostEnv {
             Batching::OFF
         },
         hubs: Hubs::default(),
+        launcher,
     }
 }
 

@@ -8,7 +8,9 @@ use log::info;
 use vhost_user_netd::cli::{capabilities_json, Args};
 use vhost_user_netd::config::Config;
 use vhost_user_netd::daemon::{Daemon, StartError};
+use vhost_user_netd::sandbox::SandboxMode;
 use vhost_user_netd::signals;
+use vhost_user_netd_backends::launcher::Launcher;
 
 /// Exit code for bad command-line input (as clap uses).
 const EXIT_USAGE: u8 = 2;
@@ -55,7 +57,20 @@ fn main() -> ExitCode {
         eprintln!("vhost-user-netd: blocking signals: {e}");
         return ExitCode::FAILURE;
     }
-    let daemon = match Daemon::start(&config) {
+    let sandbox = &config.runtime.sandbox;
+    // Forked while the process has one thread: nothing has started one yet.
+    let launcher = if sandbox.mode == SandboxMode::Off {
+        Launcher::InProcess
+    } else {
+        match Launcher::fork(config.launch_policy()) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("vhost-user-netd: starting the launcher process: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let daemon = match Daemon::start_with(&config, launcher) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("vhost-user-netd: {e}");
@@ -65,16 +80,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Err(e) = vhost_user_netd::sandbox::install(config.runtime.sandbox) {
-        eprintln!("vhost-user-netd: --sandbox: {e}");
-        daemon.shutdown();
-        return ExitCode::FAILURE;
-    }
-    if config.runtime.sandbox != vhost_user_netd::sandbox::SandboxMode::Off {
-        info!(
-            "sandbox {:?}: no new privileges, seccomp filter on every thread",
-            config.runtime.sandbox
-        );
+    match vhost_user_netd::sandbox::confine(sandbox, &config.runtime_needs()) {
+        Ok(confinement) => info!("{confinement}"),
+        Err(e) => {
+            eprintln!("vhost-user-netd: --sandbox: {e}");
+            daemon.shutdown();
+            return ExitCode::FAILURE;
+        }
     }
     #[cfg(feature = "sandbox-probe")]
     if std::env::var_os("VUNETD_SANDBOX_PROBE").is_some() {

@@ -161,8 +161,9 @@ fn man_page_and_completions_list_the_options_the_binary_accepts() {
     std::fs::create_dir_all(&dir).unwrap();
     let page = dir.join("vhost-user-netd.1");
     std::fs::write(&page, &man).unwrap();
+    // No hyphenation: an option name is never split across lines.
     let rendered = Command::new("man")
-        .arg("-l")
+        .args(["--nh", "--nj", "-l"])
         .arg(&page)
         .env("MANPAGER", "cat")
         .env("MANWIDTH", "200")

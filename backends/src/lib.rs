@@ -17,6 +17,8 @@
 //! - [`user`]: the user-mode network stack (`-netdev user`), the daemon's default.
 //! - [`socket_address`]: QEMU's `SocketAddress` for the socket netdevs.
 //! - [`socketpair`]: a test-only backend over a `SOCK_SEQPACKET` pair, for unprivileged tests.
+//! - [`launcher`]: who starts tap scripts, helpers and `guestfwd` commands (a launcher process
+//!   forked before the sandbox).
 //! - [`sys`]: thin checked wrappers over the few raw system calls the backends need.
 
 pub mod af_xdp;
@@ -27,6 +29,7 @@ pub mod fd_source;
 pub mod host_env;
 pub mod hub;
 pub mod l2tpv3;
+pub mod launcher;
 pub mod netdev;
 pub mod options;
 pub mod socket_address;

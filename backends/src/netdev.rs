@@ -138,11 +138,15 @@ impl NetdevConfig {
     /// Opens the backend this configuration describes.
     pub fn open(&self, fds: &mut dyn FdSource, env: &HostEnv) -> Result<Arc<dyn Backend>, Error> {
         match &self.kind {
-            NetdevKind::Tap(t) => Ok(Arc::new(TapBackend::open(t, fds)?)),
+            NetdevKind::Tap(t) => Ok(Arc::new(TapBackend::open(t, fds, &env.launcher)?)),
             NetdevKind::Stream(s) => Ok(Arc::new(StreamBackend::open(s, fds, env.batching)?)),
             NetdevKind::Dgram(d) => Ok(Arc::new(DgramBackend::open(d, fds, env.batching)?)),
             NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds, env.batching)?)),
-            NetdevKind::User(u) => Ok(Arc::new(UserBackend::open(u, &env.resolv_conf)?)),
+            NetdevKind::User(u) => Ok(Arc::new(UserBackend::open(
+                u,
+                &env.resolv_conf,
+                &env.launcher,
+            )?)),
             NetdevKind::HubPort(h) => Ok(Arc::new(HubPortBackend::open(h, &env.hubs)?)),
             NetdevKind::AfXdp(x) => open_af_xdp(x, fds),
         }

@@ -10,7 +10,6 @@
 
 mod ioctl;
 pub mod options;
-mod script;
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -21,6 +20,7 @@ use log::{info, warn};
 pub use options::TapOptions;
 
 use crate::fd_source::FdSource;
+use crate::launcher::Launcher;
 use crate::sys;
 use crate::{Backend, BackendQueue, Capabilities, Error, Offloads, VNET_HDR_LEN};
 
@@ -32,11 +32,17 @@ pub struct TapBackend {
     vnet_hdr: bool,
     offloads: Offloads,
     downscript: std::sync::Mutex<Option<String>>,
+    /// Who runs the scripts (the daemon, or its launcher process under the sandbox).
+    launcher: Launcher,
 }
 
 impl TapBackend {
     /// Opens (or adopts) the tap described by `opts`.
-    pub fn open(opts: &TapOptions, fds: &mut dyn FdSource) -> Result<Self, Error> {
+    pub fn open(
+        opts: &TapOptions,
+        fds: &mut dyn FdSource,
+        launcher: &Launcher,
+    ) -> Result<Self, Error> {
         let (queues, ran_script_for) = if let Some(fd) = &opts.fd {
             (vec![fds.take_fd(fd)?], None)
         } else if let Some(list) = &opts.fds {
@@ -47,8 +53,9 @@ impl TapBackend {
             (v, None)
         } else if let Some(helper) = &opts.helper {
             let br = opts.br.as_deref().unwrap_or(options::DEFAULT_BRIDGE);
-            let fd =
-                script::open_with_helper(helper, br).map_err(|e| Error::io("tap helper", e))?;
+            let fd = launcher
+                .open_with_helper(helper, br)
+                .map_err(|e| Error::io("tap helper", e))?;
             (vec![fd], None)
         } else {
             let want_vnet = opts.vnet_hdr.unwrap_or(true);
@@ -99,7 +106,9 @@ impl TapBackend {
         let mut downscript = None;
         if ran_script_for.is_some() {
             if let Some(s) = pick_script(opts.script.as_deref(), options::DEFAULT_SCRIPT) {
-                script::run_script(&s, &ifname).map_err(|e| Error::io("script", e))?;
+                launcher
+                    .run_script(&s, &ifname)
+                    .map_err(|e| Error::io("script", e))?;
             }
             downscript = pick_script(opts.downscript.as_deref(), options::DEFAULT_DOWNSCRIPT);
         }
@@ -113,6 +122,7 @@ impl TapBackend {
             vnet_hdr,
             offloads,
             downscript: std::sync::Mutex::new(downscript),
+            launcher: launcher.clone(),
         })
     }
 
@@ -230,7 +240,7 @@ impl TapBackend {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(s) = script {
-            if let Err(e) = script::run_script(&s, &self.ifname) {
+            if let Err(e) = self.launcher.run_script(&s, &self.ifname) {
                 warn!("tap {}: {e}", self.ifname);
             }
         }

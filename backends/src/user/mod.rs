@@ -50,7 +50,12 @@ fn lock(stack: &Mutex<Stack>) -> MutexGuard<'_, Stack> {
 impl UserBackend {
     /// Builds the stack and binds the `hostfwd` sockets (failing like QEMU if one cannot be).
     /// `resolv_conf` is where the virtual name server finds the host's resolvers.
-    pub fn open(options: &UserOptions, resolv_conf: &std::path::Path) -> Result<Self, Error> {
+    /// `launcher` starts the `guestfwd` commands.
+    pub fn open(
+        options: &UserOptions,
+        resolv_conf: &std::path::Path,
+        launcher: &crate::launcher::Launcher,
+    ) -> Result<Self, Error> {
         let mut description = String::from("user");
         if let Some(n) = options.ipv4 {
             description += &format!(" net={}/{} host={}", n.network, n.prefix_len(), n.host);
@@ -61,7 +66,7 @@ impl UserBackend {
         if options.restrict {
             description += " restrict=on";
         }
-        let stack = Stack::new(options.clone(), resolv_conf.to_path_buf())?;
+        let stack = Stack::new(options.clone(), resolv_conf.to_path_buf(), launcher.clone())?;
         Ok(UserBackend {
             stack: Arc::new(Mutex::new(stack)),
             description,

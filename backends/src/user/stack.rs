@@ -10,7 +10,6 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -33,6 +32,7 @@ use super::udp_flows::UdpFlows;
 use forwarding::{Forward, GuestFwdPeer};
 
 mod forwarding;
+use crate::launcher::{Launcher, Spawned};
 use crate::{sys, Error};
 
 /// How often idle UDP/ICMP flows and stuck handshakes are looked for while any exist.
@@ -70,7 +70,9 @@ pub struct Stack {
     guest_forwards: Vec<(SocketAddr, GuestFwdPeer)>,
     /// Guest-side (guest, remote) pairs of UDP `hostfwd` clients → (rule, host client).
     udp_forwarded: HashMap<(SocketAddr, SocketAddr), (usize, SocketAddr)>,
-    children: Vec<Child>,
+    /// Starts `guestfwd` commands.
+    launcher: Launcher,
+    children: Vec<Spawned>,
     scratch: Vec<u8>,
     dirty: Vec<u64>,
     dead: Vec<(u64, bool)>,
@@ -127,7 +129,11 @@ fn interface(options: &UserOptions, link: &LinkAddrs) -> Interface {
 impl Stack {
     /// A stack for `options`, with its `hostfwd` sockets bound; `resolv_conf` is where its
     /// virtual name server finds the host's resolvers.
-    pub fn new(options: UserOptions, resolv_conf: PathBuf) -> Result<Stack, Error> {
+    pub fn new(
+        options: UserOptions,
+        resolv_conf: PathBuf,
+        launcher: Launcher,
+    ) -> Result<Stack, Error> {
         let poller = Poller::new().map_err(|e| Error::io("epoll", e))?;
         let link = LinkAddrs::new(options.ipv4.map(|n| n.host));
         let epoch = Instant::now();
@@ -153,6 +159,7 @@ impl Stack {
             forwards,
             guest_forwards,
             udp_forwarded: HashMap::new(),
+            launcher,
             children: Vec::new(),
             scratch: vec![0; 65536],
             dirty: Vec::new(),
@@ -436,7 +443,7 @@ impl Stack {
         let mut child = None;
         let host = match peer {
             Some(GuestFwdPeer::Command(command)) => {
-                forwarding::spawn_command(command).map(|(fd, c)| {
+                self.launcher.spawn_command(command).map(|(fd, c)| {
                     child = Some(c);
                     fd
                 })
@@ -577,8 +584,7 @@ impl Stack {
             self.counters.tcp_refused += 1;
             self.remove_flow(id, true);
         }
-        self.children
-            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        self.children.retain_mut(|c| !c.has_exited());
         // Every flow is looked at: timers may have closed some.
         self.dirty.extend(self.tcp.ids());
         if udp_left || echo_left || self.tcp.len() > 0 || !self.children.is_empty() {
@@ -672,8 +678,7 @@ impl Stack {
             self.remove_flow(id, true);
         }
         for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
         self.children.clear();
     }
@@ -692,6 +697,7 @@ mod tests {
         Stack::new(
             UserOptions::from_opts(&mut opts).unwrap(),
             "/etc/resolv.conf".into(),
+            Launcher::InProcess,
         )
         .unwrap()
     }

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
 use super::poller::{Interest, Poller, Token};
+use crate::launcher::Spawned;
 use crate::sys;
 
 /// Most TCP flows at once; a SYN beyond this is answered with a reset.
@@ -50,7 +50,7 @@ pub struct TcpFlow {
     host_eof: bool,
     host_write_shut: bool,
     /// A `guestfwd=...-cmd:` process serving this connection.
-    pub child: Option<Child>,
+    pub child: Option<Spawned>,
     born: Instant,
 }
 
@@ -210,7 +210,7 @@ impl TcpFlows {
         id: u64,
         sockets: &mut SocketSet<'_>,
         reset_host: bool,
-    ) -> Option<Child> {
+    ) -> Option<Spawned> {
         let flow = self.flows.remove(&id)?;
         self.by_tuple.remove(&(flow.guest, flow.remote));
         if let Some(handle) = flow.handle {

@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
 
 use super::super::options::{GuestFwdTarget, HostFwd, UserOptions};
 use super::super::poller::{Interest, Poller, Token};
@@ -120,20 +118,6 @@ pub(super) fn resolve_guest_forwards(
             Ok((SocketAddr::new(rule.addr.into(), rule.port), peer))
         })
         .collect::<Result<Vec<_>, Error>>()
-}
-
-/// Runs a `guestfwd` command with one end of a socket pair as its stdin and stdout.
-pub(super) fn spawn_command(command: &str) -> io::Result<(OwnedFd, Child)> {
-    let (ours, theirs) = UnixStream::pair()?;
-    ours.set_nonblocking(true)?;
-    let theirs_out = theirs.try_clone()?;
-    let child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
-        .spawn()?;
-    Ok((OwnedFd::from(ours), child))
 }
 
 impl Stack {

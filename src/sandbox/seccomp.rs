@@ -1,31 +1,13 @@
-//! The daemon's confinement after set-up (`--sandbox`): no new privileges, and a seccomp filter
-//! (rust-vmm's `seccompiler`) allowing the system calls the daemon and the programs it starts
-//! (tap scripts, `guestfwd` commands) were seen to make across the whole test suite, installed
-//! on every thread at once (`SECCOMP_FILTER_FLAG_TSYNC`); threads started later inherit it.
-//!
-//! - `on`: any other system call ends the process (`SIGSYS`; the service manager restarts it).
-//! - `log`: any other system call fails with `ENOSYS` and is logged on standard error, and the
-//!   daemon goes on: for finding what a configuration still needs.
-//! - `off` (the default for now): nothing is installed.
-//!
-//! One filter for the whole process; per-thread filters, dropping capabilities and a launcher
-//! for scripts forked before the filter are the next steps (docs/deployment.md).
+//! The seccomp filter (rust-vmm's `seccompiler`): the system calls the daemon was seen to make
+//! across the whole test suite (`strace -f` of every daemon it runs), installed on every thread
+//! at once (`SECCOMP_FILTER_FLAG_TSYNC`); threads started later inherit it. The daemon never
+//! starts a program under it (its launcher process does), so `execve` and `fork` are not in it.
 
 use std::collections::BTreeMap;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
-/// How the daemon confines itself after set-up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum SandboxMode {
-    /// Nothing (for debugging).
-    #[default]
-    Off,
-    /// A forbidden system call fails with ENOSYS and is logged.
-    Log,
-    /// A forbidden system call ends the process.
-    On,
-}
+use super::SandboxMode;
 
 /// The system calls allowed (x86_64 numbers).
 const ALLOWED: &[libc::c_long] = &[
@@ -52,7 +34,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_wait,
     libc::SYS_eventfd2,
-    libc::SYS_execve,
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_faccessat2,
@@ -154,15 +135,13 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_uname,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
-    libc::SYS_vfork,
-    libc::SYS_wait4,
     libc::SYS_write,
     libc::SYS_writev,
 ];
 
 /// Why the sandbox could not be installed.
 #[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
+pub enum SeccompError {
     #[error("PR_SET_NO_NEW_PRIVS: {0}")]
     NoNewPrivs(std::io::Error),
     #[error("building the seccomp filter: {0}")]
@@ -173,7 +152,7 @@ pub enum SandboxError {
     Handler(std::io::Error),
 }
 
-fn filter(mode: SandboxMode) -> Result<BpfProgram, SandboxError> {
+fn filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
     let mismatch = match mode {
@@ -181,27 +160,27 @@ fn filter(mode: SandboxMode) -> Result<BpfProgram, SandboxError> {
         _ => SeccompAction::Trap,
     };
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(|e| SandboxError::Filter(e.to_string()))?;
+        .map_err(|e| SeccompError::Filter(e.to_string()))?;
     filter
         .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Filter(e.to_string()))
+        .map_err(|e: seccompiler::BackendError| SeccompError::Filter(e.to_string()))
 }
 
 /// Confines every thread of the process as `mode` says.
-pub fn install(mode: SandboxMode) -> Result<(), SandboxError> {
+pub(super) fn install(mode: SandboxMode) -> Result<(), SeccompError> {
     if mode == SandboxMode::Off {
         return Ok(());
     }
     if mode == SandboxMode::Log {
-        install_sigsys_handler().map_err(SandboxError::Handler)?;
+        install_sigsys_handler().map_err(SeccompError::Handler)?;
     }
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(SandboxError::NoNewPrivs(std::io::Error::last_os_error()));
+        return Err(SeccompError::NoNewPrivs(std::io::Error::last_os_error()));
     }
     let program = filter(mode)?;
     seccompiler::apply_filter_all_threads(&program)
-        .map_err(|e| SandboxError::Install(e.to_string()))
+        .map_err(|e| SeccompError::Install(e.to_string()))
 }
 
 /// Writes `text` to standard error with one `write(2)` (async-signal-safe).
@@ -277,5 +256,6 @@ mod tests {
         assert!(filter(SandboxMode::Log).is_ok());
         assert!(!ALLOWED.contains(&libc::SYS_syslog));
         assert!(ALLOWED.contains(&libc::SYS_epoll_wait));
+        assert!(!ALLOWED.contains(&libc::SYS_execve));
     }
 }
