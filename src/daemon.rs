@@ -44,6 +44,8 @@ pub struct Daemon {
     created: Vec<PathBuf>,
     /// The systemd notifier, when a service manager listens.
     service_manager: Option<ServiceManager>,
+    /// The queue workers (for their seccomp filter).
+    workers: Arc<Workers>,
 }
 
 impl Daemon {
@@ -77,7 +79,7 @@ impl Daemon {
                 created.push(path.clone());
             }
         }
-        let service_manager = ServiceManager::start(registry.clone(), workers, &qmp.events);
+        let service_manager = ServiceManager::start(registry.clone(), workers.clone(), &qmp.events);
         if let Some(sm) = &service_manager {
             sm.ready();
         }
@@ -86,7 +88,14 @@ impl Daemon {
             qmp,
             created,
             service_manager,
+            workers,
         })
+    }
+
+    /// Puts every queue worker thread, running or started later, under `filter` on top of the
+    /// process's; true once every running one is.
+    pub fn confine_queue_workers(&self, filter: seccompiler::BpfProgram) -> bool {
+        self.workers.confine(filter)
     }
 
     /// Ends the daemon: `SHUTDOWN` to QMP clients that read, the sockets it created removed,

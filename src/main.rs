@@ -80,16 +80,25 @@ fn main() -> ExitCode {
             };
         }
     };
-    match vhost_user_netd::sandbox::confine(sandbox, &config.runtime_needs()) {
-        Ok(confinement) => info!("{confinement}"),
-        Err(e) => {
-            eprintln!("vhost-user-netd: --sandbox: {e}");
-            daemon.shutdown();
-            return ExitCode::FAILURE;
-        }
+    let confined = vhost_user_netd::sandbox::confine(sandbox, &config.runtime_needs()).and_then(
+        |confinement| {
+            info!("{confinement}");
+            if sandbox.mode != SandboxMode::Off {
+                let filter = vhost_user_netd::sandbox::seccomp::queue_worker_filter(sandbox.mode)?;
+                if daemon.confine_queue_workers(filter) {
+                    info!("queue workers: their own seccomp filter on top");
+                }
+            }
+            Ok(())
+        },
+    );
+    if let Err(e) = confined {
+        eprintln!("vhost-user-netd: --sandbox: {e}");
+        daemon.shutdown();
+        return ExitCode::FAILURE;
     }
     #[cfg(feature = "sandbox-probe")]
-    if std::env::var_os("VUNETD_SANDBOX_PROBE").is_some() {
+    if std::env::var_os("VUNETD_SANDBOX_PROBE").is_some_and(|v| v != "worker") {
         let ret = vhost_user_netd::sandbox::make_forbidden_call();
         info!("sandbox probe: the forbidden call returned {ret}");
     }

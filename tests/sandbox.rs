@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::frontend::{frame, TestFrontend, BUF_LEN, F_EVENT_IDX};
+use common::netns::Netns;
+use common::packet::PacketSocket;
 use common::process::{child_of, status_line};
 use common::qmp::Qmp;
 use common::wire::Wire;
@@ -48,6 +50,41 @@ fn thread_states(pid: u32) -> Vec<[String; 5]> {
     states
 }
 
+/// A frontend on `socket` sends a frame to `wire` and gets one back through the daemon.
+fn frames_both_ways(socket: &std::path::Path, wire: &Wire, seed: u8) -> TestFrontend {
+    let mut guest = TestFrontend::connect(socket, 1, F_EVENT_IDX);
+    guest.rings[0].post_buffers(&guest.ram, 0, 8, BUF_LEN as u32, true);
+    guest.kick(0);
+    let sent = frame(80, seed);
+    guest.send(0, 0, &sent);
+    guest.wait_used(1, 1);
+    let mut buf = [0u8; 2048];
+    let n = wire.sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &sent[..]);
+    wire.sock.send_to(&sent, wire.daemon).unwrap();
+    assert_eq!(guest.wait_used(0, 1)[0].1 as usize, 12 + sent.len());
+    guest
+}
+
+/// Each thread's name and how many seccomp filters it is under.
+fn filters_by_thread(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        out.push((field("Name:"), field("Seccomp_filters:")));
+    }
+    out
+}
+
 #[test]
 fn every_thread_is_confined_and_the_daemon_keeps_working() {
     let dir = TempDir::new("sandbox");
@@ -63,17 +100,7 @@ fn every_thread_is_confined_and_the_daemon_keeps_working() {
     let mut qmp = Qmp::connect(&qmp_path);
 
     // Traffic both ways: the port's worker threads start under the filter.
-    let mut guest = TestFrontend::connect(&socket, 1, F_EVENT_IDX);
-    guest.rings[0].post_buffers(&guest.ram, 0, 8, BUF_LEN as u32, true);
-    guest.kick(0);
-    let sent = frame(80, 3);
-    guest.send(0, 0, &sent);
-    guest.wait_used(1, 1);
-    let mut buf = [0u8; 2048];
-    let n = wire.sock.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], &sent[..]);
-    wire.sock.send_to(&sent, wire.daemon).unwrap();
-    assert_eq!(guest.wait_used(0, 1)[0].1 as usize, 12 + sent.len());
+    let guest = frames_both_ways(&socket, &wire, 3);
 
     // Netdevs come and go over QMP under the filter.
     let other = Wire::new();
@@ -94,6 +121,21 @@ fn every_thread_is_confined_and_the_daemon_keeps_working() {
     } else {
         "0000000000000000"
     };
+    // Queue workers stack their own, tighter filter on the process's; other threads have one.
+    let filters = filters_by_thread(daemon.child.id());
+    assert!(
+        filters.iter().any(|(name, _)| name.starts_with("vq-pair")),
+        "{filters:?}"
+    );
+    for (name, count) in &filters {
+        let expected = if name.starts_with("vq-pair") {
+            "2"
+        } else {
+            "1"
+        };
+        assert_eq!(count, expected, "{filters:?}");
+    }
+
     let states = thread_states(daemon.child.id());
     assert!(states.len() >= 4, "threads: {states:?}");
     for [nnp, seccomp, eff, bnd, _] in &states {
@@ -262,15 +304,7 @@ fn user_and_group_switch_every_thread_and_drop_every_capability() {
         .log
         .wait_for("running as uid 65534 gid 65534", Duration::from_secs(10));
 
-    let mut guest = TestFrontend::connect(&socket, 1, F_EVENT_IDX);
-    guest.rings[0].post_buffers(&guest.ram, 0, 8, BUF_LEN as u32, true);
-    guest.kick(0);
-    let sent = frame(90, 5);
-    guest.send(0, 0, &sent);
-    guest.wait_used(1, 1);
-    let mut buf = [0u8; 2048];
-    let n = wire.sock.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], &sent[..]);
+    let guest = frames_both_ways(&socket, &wire, 5);
 
     let states = thread_states(daemon.child.id());
     for [nnp, seccomp, eff, bnd, uid] in &states {
@@ -370,4 +404,109 @@ fn sockets_only_go_where_landlock_allows() {
     assert!(other.path("s1.sock").exists());
     qmp.execute("netdev_del", json!({"id": "s1"})).unwrap();
     assert!(daemon.terminate().success());
+}
+
+#[cfg(feature = "sandbox-probe")]
+#[test]
+fn a_call_the_process_may_make_but_a_queue_worker_may_not_is_refused_on_the_worker() {
+    for (mode, tag, line) in [("on", "a", "sandbox On"), ("log", "b", "sandbox Log")] {
+        let dir = TempDir::new("sandboxworker");
+        let socket = dir.path(&format!("{tag}.sock"));
+        let mut cmd = Daemon::command(&["--sandbox", mode, "--socket-path"]);
+        cmd.arg(&socket).env("VUNETD_SANDBOX_PROBE", "worker");
+        let mut daemon = Daemon::start(cmd, 1);
+        daemon.log.wait_for(line, Duration::from_secs(10));
+        // The main thread made the same call without harm: only workers are refused it.
+        // A frontend starts the port's queue worker, which then makes the call.
+        // With `on` the process ends during the handshake, which fails the connect: expected.
+        let guest = std::panic::catch_unwind(|| TestFrontend::connect(&socket, 1, F_EVENT_IDX));
+        if mode == "on" {
+            let status = daemon
+                .wait_exit(Duration::from_secs(10))
+                .expect("the worker's call did not end the process");
+            assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?}");
+        } else {
+            let line = daemon
+                .log
+                .wait_for("forbidden system call", Duration::from_secs(10));
+            assert!(line.ends_with(&libc::SYS_umask.to_string()), "{line}");
+            daemon.log.wait_for(
+                "the call forbidden to queue workers returned -1",
+                Duration::from_secs(10),
+            );
+            drop(guest);
+            assert!(daemon.terminate().success());
+        }
+    }
+}
+
+#[test]
+fn the_bridge_helper_runs_in_the_launcher_and_its_tap_carries_frames() {
+    if !common::privileged_environment("sandbox bridge helper") {
+        return;
+    }
+    const HELPER: &str = "/usr/lib/qemu/qemu-bridge-helper";
+    assert!(
+        std::path::Path::new(HELPER).exists(),
+        "{HELPER} (qemu-system-common)"
+    );
+    let dir = TempDir::new("sandboxhelper");
+    let ns = Netns::new("sbhelper");
+    ns.ip(&["link", "add", "vubr0", "type", "bridge"]);
+    ns.ip(&["link", "set", "vubr0", "up"]);
+    // The helper reads /etc/qemu/bridge.conf: the daemon gets one in its own mount namespace
+    // (`ip netns exec` makes one), over an overlay of /etc, leaving the machine's alone.
+    let (upper, work) = (dir.path("etc-upper"), dir.path("etc-work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let socket = dir.path("vm.sock");
+    let mut cmd = ns.command("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc && \
+             mkdir -p /etc/qemu && echo 'allow vubr0' > /etc/qemu/bridge.conf && \
+             exec \"$0\" \"$@\"",
+            upper.display(),
+            work.display()
+        ))
+        .arg(env!("CARGO_BIN_EXE_vhost-user-netd"))
+        .arg("--netdev")
+        .arg(format!("tap,id=n0,helper={HELPER},br=vubr0"))
+        .arg("--socket-path")
+        .arg(&socket);
+    let mut daemon = Daemon::start(cmd, 1);
+    daemon.log.wait_for("sandbox On", Duration::from_secs(10));
+    let launcher = child_of(daemon.child.id());
+
+    // The helper's tap is on the bridge, up.
+    let links = ns
+        .command("ip")
+        .args(["-o", "link", "show", "master", "vubr0"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).to_string();
+    assert!(links.contains("tap") && links.contains(",UP"), "{links}");
+
+    let bridge = ns
+        .spawn(|| PacketSocket::bind("vubr0", Duration::from_secs(5)).unwrap())
+        .join()
+        .unwrap();
+    let mut guest = TestFrontend::connect(&socket, 1, F_EVENT_IDX);
+    let sent = frame(120, 9);
+    guest.send(0, 0, &sent);
+    guest.wait_used(1, 1);
+    loop {
+        let got = bridge
+            .recv_incoming()
+            .expect("the frame reached the bridge");
+        if got == sent {
+            break;
+        }
+    }
+    drop(guest);
+    assert!(daemon.terminate().success());
+    assert!(
+        wait_gone(launcher, Duration::from_secs(5)),
+        "launcher left running"
+    );
 }

@@ -12,7 +12,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vhost_user_netd_backends::Batching;
@@ -42,6 +42,10 @@ struct Slot {
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
 }
 
+/// The seccomp filter queue workers put on themselves once the daemon is confined (a tighter
+/// one than the whole process's: see `sandbox::seccomp::queue_worker_filter`), set once.
+pub type WorkerFilter = Arc<OnceLock<seccompiler::BpfProgram>>;
+
 /// What the worker thread and the pairs' handles share.
 struct Shared {
     epoll: Arc<Epoll>,
@@ -49,6 +53,7 @@ struct Shared {
     /// Written to ask the thread for a sign of life, which it gives by counting `beats`.
     ping: EventFd,
     beats: AtomicU64,
+    filter: WorkerFilter,
 }
 
 impl Shared {
@@ -76,7 +81,12 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// Starts a worker thread called `name` with no pairs; after work it keeps looking for more
     /// for `poll_budget` before it sleeps.
-    pub fn spawn(name: String, poll_budget: Duration) -> io::Result<Arc<Self>> {
+    /// `filter` is the one the thread puts on itself once it is set.
+    pub fn spawn(
+        name: String,
+        poll_budget: Duration,
+        filter: WorkerFilter,
+    ) -> io::Result<Arc<Self>> {
         let epoll = Arc::new(Epoll::new()?);
         let stop = EventFd::new(EFD_NONBLOCK)?;
         epoll.ctl(
@@ -95,6 +105,7 @@ impl Worker {
             slots: Mutex::new(Vec::new()),
             ping,
             beats: AtomicU64::new(0),
+            filter,
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -188,6 +199,8 @@ pub struct Workers {
     poll_budget: Duration,
     /// Whether the pairs they run batch backend system calls (`--no-batching`: one frame each).
     batching: Batching,
+    /// The filter every worker puts on itself once it is set (`Workers::confine`).
+    filter: WorkerFilter,
 }
 
 impl Default for Workers {
@@ -198,6 +211,7 @@ impl Default for Workers {
             all: Mutex::new(Vec::new()),
             poll_budget: DEFAULT_POLL_BUDGET,
             batching: Batching::ON,
+            filter: WorkerFilter::default(),
         }
     }
 }
@@ -208,14 +222,16 @@ pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_micros(50);
 impl Workers {
     /// Starts `shared` workers (0: a worker per pair, started with each pair).
     pub fn start(shared: usize, poll_budget: Duration, batching: Batching) -> io::Result<Self> {
+        let filter = WorkerFilter::default();
         let shared: Vec<Arc<Worker>> = (0..shared)
-            .map(|i| Worker::spawn(format!("vq-worker-{i}"), poll_budget))
+            .map(|i| Worker::spawn(format!("vq-worker-{i}"), poll_budget, filter.clone()))
             .collect::<io::Result<_>>()?;
         Ok(Workers {
             all: Mutex::new(shared.iter().map(Arc::downgrade).collect()),
             shared,
             poll_budget,
             batching,
+            filter,
         })
     }
 
@@ -229,13 +245,24 @@ impl Workers {
         match self.shared.iter().min_by_key(|w| w.load()) {
             Some(w) => Ok(w.clone()),
             None => {
-                let worker = Worker::spawn(format!("vq-pair-{index}"), self.poll_budget)?;
+                let worker = Worker::spawn(
+                    format!("vq-pair-{index}"),
+                    self.poll_budget,
+                    self.filter.clone(),
+                )?;
                 let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
                 all.retain(|w| w.strong_count() > 0);
                 all.push(Arc::downgrade(&worker));
                 Ok(worker)
             }
         }
+    }
+
+    /// Puts every worker, running or started later, under `filter`; true once every running one
+    /// has (each does when it next wakes, which a ping makes it do).
+    pub fn confine(&self, filter: seccompiler::BpfProgram) -> bool {
+        let _ = self.filter.set(filter);
+        self.all_answer(Duration::from_secs(5))
     }
 
     /// Whether every running worker answers a ping within `timeout` each (the watchdog's test).
@@ -263,7 +290,27 @@ fn with_pair<T>(
 }
 
 fn run(shared: &Shared, budget: Duration) {
-    WorkerLoop::new(shared, budget).run();
+    let mut filtered = false;
+    confine_this_thread(shared, &mut filtered);
+    WorkerLoop::new(shared, budget, filtered).run();
+}
+
+/// Puts this worker thread under the workers' filter if it is set and not on yet.
+fn confine_this_thread(shared: &Shared, filtered: &mut bool) {
+    if *filtered {
+        return;
+    }
+    if let Some(program) = shared.filter.get() {
+        match seccompiler::apply_filter(program) {
+            Ok(()) => *filtered = true,
+            Err(e) => error!("queue worker: seccomp filter: {e}"),
+        }
+        #[cfg(feature = "sandbox-probe")]
+        if *filtered && std::env::var_os("VUNETD_SANDBOX_PROBE").is_some_and(|v| v == "worker") {
+            let ret = crate::sandbox::make_call_forbidden_to_workers();
+            log::info!("sandbox probe: the call forbidden to queue workers returned {ret}");
+        }
+    }
 }
 
 /// What happened to one look at the epoll.
@@ -296,10 +343,12 @@ struct WorkerLoop<'a> {
     hot: Vec<usize>,
     rounds_without_epoll: u32,
     idle_rounds: u32,
+    /// Whether this thread is under the workers' seccomp filter yet.
+    filtered: bool,
 }
 
 impl<'a> WorkerLoop<'a> {
-    fn new(shared: &'a Shared, budget: Duration) -> Self {
+    fn new(shared: &'a Shared, budget: Duration, filtered: bool) -> Self {
         WorkerLoop {
             shared,
             budget,
@@ -310,6 +359,7 @@ impl<'a> WorkerLoop<'a> {
             hot: Vec::new(),
             rounds_without_epoll: 0,
             idle_rounds: 0,
+            filtered,
         }
     }
 
@@ -422,6 +472,7 @@ impl<'a> WorkerLoop<'a> {
             }
             if data == PING {
                 let _ = self.shared.ping.read();
+                confine_this_thread(self.shared, &mut self.filtered);
                 self.shared.beats.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
@@ -552,7 +603,12 @@ mod tests {
 
     #[test]
     fn pairs_on_one_worker_get_their_own_events_and_leave_cleanly() {
-        let worker = Worker::spawn("test-worker".into(), DEFAULT_POLL_BUDGET).unwrap();
+        let worker = Worker::spawn(
+            "test-worker".into(),
+            DEFAULT_POLL_BUDGET,
+            WorkerFilter::default(),
+        )
+        .unwrap();
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let (a, pair_a, count_a) = new_pair(&worker, &mem);
         let (b, pair_b, count_b) = new_pair(&worker, &mem);

@@ -175,4 +175,4 @@ pub fn confine(config: &SandboxConfig, needs: &RuntimeNeeds) -> Result<Confineme
 
 /// A system call the filter forbids, for the tests that prove it.
 #[cfg(feature = "sandbox-probe")]
-pub use seccomp::make_forbidden_call;
+pub use seccomp::{make_call_forbidden_to_workers, make_forbidden_call};

@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 use super::SandboxMode;
 
@@ -110,6 +113,8 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_sched_getparam,
     libc::SYS_sched_setaffinity,
     libc::SYS_sched_yield,
+    // Only ever adds restrictions: queue workers put their own filter on with it.
+    libc::SYS_seccomp,
     libc::SYS_select,
     libc::SYS_sendmmsg,
     libc::SYS_sendmsg,
@@ -139,6 +144,43 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_writev,
 ];
 
+/// What the whole process may call but a queue worker may not: no threads or processes, no
+/// files made, renamed or removed, no BPF, no privileges or limits changed, no listening.
+/// Queue workers run the guest's rings and the backends' datapaths (the user stack's flows
+/// included: sockets, connects, TFTP reads), so those stay.
+const DENIED_TO_QUEUE_WORKERS: &[libc::c_long] = &[
+    libc::SYS_arch_prctl,
+    libc::SYS_bpf,
+    libc::SYS_chmod,
+    libc::SYS_clone3,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchown,
+    libc::SYS_flock,
+    libc::SYS_ftruncate,
+    libc::SYS_listen,
+    libc::SYS_memfd_create,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_prctl,
+    libc::SYS_prlimit64,
+    libc::SYS_rename,
+    libc::SYS_renameat2,
+    libc::SYS_sched_setaffinity,
+    libc::SYS_seccomp,
+    libc::SYS_set_robust_list,
+    libc::SYS_set_tid_address,
+    libc::SYS_setsid,
+    libc::SYS_socketpair,
+    libc::SYS_umask,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
+
+/// System calls a queue worker may make only without `PROT_EXEC` in their third argument: no
+/// memory becomes executable.
+const NO_EXEC_PROT: &[libc::c_long] = &[libc::SYS_mmap, libc::SYS_mprotect];
+
 /// Why the sandbox could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -153,8 +195,42 @@ pub enum SeccompError {
 }
 
 fn filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+    compile(rules, mode)
+}
+
+/// The filter queue worker threads add on themselves: the process's, less
+/// [`DENIED_TO_QUEUE_WORKERS`], with `mmap`/`mprotect` never making memory executable.
+pub fn queue_worker_filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
+    let no_exec = SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )
+    .map_err(|e| SeccompError::Filter(e.to_string()))?;
+    let no_exec =
+        SeccompRule::new(vec![no_exec]).map_err(|e| SeccompError::Filter(e.to_string()))?;
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
+        .iter()
+        .filter(|nr| !DENIED_TO_QUEUE_WORKERS.contains(nr))
+        .map(|&nr| {
+            let conditions = if NO_EXEC_PROT.contains(&nr) {
+                vec![no_exec.clone()]
+            } else {
+                Vec::new()
+            };
+            (nr, conditions)
+        })
+        .collect();
+    compile(rules, mode)
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mode: SandboxMode,
+) -> Result<BpfProgram, SeccompError> {
     let mismatch = match mode {
         SandboxMode::On => SeccompAction::KillProcess,
         _ => SeccompAction::Trap,
@@ -246,6 +322,20 @@ pub fn make_forbidden_call() -> libc::c_long {
     }
 }
 
+/// A system call the process may make but a queue worker may not (`umask(2)`, setting the
+/// mask it already has), for the test that proves workers have their own filter.
+#[cfg(feature = "sandbox-probe")]
+pub fn make_call_forbidden_to_workers() -> libc::c_long {
+    // SAFETY: umask takes an integer and cannot fail; 0o022 is set back at once if it passed.
+    unsafe {
+        let old = libc::syscall(libc::SYS_umask, 0o022);
+        if old >= 0 {
+            libc::syscall(libc::SYS_umask, old);
+        }
+        old
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +347,9 @@ mod tests {
         assert!(!ALLOWED.contains(&libc::SYS_syslog));
         assert!(ALLOWED.contains(&libc::SYS_epoll_wait));
         assert!(!ALLOWED.contains(&libc::SYS_execve));
+        assert!(queue_worker_filter(SandboxMode::On).is_ok());
+        for nr in DENIED_TO_QUEUE_WORKERS.iter().chain(NO_EXEC_PROT) {
+            assert!(ALLOWED.contains(nr), "{nr} is not in the process's list");
+        }
     }
 }
