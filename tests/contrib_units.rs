@@ -1,7 +1,9 @@
 //! The systemd units in `contrib/` as systemd's own tools see them: `systemd-analyze verify`
 //! accepts the socket and service pair (instantiated for `vm0`, with this build's binary), and
-//! `systemd-analyze security` rates the service's exposure "OK" or better (below 5.0); and
-//! libvirt's schema (`virt-xml-validate`) accepts the example domain.
+//! `systemd-analyze security` rates the service's exposure "OK" or better (below 5.0);
+//! libvirt's schema (`virt-xml-validate`) accepts the example domain; QEMU started by the
+//! example command line negotiates with the daemon's port; the cloud-hypervisor example is at
+//! least valid shell (cloud-hypervisor is not packaged for these machines).
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +11,12 @@ mod common;
 
 use std::process::Command;
 
+use std::time::Duration;
+
+use common::daemon::Daemon;
+use common::qmp::Qmp;
 use common::{which, TempDir};
+use serde_json::json;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_vhost-user-netd");
 
@@ -124,4 +131,66 @@ fn the_libvirt_domain_validates_against_libvirt_schema() {
         .output()
         .unwrap();
     assert!(!refused.status.success(), "a broken domain validated");
+}
+
+#[test]
+fn the_qemu_example_connects_to_the_port_with_two_queue_pairs() {
+    if !common::privileged_environment("contrib QEMU example") {
+        return;
+    }
+    let contrib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let dir = TempDir::new("contribqemu");
+    let socket = dir.path("vm0.sock");
+    // The configuration docs/deployment.md gives vm0: a tap with two queue pairs.
+    let mut cmd = Daemon::command(&[
+        "--netdev",
+        "tap,id=n0,ifname=vuqc0,queues=2,script=no,downscript=no",
+        "--socket-path",
+    ]);
+    cmd.arg(&socket);
+    let mut daemon = Daemon::start(cmd, 1);
+    let qmp_path = dir.path("qemu-qmp.sock");
+    let mut qemu = Command::new("sh")
+        .arg(contrib.join("qemu-vm0.sh"))
+        .args([
+            "-S",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-user-config",
+            "-qmp",
+        ])
+        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+        .env("SOCK", &socket)
+        .env("ACCEL", "tcg")
+        .env("MEM", "256M")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    daemon
+        .log
+        .wait_for("frontend connected", Duration::from_secs(30));
+    // QEMU answers on its monitor only once its devices are realized: the vhost-user netdev
+    // accepted the port's two queue pairs.
+    let mut monitor = Qmp::connect(&qmp_path);
+    let status = monitor.execute("query-status", json!({})).unwrap();
+    assert_eq!(status["status"], "prelaunch", "{status}");
+    let _ = monitor.execute("quit", json!({}));
+    assert!(qemu.wait().unwrap().success());
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn the_cloud_hypervisor_example_is_valid_shell_with_four_queues() {
+    let contrib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let script = contrib.join("cloud-hypervisor-vm0.sh");
+    let out = Command::new("sh").arg("-n").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two queue pairs: cloud-hypervisor counts rx and tx queues.
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("num_queues=4") && text.contains("shared=on"));
 }

@@ -201,7 +201,7 @@ fn filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
 }
 
 /// The filter queue worker threads add on themselves: the process's, less
-/// [`DENIED_TO_QUEUE_WORKERS`], with `mmap`/`mprotect` never making memory executable.
+/// `DENIED_TO_QUEUE_WORKERS`, with `mmap`/`mprotect` never making memory executable.
 pub fn queue_worker_filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
     let no_exec = SeccompCondition::new(
         2,
