@@ -290,6 +290,20 @@ pub fn build_port(
     })
 }
 
+/// What the sandbox lets the user stack read for the host's resolvers: the directory the
+/// resolver file really lives in (resolved through symlinks), since network managers replace
+/// the file by renaming a new one over it, which a rule on the file alone would not cover;
+/// the file alone when that directory is `/etc` itself.
+fn resolver_rule(resolv_conf: &std::path::Path) -> PathBuf {
+    let real = std::fs::canonicalize(resolv_conf).unwrap_or_else(|_| resolv_conf.to_path_buf());
+    match real.parent() {
+        Some(dir) if dir != std::path::Path::new("/etc") && dir != std::path::Path::new("/") => {
+            dir.to_path_buf()
+        }
+        _ => real,
+    }
+}
+
 /// The paths a netdev's options name, wherever they sit in QEMU's schema: a unix socket's
 /// `path` (its directory gets sockets made and removed) and a `tftp` root (read).
 fn netdev_paths(value: &serde_json::Value, fs: &mut crate::sandbox::filesystem::FsAccess) {
@@ -331,7 +345,7 @@ impl Config {
     pub fn runtime_needs(&self) -> crate::sandbox::RuntimeNeeds {
         use crate::sandbox::filesystem::{socket_dir, FsAccess};
         let mut fs = FsAccess {
-            read: vec![self.runtime.resolv_conf.clone()],
+            read: vec![resolver_rule(&self.runtime.resolv_conf)],
             socket_dirs: Vec::new(),
             state_dirs: Vec::new(),
         };

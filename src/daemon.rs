@@ -92,10 +92,15 @@ impl Daemon {
         })
     }
 
-    /// Puts every queue worker thread, running or started later, under `filter` on top of the
-    /// process's; true once every running one is.
-    pub fn confine_queue_workers(&self, filter: seccompiler::BpfProgram) -> bool {
-        self.workers.confine(filter)
+    /// Sets the filters threads of each role put on top of the process's: `connection` for
+    /// those serving a frontend from now on, `queue` for every queue thread, running or started
+    /// later; true once every running queue worker is under it.
+    pub fn confine_threads(
+        &self,
+        connection: seccompiler::BpfProgram,
+        queue: seccompiler::BpfProgram,
+    ) -> bool {
+        self.workers.confine(connection, queue)
     }
 
     /// Ends the daemon: `SHUTDOWN` to QMP clients that read, the sockets it created removed,

@@ -84,9 +84,10 @@ fn main() -> ExitCode {
         |confinement| {
             info!("{confinement}");
             if sandbox.mode != SandboxMode::Off {
-                let filter = vhost_user_netd::sandbox::seccomp::queue_worker_filter(sandbox.mode)?;
-                if daemon.confine_queue_workers(filter) {
-                    info!("queue workers: their own seccomp filter on top");
+                use vhost_user_netd::sandbox::seccomp::{connection_filter, queue_worker_filter};
+                let connection = connection_filter(sandbox.mode)?;
+                if daemon.confine_threads(connection, queue_worker_filter(sandbox.mode)?) {
+                    info!("connection and queue threads: their own seccomp filters on top");
                 }
             }
             Ok(())

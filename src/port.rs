@@ -231,8 +231,12 @@ impl Port {
         }
     }
 
-    /// Serves one frontend connection until it ends.
+    /// Serves one frontend connection until it ends, under the connection threads' seccomp
+    /// filter once the daemon is confined.
     pub fn serve_connection(&self, stream: UnixStream) {
+        self.workers
+            .filter()
+            .confine_this_thread(crate::device::role_filters::Role::Connection);
         let device = {
             let mut b = self.binding();
             let device = NetDevice::new(

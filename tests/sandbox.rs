@@ -96,7 +96,9 @@ fn every_thread_is_confined_and_the_daemon_keeps_working() {
         .arg("--qmp")
         .arg(format!("unix:{}", qmp_path.display()));
     let mut daemon = Daemon::start(cmd, 1);
-    daemon.log.wait_for("sandbox On", Duration::from_secs(10));
+    daemon
+        .log
+        .wait_for("their own seccomp filters on top", Duration::from_secs(10));
     let mut qmp = Qmp::connect(&qmp_path);
 
     // Traffic both ways: the port's worker threads start under the filter.
@@ -121,14 +123,19 @@ fn every_thread_is_confined_and_the_daemon_keeps_working() {
     } else {
         "0000000000000000"
     };
-    // Queue workers stack their own, tighter filter on the process's; other threads have one.
+    // The thread serving the frontend stacks its own filter on the process's, and the queue
+    // threads it started (workers, control queue) one more; other threads have the one.
     let filters = filters_by_thread(daemon.child.id());
-    assert!(
-        filters.iter().any(|(name, _)| name.starts_with("vq-pair")),
-        "{filters:?}"
-    );
+    for role in ["port-", "vq-pair", "vq-ctrl"] {
+        assert!(
+            filters.iter().any(|(name, _)| name.starts_with(role)),
+            "{filters:?}"
+        );
+    }
     for (name, count) in &filters {
-        let expected = if name.starts_with("vq-pair") {
+        let expected = if name.starts_with("vq-") {
+            "3"
+        } else if name.starts_with("port-") {
             "2"
         } else {
             "1"
@@ -416,6 +423,9 @@ fn a_call_the_process_may_make_but_a_queue_worker_may_not_is_refused_on_the_work
         cmd.arg(&socket).env("VUNETD_SANDBOX_PROBE", "worker");
         let mut daemon = Daemon::start(cmd, 1);
         daemon.log.wait_for(line, Duration::from_secs(10));
+        daemon
+            .log
+            .wait_for("their own seccomp filters on top", Duration::from_secs(10));
         // The main thread made the same call without harm: only workers are refused it.
         // A frontend starts the port's queue worker, which then makes the call.
         // With `on` the process ends during the handshake, which fails the connect: expected.

@@ -2,8 +2,8 @@
 //! daemon's decoding of the launcher's replies.
 //!
 //! Checked: no panic on any bytes; a message that decodes encodes back to the same bytes (so
-//! nothing is ignored, trailing bytes included); a decoded request names the same program the
-//! policy is asked about.
+//! nothing is ignored, trailing bytes included); the default policy permits exactly QEMU's
+//! default scripts and bridge helper, whatever a request names.
 
 #![no_main]
 
@@ -15,10 +15,21 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(request) = Request::decode(data) {
         assert_eq!(request.encode(), data, "request did not round-trip");
         let policy = LaunchPolicy::default();
-        if let Request::RunScript { script, .. } = &request {
+        let program = match &request {
+            Request::RunScript { script, .. } => Some(script),
+            Request::OpenWithHelper { helper, .. } => Some(helper),
+            Request::SpawnCommand { command } => Some(command),
+            _ => None,
+        };
+        if let Some(program) = program {
+            let defaults = [
+                "/etc/qemu-ifup",
+                "/etc/qemu-ifdown",
+                "/usr/lib/qemu/qemu-bridge-helper",
+            ];
             assert_eq!(
-                policy.permits(script),
-                ["/etc/qemu-ifup", "/etc/qemu-ifdown"].contains(&script.as_str())
+                policy.permits(program),
+                defaults.contains(&program.as_str())
             );
         }
     }

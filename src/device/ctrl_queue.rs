@@ -16,7 +16,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::counters::{Counts, RateLimitedLog, SharedCounters};
 use super::queue_pair::{MacWatch, PairHandle, QueuePair};
+use super::role_filters::Role;
 use super::rx_filter::{CtrlFeatures, RxFilter, CLASS_MAC, CLASS_RX, CLASS_VLAN};
+use super::worker::WorkerFilter;
 use crate::mac::MacAddr;
 use vhost_user_netd_ring::dirty_log::DirtyLog;
 use vhost_user_netd_ring::guest_iov::{Direction, GuestIov};
@@ -325,11 +327,12 @@ pub struct CtrlHandle {
 
 impl CtrlHandle {
     /// Creates the queue for `pairs` (their rx paths apply its filter); counters go to the first
-    /// pair's.
+    /// pair's. Its thread puts itself under the queue workers' seccomp `filter` if it is set.
     pub fn spawn(
         pairs: &[PairHandle],
         config_mac: MacAddr,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        filter: WorkerFilter,
     ) -> io::Result<Self> {
         let epoll = Arc::new(Epoll::new()?);
         let stop = EventFd::new(EFD_NONBLOCK)?;
@@ -351,7 +354,10 @@ impl CtrlHandle {
         let worker = state.clone();
         let thread = std::thread::Builder::new()
             .name("vq-ctrl".into())
-            .spawn(move || run_worker(worker, epoll, mem))?;
+            .spawn(move || {
+                filter.confine_this_thread(Role::Queue);
+                run_worker(worker, epoll, mem)
+            })?;
         Ok(CtrlHandle {
             state,
             stop,

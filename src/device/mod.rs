@@ -14,6 +14,7 @@ pub mod counters;
 pub mod ctrl_queue;
 pub mod features;
 pub mod queue_pair;
+pub mod role_filters;
 mod rx;
 pub mod rx_filter;
 #[cfg(feature = "fuzzing")]
@@ -120,7 +121,12 @@ impl NetDevice {
         for index in 0..config.queue_pairs {
             pairs.push(PairHandle::spawn(index, mem.clone(), workers)?);
         }
-        let ctrl = CtrlHandle::spawn(&pairs, config.mac.unwrap_or_default(), mem.clone())?;
+        let ctrl = CtrlHandle::spawn(
+            &pairs,
+            config.mac.unwrap_or_default(),
+            mem.clone(),
+            workers.filter(),
+        )?;
         let offered = features::offered(
             &caps,
             config.queue_pairs,

@@ -12,7 +12,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vhost_user_netd_backends::Batching;
@@ -23,6 +23,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::queue_pair::{PairEvent, QueuePair};
+use super::role_filters::{Role, RoleFilters};
 
 /// Event data of the worker's own stop eventfd.
 const STOP: u64 = u64::MAX;
@@ -42,9 +43,8 @@ struct Slot {
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
 }
 
-/// The seccomp filter queue workers put on themselves once the daemon is confined (a tighter
-/// one than the whole process's: see `sandbox::seccomp::queue_worker_filter`), set once.
-pub type WorkerFilter = Arc<OnceLock<seccompiler::BpfProgram>>;
+/// The per-role seccomp filters workers (and the threads they serve) put on themselves.
+pub type WorkerFilter = Arc<RoleFilters>;
 
 /// What the worker thread and the pairs' handles share.
 struct Shared {
@@ -235,6 +235,11 @@ impl Workers {
         })
     }
 
+    /// The filters threads of each role put on themselves once the daemon is confined.
+    pub fn filter(&self) -> WorkerFilter {
+        self.filter.clone()
+    }
+
     /// Whether pairs batch backend system calls.
     pub fn batching(&self) -> Batching {
         self.batching
@@ -258,10 +263,16 @@ impl Workers {
         }
     }
 
-    /// Puts every worker, running or started later, under `filter`; true once every running one
-    /// has (each does when it next wakes, which a ping makes it do).
-    pub fn confine(&self, filter: seccompiler::BpfProgram) -> bool {
-        let _ = self.filter.set(filter);
+    /// Sets the per-role filters: every queue thread, running or started later, and every
+    /// connection served from now on put theirs on; true once every running worker has (each
+    /// does when it next wakes, which a ping makes it do).
+    pub fn confine(
+        &self,
+        connection: seccompiler::BpfProgram,
+        queue: seccompiler::BpfProgram,
+    ) -> bool {
+        let _ = self.filter.connection.set(connection);
+        let _ = self.filter.queue.set(queue);
         self.all_answer(Duration::from_secs(5))
     }
 
@@ -290,23 +301,15 @@ fn with_pair<T>(
 }
 
 fn run(shared: &Shared, budget: Duration) {
-    let mut filtered = false;
-    confine_this_thread(shared, &mut filtered);
-    WorkerLoop::new(shared, budget, filtered).run();
+    confine_this_thread(shared);
+    WorkerLoop::new(shared, budget).run();
 }
 
-/// Puts this worker thread under the workers' filter if it is set and not on yet.
-fn confine_this_thread(shared: &Shared, filtered: &mut bool) {
-    if *filtered {
-        return;
-    }
-    if let Some(program) = shared.filter.get() {
-        match seccompiler::apply_filter(program) {
-            Ok(()) => *filtered = true,
-            Err(e) => error!("queue worker: seccomp filter: {e}"),
-        }
+/// Puts this worker thread under the queue threads' filter if it is set and not on yet.
+fn confine_this_thread(shared: &Shared) {
+    if shared.filter.confine_this_thread(Role::Queue) {
         #[cfg(feature = "sandbox-probe")]
-        if *filtered && std::env::var_os("VUNETD_SANDBOX_PROBE").is_some_and(|v| v == "worker") {
+        if std::env::var_os("VUNETD_SANDBOX_PROBE").is_some_and(|v| v == "worker") {
             let ret = crate::sandbox::make_call_forbidden_to_workers();
             log::info!("sandbox probe: the call forbidden to queue workers returned {ret}");
         }
@@ -343,12 +346,10 @@ struct WorkerLoop<'a> {
     hot: Vec<usize>,
     rounds_without_epoll: u32,
     idle_rounds: u32,
-    /// Whether this thread is under the workers' seccomp filter yet.
-    filtered: bool,
 }
 
 impl<'a> WorkerLoop<'a> {
-    fn new(shared: &'a Shared, budget: Duration, filtered: bool) -> Self {
+    fn new(shared: &'a Shared, budget: Duration) -> Self {
         WorkerLoop {
             shared,
             budget,
@@ -359,7 +360,6 @@ impl<'a> WorkerLoop<'a> {
             hot: Vec::new(),
             rounds_without_epoll: 0,
             idle_rounds: 0,
-            filtered,
         }
     }
 
@@ -472,7 +472,7 @@ impl<'a> WorkerLoop<'a> {
             }
             if data == PING {
                 let _ = self.shared.ping.read();
-                confine_this_thread(self.shared, &mut self.filtered);
+                confine_this_thread(self.shared);
                 self.shared.beats.fetch_add(1, Ordering::SeqCst);
                 continue;
             }

@@ -3,7 +3,10 @@
 //! 1. [`privileges`]: capabilities down to what the configuration still needs at run time
 //!    (`--keep-caps`, default `auto`), `--user`/`--group`, and the Landlock ruleset of
 //!    [`filesystem`] (where the kernel has Landlock), in every thread;
-//! 2. [`seccomp`]: no new privileges and a seccomp filter on every thread.
+//! 2. [`seccomp`]: no new privileges and a seccomp filter on every thread;
+//! 3. role filters stacked on it by the threads serving a vhost-user connection
+//!    ([`seccomp::connection_filter`]) and the queue threads ([`seccomp::queue_worker_filter`]),
+//!    which `main` hands to the daemon after this (`Daemon::confine_threads`).
 //!
 //! Programs the backends start (tap scripts, the bridge helper, `guestfwd` commands) are run by
 //! a launcher process forked before any of this (`vhost_user_netd_backends::launcher`), which

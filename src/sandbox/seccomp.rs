@@ -177,7 +177,33 @@ const DENIED_TO_QUEUE_WORKERS: &[libc::c_long] = &[
     libc::SYS_unlinkat,
 ];
 
-/// System calls a queue worker may make only without `PROT_EXEC` in their third argument: no
+/// What the whole process may call but a thread serving a vhost-user connection may not: no
+/// files made, renamed or removed, no BPF, no resource limits, no listening. It still starts
+/// queue workers (threads) and maps the frontend's memory (never executable).
+const DENIED_TO_CONNECTIONS: &[libc::c_long] = &[
+    libc::SYS_bpf,
+    libc::SYS_chmod,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchown,
+    libc::SYS_flock,
+    libc::SYS_ftruncate,
+    libc::SYS_listen,
+    libc::SYS_memfd_create,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_prlimit64,
+    libc::SYS_rename,
+    libc::SYS_renameat2,
+    libc::SYS_sched_setaffinity,
+    libc::SYS_setsid,
+    libc::SYS_socketpair,
+    libc::SYS_umask,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
+
+/// System calls the role filters allow only without `PROT_EXEC` in their third argument: no
 /// memory becomes executable.
 const NO_EXEC_PROT: &[libc::c_long] = &[libc::SYS_mmap, libc::SYS_mprotect];
 
@@ -203,6 +229,16 @@ fn filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
 /// The filter queue worker threads add on themselves: the process's, less
 /// `DENIED_TO_QUEUE_WORKERS`, with `mmap`/`mprotect` never making memory executable.
 pub fn queue_worker_filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
+    role_filter(mode, DENIED_TO_QUEUE_WORKERS)
+}
+
+/// The filter threads serving a vhost-user connection add on themselves: the process's, less
+/// `DENIED_TO_CONNECTIONS`, with `mmap`/`mprotect` never making memory executable.
+pub fn connection_filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
+    role_filter(mode, DENIED_TO_CONNECTIONS)
+}
+
+fn role_filter(mode: SandboxMode, denied: &[libc::c_long]) -> Result<BpfProgram, SeccompError> {
     let no_exec = SeccompCondition::new(
         2,
         SeccompCmpArgLen::Dword,
@@ -214,7 +250,7 @@ pub fn queue_worker_filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError
         SeccompRule::new(vec![no_exec]).map_err(|e| SeccompError::Filter(e.to_string()))?;
     let rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
         .iter()
-        .filter(|nr| !DENIED_TO_QUEUE_WORKERS.contains(nr))
+        .filter(|nr| !denied.contains(nr))
         .map(|&nr| {
             let conditions = if NO_EXEC_PROT.contains(&nr) {
                 vec![no_exec.clone()]
@@ -348,7 +384,12 @@ mod tests {
         assert!(ALLOWED.contains(&libc::SYS_epoll_wait));
         assert!(!ALLOWED.contains(&libc::SYS_execve));
         assert!(queue_worker_filter(SandboxMode::On).is_ok());
-        for nr in DENIED_TO_QUEUE_WORKERS.iter().chain(NO_EXEC_PROT) {
+        assert!(connection_filter(SandboxMode::Log).is_ok());
+        for nr in DENIED_TO_QUEUE_WORKERS
+            .iter()
+            .chain(DENIED_TO_CONNECTIONS)
+            .chain(NO_EXEC_PROT)
+        {
             assert!(ALLOWED.contains(nr), "{nr} is not in the process's list");
         }
     }
