@@ -155,10 +155,7 @@ fn open_netdevs(config: &Config, env: &HostEnv) -> Result<Vec<Netdev>, StartErro
             }
         })?;
         info!("netdev {}: {}", n.id, backend.describe());
-        netdevs.push(Netdev {
-            config: n.clone(),
-            backend,
-        });
+        netdevs.push(Netdev::new(n.clone(), backend));
     }
     Ok(netdevs)
 }

@@ -16,6 +16,19 @@ use crate::port::Port;
 pub struct Netdev {
     pub config: NetdevConfig,
     pub backend: Arc<dyn Backend>,
+    /// The link state `set_link` last gave the netdev itself (QEMU keeps it per netdev, used
+    /// by a port or not).
+    pub link_up: bool,
+}
+
+impl Netdev {
+    pub fn new(config: NetdevConfig, backend: Arc<dyn Backend>) -> Self {
+        Netdev {
+            config,
+            backend,
+            link_up: true,
+        }
+    }
 }
 
 /// Why a control-plane request failed.
@@ -121,7 +134,7 @@ impl Registry {
         }
         log::info!("netdev {} added: {}", config.id, backend.describe());
         backend.watch_link(self.link_watch(&config));
-        netdevs.push(Netdev { config, backend });
+        netdevs.push(Netdev::new(config, backend));
         Ok(())
     }
 
@@ -155,24 +168,23 @@ impl Registry {
             .collect()
     }
 
-    /// `set_link` on a port name, or on a netdev's name (meaning the port it serves).
+    /// `set_link` on a port name, or on a netdev's name: the netdev keeps the state (as QEMU
+    /// does for a netdev no device uses) and the port it serves, if any, takes it.
     pub fn set_link(&self, name: &str, up: bool) -> Result<(), RegistryError> {
-        let port = self
-            .ports
-            .iter()
-            .find(|p| p.id() == name)
-            .or_else(|| {
-                self.ports
-                    .iter()
-                    .find(|p| p.config.netdev == name && self.has_netdev(name))
-            })
+        if let Some(port) = self.ports.iter().find(|p| p.id() == name) {
+            port.set_link(up);
+            return Ok(());
+        }
+        let mut netdevs = self.netdevs();
+        let netdev = netdevs
+            .iter_mut()
+            .find(|n| n.config.id == name)
             .ok_or_else(|| RegistryError::NotFound(name.into()))?;
-        port.set_link(up);
+        netdev.link_up = up;
+        for port in self.ports.iter().filter(|p| p.config.netdev == name) {
+            port.set_link(up);
+        }
         Ok(())
-    }
-
-    fn has_netdev(&self, id: &str) -> bool {
-        self.netdevs().iter().any(|n| n.config.id == id)
     }
 
     /// Releases host-side state of every netdev (tap downscripts) at shutdown.
