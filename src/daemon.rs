@@ -67,6 +67,9 @@ impl Daemon {
         let workers = Arc::new(workers);
         let ports = make_ports(config, &netdevs, &events, &workers)?;
         let registry = Arc::new(Registry::new(netdevs, ports, Some(events.clone())).with_env(env));
+        registry
+            .start_uplinks()
+            .map_err(|e| StartError::Usage(format!("--netdev hubport: {e}")))?;
         let mut created = Vec::new();
         for port in registry.ports() {
             created.extend(serve_port(port)?);

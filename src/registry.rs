@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use vhost_user_netd_backends::hub::uplink::Uplink;
 use vhost_user_netd_backends::FdSource;
-use vhost_user_netd_backends::{Backend, HostEnv, LinkEvent, LinkWatch, NetdevConfig};
+use vhost_user_netd_backends::{Backend, HostEnv, LinkEvent, LinkWatch, NetdevConfig, NetdevKind};
 
 use crate::events::EventBus;
 use crate::port::Port;
@@ -19,6 +20,8 @@ pub struct Netdev {
     /// The link state `set_link` last gave the netdev itself (QEMU keeps it per netdev, used
     /// by a port or not).
     pub link_up: bool,
+    /// A hub port joined to another netdev (`hubport,netdev=`): the thread between them.
+    pub uplink: Option<Arc<Uplink>>,
 }
 
 impl Netdev {
@@ -27,6 +30,15 @@ impl Netdev {
             config,
             backend,
             link_up: true,
+            uplink: None,
+        }
+    }
+
+    /// The netdev a hub port is to be joined to (`hubport,netdev=`).
+    fn joins(&self) -> Option<&str> {
+        match &self.config.kind {
+            NetdevKind::HubPort(h) => h.netdev.as_deref(),
+            _ => None,
         }
     }
 }
@@ -45,6 +57,9 @@ pub enum RegistryError {
     /// A connected frontend's device cannot take the backend.
     #[error(transparent)]
     Bind(#[from] crate::device::DeviceError),
+    /// A hub port cannot be joined to the netdev it names.
+    #[error("{0}")]
+    Uplink(String),
 }
 
 /// Netdevs and ports.
@@ -111,6 +126,61 @@ impl Registry {
         self.netdevs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Joins every hub port that names a netdev (`hubport,netdev=`) to it: the command line's,
+    /// once all are open.
+    pub fn start_uplinks(&self) -> Result<(), RegistryError> {
+        let mut netdevs = self.netdevs();
+        for i in 0..netdevs.len() {
+            if netdevs[i].joins().is_some() {
+                let uplink = self.uplink_for(&netdevs, &netdevs[i])?;
+                netdevs[i].uplink = Some(uplink);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the uplink of `hub_port` to the netdev it names, after QEMU's checks and ours:
+    /// the netdev exists, is not a hub port, and no port or other hub port uses it.
+    fn uplink_for(
+        &self,
+        netdevs: &[Netdev],
+        hub_port: &Netdev,
+    ) -> Result<Arc<Uplink>, RegistryError> {
+        let target = hub_port.joins().unwrap_or_default();
+        let host = netdevs
+            .iter()
+            .find(|n| n.config.id == target)
+            .ok_or_else(|| RegistryError::Uplink(format!("netdev '{target}' not found")))?;
+        if matches!(host.config.kind, NetdevKind::HubPort(_)) {
+            return Err(RegistryError::Uplink(format!(
+                "netdev '{target}' is a hub port: put both on one hub instead"
+            )));
+        }
+        if let Some(port) = self.ports.iter().find(|p| p.config.netdev == target) {
+            return Err(RegistryError::Uplink(format!(
+                "netdev '{target}' is in use by port '{}'",
+                port.id()
+            )));
+        }
+        if let Some(other) = netdevs.iter().find(|n| {
+            n.config.id != hub_port.config.id
+                && n.uplink.as_ref().is_some_and(|u| u.netdev == target)
+        }) {
+            return Err(RegistryError::Uplink(format!(
+                "netdev '{target}' is in use by hubport '{}'",
+                other.config.id
+            )));
+        }
+        let uplink = Uplink::start(
+            &hub_port.config.id,
+            hub_port.backend.as_ref(),
+            host.backend.as_ref(),
+            target,
+        )?;
+        log::info!("hubport {} joined to netdev {target}", hub_port.config.id);
+        Ok(Arc::new(uplink))
+    }
+
     /// Opens netdevs added later (`netdev_add`) in `env`, as those of the command line were.
     pub fn with_env(mut self, env: HostEnv) -> Self {
         self.env = env;
@@ -132,9 +202,17 @@ impl Registry {
         for port in self.ports.iter().filter(|p| p.config.netdev == config.id) {
             port.bind(Some(backend.clone()))?;
         }
-        log::info!("netdev {} added: {}", config.id, backend.describe());
-        backend.watch_link(self.link_watch(&config));
-        netdevs.push(Netdev::new(config, backend));
+        let mut netdev = Netdev::new(config, backend);
+        if netdev.joins().is_some() {
+            netdev.uplink = Some(self.uplink_for(&netdevs, &netdev)?);
+        }
+        log::info!(
+            "netdev {} added: {}",
+            netdev.config.id,
+            netdev.backend.describe()
+        );
+        netdev.backend.watch_link(self.link_watch(&netdev.config));
+        netdevs.push(netdev);
         Ok(())
     }
 
@@ -149,6 +227,13 @@ impl Registry {
             port.bind(None)?;
         }
         let removed = netdevs.remove(pos);
+        // As in QEMU, a hub port joined to it stays on its hub, with nothing behind it.
+        for n in netdevs.iter_mut() {
+            if n.uplink.as_ref().is_some_and(|u| u.netdev == id) {
+                n.uplink = None;
+            }
+        }
+        drop(removed.uplink);
         removed.backend.shutdown();
         log::info!("netdev {id} deleted");
         Ok(())

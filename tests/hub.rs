@@ -210,3 +210,130 @@ fn switch_and_swap(tag: &str, extra: &[&str], threads: impl FnOnce(&[String])) {
     assert_eq!(err["desc"], "Parameter 'hubid' is missing");
     threads(&thread_names(hub.daemon.child.id()));
 }
+
+/// Each guest takes 10.0.0.N from the last byte of its MAC, pings the host's tap through the hub
+/// uplink, then the other guest.
+const HUB_GUEST: &str = r#"
+ip link set eth0 up
+n=$((0x$(cut -d: -f6 /sys/class/net/eth0/address)))
+ip addr add 10.0.0.$n/24 dev eth0
+echo "GUEST-READY $n"
+if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-host ok"; else echo "RESULT ping-host fail"; fi
+other=$((5 - n))
+m=0; until ping -c 1 -W 1 10.0.0.$other >/dev/null 2>&1; do m=$((m+1)); [ $m -ge 60 ] && break; done
+if ping -c 3 -W 5 10.0.0.$other | grep -q " 0% packet loss"; then echo "RESULT ping-peer ok"; else echo "RESULT ping-peer fail"; fi
+sleep 3
+"#;
+
+#[test]
+fn two_guests_on_a_hub_joined_to_a_tap_reach_the_host_and_each_other() {
+    use common::guest_traffic::{guest_done, prepare, BOOT, HOST_IP, STEP};
+    use common::qemu::{virtio_vectors, Guest, QemuVersion};
+    if !common::privileged_environment("hubport netdev=") {
+        return;
+    }
+    let prepared = prepare("hubtap", HUB_GUEST);
+    let (ns, dir) = (&prepared.ns, &prepared.dir);
+    let (a, b) = (dir.path("a.sock"), dir.path("b.sock"));
+    let qmp_path = dir.path("qmp.sock");
+    // QEMU's way: the tap's peer is hub port h0 of hub 0; the guests' ports are on ha and hb.
+    let mut cmd = ns.command(common::daemon::BINARY);
+    cmd.args([
+        "--netdev",
+        "tap,id=t0,ifname=vuhtap0,script=no,downscript=no",
+        "--netdev",
+        "hubport,id=h0,hubid=0,netdev=t0",
+        "--netdev",
+        "hubport,id=ha,hubid=0",
+        "--netdev",
+        "hubport,id=hb,hubid=0",
+        "--port",
+    ])
+    .arg(format!("id=a,netdev=ha,socket-path={}", a.display()))
+    .arg("--port")
+    .arg(format!("id=b,netdev=hb,socket-path={}", b.display()))
+    .arg("--qmp")
+    .arg(format!("unix:{}", qmp_path.display()));
+    let daemon = Daemon::start(cmd, 2);
+    ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "vuhtap0"]);
+    ns.ip(&["link", "set", "vuhtap0", "up"]);
+
+    let boot = |socket: &std::path::Path, mac: &str| {
+        let args = vec![
+            "-chardev".to_string(),
+            format!("socket,id=c0,path={}", socket.display()),
+            "-netdev".into(),
+            "vhost-user,id=v0,chardev=c0,queues=1".into(),
+            "-device".into(),
+            format!(
+                "virtio-net-pci,netdev=v0,mac={mac},romfile={}",
+                virtio_vectors(QemuVersion::Installed, 1)
+            ),
+        ];
+        Guest::boot_in(
+            None,
+            QemuVersion::Installed,
+            &prepared.kernel,
+            &prepared.initrd,
+            1,
+            &args,
+        )
+    };
+    let mut guests = [boot(&a, "52:54:00:00:00:02"), boot(&b, "52:54:00:00:00:03")];
+    for g in &guests {
+        g.console.wait_for("GUEST-READY", BOOT);
+    }
+    for g in &guests {
+        for check in ["RESULT ping-host", "RESULT ping-peer"] {
+            let line = g.console.wait_for(check, STEP);
+            assert!(line.ends_with(" ok"), "{line}");
+        }
+    }
+    // The uplink is in query-netdev as QEMU reports it.
+    let mut qmp = Qmp::connect(&qmp_path);
+    let netdevs = qmp.execute("query-netdev", json!({})).unwrap();
+    assert!(
+        netdevs
+            .as_array()
+            .unwrap()
+            .contains(&json!({"type": "hubport", "id": "h0", "hubid": 0, "netdev": "t0"})),
+        "{netdevs}"
+    );
+    for g in &mut guests {
+        guest_done(g);
+    }
+    drop(daemon);
+}
+
+#[test]
+fn hubport_netdev_errors_name_the_netdev() {
+    for (args, needle) in [
+        (
+            &["--netdev", "hubport,id=h0,hubid=0,netdev=nope"][..],
+            "netdev 'nope' not found",
+        ),
+        (
+            &[
+                "--netdev",
+                "user,id=u0",
+                "--netdev",
+                "hubport,id=h0,hubid=0,netdev=u0",
+                "--netdev",
+                "hubport,id=h1,hubid=1,netdev=u0",
+            ][..],
+            "netdev 'u0' is in use by hubport 'h0'",
+        ),
+    ] {
+        let dir = TempDir::new("hubporterr");
+        let mut cmd = Daemon::command(args);
+        // The port is on the hub port h0; the error is about what h0 joins.
+        cmd.arg("--port").arg(format!(
+            "id=p,netdev=h0,socket-path={}",
+            dir.path("p.sock").display()
+        ));
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

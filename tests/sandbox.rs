@@ -451,7 +451,7 @@ fn a_call_the_process_may_make_but_a_queue_worker_may_not_is_refused_on_the_work
 }
 
 #[test]
-fn the_bridge_helper_runs_in_the_launcher_and_its_tap_carries_frames() {
+fn bridge_netdevs_run_the_helper_in_the_launcher_and_their_taps_carry_frames() {
     if !common::privileged_environment("sandbox bridge helper") {
         return;
     }
@@ -470,6 +470,7 @@ fn the_bridge_helper_runs_in_the_launcher_and_its_tap_carries_frames() {
     std::fs::create_dir_all(&upper).unwrap();
     std::fs::create_dir_all(&work).unwrap();
     let socket = dir.path("vm.sock");
+    let qmp_path = dir.path("qmp.sock");
     let mut cmd = ns.command("sh");
     cmd.arg("-c")
         .arg(format!(
@@ -480,10 +481,10 @@ fn the_bridge_helper_runs_in_the_launcher_and_its_tap_carries_frames() {
             work.display()
         ))
         .arg(env!("CARGO_BIN_EXE_vhost-user-netd"))
-        .arg("--netdev")
-        .arg(format!("tap,id=n0,helper={HELPER},br=vubr0"))
-        .arg("--socket-path")
-        .arg(&socket);
+        .args(["--netdev", "bridge,id=n0,br=vubr0", "--socket-path"])
+        .arg(&socket)
+        .arg("--qmp")
+        .arg(format!("unix:{}", qmp_path.display()));
     let mut daemon = Daemon::start(cmd, 1);
     daemon.log.wait_for("sandbox On", Duration::from_secs(10));
     let launcher = child_of(daemon.child.id());

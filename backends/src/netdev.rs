@@ -15,7 +15,7 @@ use crate::hub::{HubPortBackend, HubPortOptions};
 use crate::l2tpv3::{L2tpv3Backend, L2tpv3Options};
 use crate::options::{OptionError, Opts};
 use crate::stream::{StreamBackend, StreamOptions};
-use crate::tap::{TapBackend, TapOptions};
+use crate::tap::{BridgeOptions, TapBackend, TapOptions};
 use crate::user::{UserBackend, UserOptions};
 use crate::{Backend, Error};
 
@@ -53,6 +53,7 @@ pub struct NetdevConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetdevKind {
     Tap(TapOptions),
+    Bridge(BridgeOptions),
     Stream(StreamOptions),
     Dgram(DgramOptions),
     L2tpv3(L2tpv3Options),
@@ -66,6 +67,7 @@ impl NetdevKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             NetdevKind::Tap(_) => "tap",
+            NetdevKind::Bridge(_) => "bridge",
             NetdevKind::Stream(_) => "stream",
             NetdevKind::Dgram(_) => "dgram",
             NetdevKind::L2tpv3(_) => "l2tpv3",
@@ -92,6 +94,7 @@ impl NetdevConfig {
         let id = opts.take_id("id")?;
         let kind = match type_name.as_str() {
             "tap" => NetdevKind::Tap(TapOptions::from_opts(&mut opts)?),
+            "bridge" => NetdevKind::Bridge(BridgeOptions::from_opts(&mut opts)?),
             "stream" => NetdevKind::Stream(StreamOptions::from_opts(&mut opts)?),
             "dgram" => NetdevKind::Dgram(DgramOptions::from_opts(&mut opts)?),
             "l2tpv3" => NetdevKind::L2tpv3(L2tpv3Options::from_opts(&mut opts)?),
@@ -123,6 +126,7 @@ impl NetdevConfig {
     pub fn to_json(&self) -> Map<String, Value> {
         let mut m = match &self.kind {
             NetdevKind::Tap(t) => t.to_json(),
+            NetdevKind::Bridge(b) => b.to_json(),
             NetdevKind::Stream(s) => s.to_json(),
             NetdevKind::Dgram(d) => d.to_json(),
             NetdevKind::L2tpv3(l) => l.to_json(),
@@ -139,6 +143,9 @@ impl NetdevConfig {
     pub fn open(&self, fds: &mut dyn FdSource, env: &HostEnv) -> Result<Arc<dyn Backend>, Error> {
         match &self.kind {
             NetdevKind::Tap(t) => Ok(Arc::new(TapBackend::open(t, fds, &env.launcher)?)),
+            NetdevKind::Bridge(b) => {
+                Ok(Arc::new(TapBackend::open(&b.as_tap(), fds, &env.launcher)?))
+            }
             NetdevKind::Stream(s) => Ok(Arc::new(StreamBackend::open(s, fds, env.batching)?)),
             NetdevKind::Dgram(d) => Ok(Arc::new(DgramBackend::open(d, fds, env.batching)?)),
             NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds, env.batching)?)),

@@ -11,6 +11,7 @@
 //! and counts it: a slow guest cannot stall the others.
 
 pub mod options;
+pub mod uplink;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut};
@@ -482,13 +483,23 @@ mod tests {
     #[test]
     fn floods_until_it_learns_then_switches_unicast() {
         let hubs = Hubs::default();
-        let opts = HubPortOptions { hubid: 7001 };
+        let opts = HubPortOptions {
+            hubid: 7001,
+            netdev: None,
+        };
         let (a, b, c) = (
             HubPortBackend::open(&opts, &hubs).unwrap(),
             HubPortBackend::open(&opts, &hubs).unwrap(),
             HubPortBackend::open(&opts, &hubs).unwrap(),
         );
-        let other = HubPortBackend::open(&HubPortOptions { hubid: 7002 }, &hubs).unwrap();
+        let other = HubPortBackend::open(
+            &HubPortOptions {
+                hubid: 7002,
+                netdev: None,
+            },
+            &hubs,
+        )
+        .unwrap();
         let (mut qa, mut qb, mut qc, mut qo) = (
             a.queue(0).unwrap(),
             b.queue(0).unwrap(),
@@ -533,7 +544,10 @@ mod tests {
     #[test]
     fn a_full_inbox_drops_and_counts_without_blocking_the_sender() {
         let hubs = Hubs::default();
-        let opts = HubPortOptions { hubid: 7003 };
+        let opts = HubPortOptions {
+            hubid: 7003,
+            netdev: None,
+        };
         let (a, b) = (
             HubPortBackend::open(&opts, &hubs).unwrap(),
             HubPortBackend::open(&opts, &hubs).unwrap(),

@@ -1,5 +1,5 @@
-//! `NetdevHubPortOptions`: the hub a port joins (`hubid`, an `int32`) and, in QEMU, an optional
-//! netdev to connect the hub to.
+//! `NetdevHubPortOptions`: the hub a port joins (`hubid`, an `int32`) and an optional netdev
+//! the hub port is joined to instead of a guest (`netdev`, see `uplink`).
 
 use serde_json::{Map, Value};
 
@@ -9,6 +9,8 @@ use crate::options::{OptionError, Opts};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubPortOptions {
     pub hubid: i32,
+    /// The netdev this hub port is joined to, instead of a vhost-user port.
+    pub netdev: Option<String>,
 }
 
 impl HubPortOptions {
@@ -16,19 +18,17 @@ impl HubPortOptions {
         let hubid = opts
             .take_i32("hubid")?
             .ok_or_else(|| OptionError::Missing("hubid".into()))?;
-        if let Some(netdev) = opts.take_str("netdev")? {
-            return Err(OptionError::Invalid(format!(
-                "hubport netdev={netdev}: connecting a hub to another netdev is not supported \
-                 by vhost-user-netd yet; give that netdev's port its own socket instead"
-            )));
-        }
-        Ok(HubPortOptions { hubid })
+        let netdev = opts.take_str("netdev")?;
+        Ok(HubPortOptions { hubid, netdev })
     }
 
     /// QEMU's `NetdevHubPortOptions` members.
     pub fn to_json(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("hubid".into(), Value::from(self.hubid));
+        if let Some(n) = &self.netdev {
+            m.insert("netdev".into(), Value::String(n.clone()));
+        }
         m
     }
 }
@@ -45,7 +45,13 @@ mod tests {
     #[test]
     fn hubid_is_a_mandatory_int32_as_in_qemu() {
         let c = parse("hubport,id=h,hubid=-1").unwrap();
-        assert_eq!(c.kind, NetdevKind::HubPort(HubPortOptions { hubid: -1 }));
+        assert_eq!(
+            c.kind,
+            NetdevKind::HubPort(HubPortOptions {
+                hubid: -1,
+                netdev: None
+            })
+        );
         assert_eq!(
             parse("hubport,id=h").unwrap_err(),
             "Parameter 'hubid' is missing"
@@ -58,9 +64,8 @@ mod tests {
             parse("hubport,id=h,hubid=2147483648").unwrap_err(),
             "Parameter 'hubid' expects int32_t"
         );
-        assert!(parse("hubport,id=h,hubid=0,netdev=u")
-            .unwrap_err()
-            .contains("not supported"));
+        let joined = parse("hubport,id=h,hubid=0,netdev=u").unwrap();
+        assert_eq!(joined.to_json()["netdev"], "u");
         let json = c.to_json();
         assert_eq!(json["hubid"], -1);
         assert_eq!(json["type"], "hubport");

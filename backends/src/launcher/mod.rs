@@ -62,6 +62,7 @@ impl LaunchPolicy {
                     }
                 }
             }
+            NetdevKind::Bridge(b) => self.allow(b.helper()),
             NetdevKind::User(u) => {
                 for rule in &u.guestfwd {
                     if let GuestFwdTarget::Command(c) = &rule.target {

@@ -8,6 +8,7 @@
 //! submitting a batch of writes through `io_uring` measured no faster than plain `writev` here
 //! (docs/performance.md): the per-frame cost is the tap's skb work, not the system call.
 
+pub mod bridge;
 mod ioctl;
 pub mod options;
 
@@ -17,6 +18,7 @@ use std::path::Path;
 
 use log::{info, warn};
 
+pub use bridge::BridgeOptions;
 pub use options::TapOptions;
 
 use crate::fd_source::FdSource;
