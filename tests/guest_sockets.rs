@@ -1,8 +1,9 @@
 //! Wire compatibility of the socket netdevs with QEMU's own: guest A runs on vhost-user-netd with
 //! one port per backend (stream unix and inet in both roles, dgram unicast and multicast,
-//! L2TPv3 over UDP and over IP), guest B on QEMU 7.2 with the same netdev types natively. A
-//! seventh link is a hub inside the daemon: both guests have a vhost-user NIC on a `hubport` of
-//! hub 0 (two VMs switched by the daemon, no tap). A pings B and sends B 1 MiB over TCP on every
+//! L2TPv3 over UDP and over IP, and the legacy `socket` netdev listening, connecting, on a
+//! multicast group and over UDP), guest B on QEMU 7.2 with the same netdev types natively. One
+//! link is a hub inside the daemon: both guests have a vhost-user NIC on a `hubport` of hub 0
+//! (two VMs switched by the daemon, no tap). A pings B and sends B 1 MiB over TCP on every
 //! link; B reports the checksum of what it received. A's last NIC is a stream client to passt
 //! (Debian's, socket mode), which must hand it a DHCP lease. Everything runs in a network
 //! namespace the test creates; one boot of each guest.
@@ -22,7 +23,7 @@ use common::{guest_kernel, initramfs, privileged_environment, which, TempDir};
 const BOOT: Duration = Duration::from_secs(180);
 const STEP: Duration = Duration::from_secs(240);
 /// Links between the guests (not counting passt).
-const LINKS: usize = 7;
+const LINKS: usize = 11;
 /// The link that is a hub inside the daemon (both guests on vhost-user).
 const HUB_LINK: usize = 6;
 
@@ -64,6 +65,26 @@ fn links() -> [(String, String); LINKS] {
         (
             "hubport,id=n6,hubid=0".into(),
             "vhost-user,id=n6,chardev=hub6".into(),
+        ),
+        // The legacy socket netdev: we listen, QEMU connects.
+        (
+            "socket,id=n7,listen=127.0.0.1:6010".into(),
+            "socket,id=n7,connect=127.0.0.1:6010".into(),
+        ),
+        // QEMU listens, we connect (and try again until it is up).
+        (
+            "socket,id=n8,connect=127.0.0.1:6011".into(),
+            "socket,id=n8,listen=127.0.0.1:6011".into(),
+        ),
+        // A multicast group: we name the interface, QEMU does not.
+        (
+            "socket,id=n9,mcast=230.0.0.2:6012,localaddr=127.0.0.1".into(),
+            "socket,id=n9,mcast=230.0.0.2:6012".into(),
+        ),
+        // UDP between two addresses.
+        (
+            "socket,id=n10,udp=127.0.0.1:6014,localaddr=127.0.0.1:6013".into(),
+            "socket,id=n10,udp=127.0.0.1:6013,localaddr=127.0.0.1:6014".into(),
         ),
     ]
 }
@@ -193,7 +214,7 @@ fn guests_talk_across_every_socket_netdev_and_passt_leases() {
     ));
     for (i, n) in netdevs.iter().enumerate() {
         cmd.arg("--netdev").arg(n).arg("--port").arg(format!(
-            "socket-path={d}/a{i}.sock,netdev=n{i},mac=52:54:00:aa:00:0{i}"
+            "socket-path={d}/a{i}.sock,netdev=n{i},mac=52:54:00:aa:00:{i:02x}"
         ));
     }
     // Guest B's side of the hub.
@@ -213,7 +234,7 @@ fn guests_talk_across_every_socket_netdev_and_passt_leases() {
             format!("vhost-user,id=v{i},chardev=c{i}"),
             "-device".into(),
             format!(
-                "virtio-net-pci,netdev=v{i},mac=52:54:00:aa:00:0{i},romfile={}",
+                "virtio-net-pci,netdev=v{i},mac=52:54:00:aa:00:{i:02x},romfile={}",
                 virtio_vectors(QemuVersion::Installed, 1)
             ),
         ]);
@@ -245,7 +266,7 @@ fn guests_talk_across_every_socket_netdev_and_passt_leases() {
             "-netdev".to_string(),
             theirs.replace("{D}", &d),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n{i},mac=52:54:00:bb:00:0{i},romfile={vectors}"),
+            format!("virtio-net-pci,netdev=n{i},mac=52:54:00:bb:00:{i:02x},romfile={vectors}"),
         ]);
     }
     let mut guest_b = Guest::boot_in(
@@ -269,6 +290,10 @@ fn guests_talk_across_every_socket_netdev_and_passt_leases() {
         "l2tpv3 udp",
         "l2tpv3 ip",
         "hubport",
+        "socket listen",
+        "socket connect",
+        "socket mcast",
+        "socket udp",
     ];
     for (i, name) in names.iter().enumerate() {
         let ping = guest_a.console.wait_for(&format!("RESULT ping{i} "), STEP);

@@ -14,6 +14,7 @@ use crate::host_env::HostEnv;
 use crate::hub::{HubPortBackend, HubPortOptions};
 use crate::l2tpv3::{L2tpv3Backend, L2tpv3Options};
 use crate::options::{OptionError, Opts};
+use crate::socket_netdev::SocketOptions;
 use crate::stream::{StreamBackend, StreamOptions};
 use crate::tap::{BridgeOptions, TapBackend, TapOptions};
 use crate::user::{UserBackend, UserOptions};
@@ -54,6 +55,7 @@ pub struct NetdevConfig {
 pub enum NetdevKind {
     Tap(TapOptions),
     Bridge(BridgeOptions),
+    Socket(SocketOptions),
     Stream(StreamOptions),
     Dgram(DgramOptions),
     L2tpv3(L2tpv3Options),
@@ -68,6 +70,7 @@ impl NetdevKind {
         match self {
             NetdevKind::Tap(_) => "tap",
             NetdevKind::Bridge(_) => "bridge",
+            NetdevKind::Socket(_) => "socket",
             NetdevKind::Stream(_) => "stream",
             NetdevKind::Dgram(_) => "dgram",
             NetdevKind::L2tpv3(_) => "l2tpv3",
@@ -95,6 +98,7 @@ impl NetdevConfig {
         let kind = match type_name.as_str() {
             "tap" => NetdevKind::Tap(TapOptions::from_opts(&mut opts)?),
             "bridge" => NetdevKind::Bridge(BridgeOptions::from_opts(&mut opts)?),
+            "socket" => NetdevKind::Socket(SocketOptions::from_opts(&mut opts)?),
             "stream" => NetdevKind::Stream(StreamOptions::from_opts(&mut opts)?),
             "dgram" => NetdevKind::Dgram(DgramOptions::from_opts(&mut opts)?),
             "l2tpv3" => NetdevKind::L2tpv3(L2tpv3Options::from_opts(&mut opts)?),
@@ -127,6 +131,7 @@ impl NetdevConfig {
         let mut m = match &self.kind {
             NetdevKind::Tap(t) => t.to_json(),
             NetdevKind::Bridge(b) => b.to_json(),
+            NetdevKind::Socket(s) => s.to_json(),
             NetdevKind::Stream(s) => s.to_json(),
             NetdevKind::Dgram(d) => d.to_json(),
             NetdevKind::L2tpv3(l) => l.to_json(),
@@ -146,6 +151,7 @@ impl NetdevConfig {
             NetdevKind::Bridge(b) => {
                 Ok(Arc::new(TapBackend::open(&b.as_tap(), fds, &env.launcher)?))
             }
+            NetdevKind::Socket(s) => s.open(fds, env.batching),
             NetdevKind::Stream(s) => Ok(Arc::new(StreamBackend::open(s, fds, env.batching)?)),
             NetdevKind::Dgram(d) => Ok(Arc::new(DgramBackend::open(d, fds, env.batching)?)),
             NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds, env.batching)?)),
@@ -197,10 +203,10 @@ mod tests {
             NetdevConfig::parse_cli("foo,id=x").unwrap_err().to_string(),
             "Parameter 'type' does not accept value 'foo'"
         );
-        assert!(NetdevConfig::parse_cli("vde,id=x")
+        assert!(NetdevConfig::parse_cli("netmap,id=x,ifname=y")
             .unwrap_err()
             .to_string()
-            .contains("'vde'"));
+            .contains("'netmap'"));
         assert_eq!(
             NetdevConfig::parse_cli("tap,queues=2")
                 .unwrap_err()

@@ -39,7 +39,7 @@ fn context() -> QmpContext {
         },
         backend.clone(),
     );
-    let netdev = Netdev { config, backend };
+    let netdev = Netdev::new(config, backend);
     QmpContext::new(Arc::new(Registry::new(vec![netdev], vec![port], None)))
 }
 
