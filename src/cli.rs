@@ -70,6 +70,17 @@ pub struct Args {
     #[arg(long = "qmp", value_name = "ADDRESS")]
     pub qmp: Vec<String>,
 
+    /// A QEMU object: `filter-dump,id=ID,netdev=ID,file=PATH[,maxlen=N][,queue=all|rx|tx]
+    /// [,x-max-frames=N][,x-max-bytes=SIZE]` captures a netdev's frames to a pcap file from
+    /// the start (QMP's object-add/object-del start and stop captures at run time). Repeatable.
+    #[arg(long = "object", value_name = "filter-dump,id=ID,...")]
+    pub objects: Vec<String>,
+
+    /// Capture the port's frames, both ways, to this pcap file (as passt's --pcap; with
+    /// several ports, use --object filter-dump,netdev=ID,...).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+
     /// Confinement after set-up: capabilities dropped (--keep-caps), no new privileges and a
     /// seccomp filter on every thread; scripts, helpers and guestfwd commands are run by a
     /// launcher process forked before it. `on`: a forbidden system call ends the process;
@@ -95,9 +106,10 @@ pub struct Args {
     )]
     pub keep_caps: crate::sandbox::KeepCaps,
 
-    /// A directory the sandboxed daemon may still create and remove sockets in and read (for
-    /// netdevs added over QMP: unix socket paths, TFTP roots). Repeatable. The directories of
-    /// the command line's sockets, its TFTP roots and the resolver file are allowed already.
+    /// A directory the sandboxed daemon may still read, create, write and remove files and
+    /// sockets in (for what QMP adds later: unix socket paths, TFTP roots, capture files).
+    /// Repeatable. The directories of the command line's sockets, its TFTP roots and the
+    /// resolver file are allowed already.
     #[arg(long = "allow-path", value_name = "DIR")]
     pub allow_paths: Vec<PathBuf>,
 
@@ -292,11 +304,32 @@ impl Config {
                     .map_err(|e| ConfigError::new("--user", e))?,
             },
         };
+        let mut captures = args
+            .objects
+            .iter()
+            .map(|o| crate::config::parse_object(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(file) = &args.pcap {
+            let [port] = &ports[..] else {
+                return Err(ConfigError::new(
+                    "--pcap",
+                    "with several ports, name the netdev: --object \
+                     filter-dump,id=ID,netdev=ID,file=PATH",
+                ));
+            };
+            captures.push(crate::capture::FilterDump {
+                id: "pcap".into(),
+                netdev: port.netdev.clone(),
+                spec: crate::capture::CaptureSpec::new(file),
+                on: true,
+            });
+        }
         Config {
             netdevs,
             ports,
             qmp,
             runtime,
+            captures,
         }
         .validate()
     }

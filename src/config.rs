@@ -72,6 +72,25 @@ pub enum QmpAddr {
     Tcp(String, u16),
 }
 
+/// Parses QEMU's `-object` syntax for the one object type the daemon has: `filter-dump,id=...`
+/// (or its JSON form).
+pub fn parse_object(text: &str) -> Result<crate::capture::FilterDump, ConfigError> {
+    let err = |m: String| ConfigError::new("--object", m);
+    let mut opts = Opts::parse_cli(text).map_err(|e| err(e.to_string()))?;
+    let qom_type = match opts.take_str("qom-type").map_err(|e| err(e.to_string()))? {
+        Some(t) => t,
+        None => opts.require_str("type").map_err(|e| err(e.to_string()))?,
+    };
+    if qom_type != "filter-dump" {
+        return Err(err(format!(
+            "object type '{qom_type}' is not supported by vhost-user-netd (only filter-dump)"
+        )));
+    }
+    let filter = crate::capture::FilterDump::from_opts(&mut opts).map_err(err)?;
+    opts.finish().map_err(|e| err(e.to_string()))?;
+    Ok(filter)
+}
+
 /// Parses QEMU's `-qmp` syntax: `unix:PATH[,server=on][,wait=off]`, `tcp:HOST:PORT[,...]`, or a
 /// bare path.
 pub fn parse_qmp(text: &str) -> Result<QmpAddr, ConfigError> {
@@ -113,6 +132,8 @@ pub struct Config {
     pub ports: Vec<PortConfig>,
     pub qmp: Vec<QmpAddr>,
     pub runtime: RuntimeConfig,
+    /// Captures started with the daemon (`--object filter-dump`, `--pcap`).
+    pub captures: Vec<crate::capture::FilterDump>,
 }
 
 /// How the datapath runs, whatever the netdevs and ports.
@@ -363,8 +384,7 @@ impl Config {
             netdev_paths(&serde_json::Value::Object(n.to_json()), &mut fs);
         }
         for p in &self.runtime.sandbox.allow_paths {
-            fs.socket_dirs.push(p.clone());
-            fs.read.push(p.clone());
+            fs.state_dirs.push(p.clone());
         }
         let qmp = !self.qmp.is_empty();
         let af_xdp = self

@@ -70,6 +70,11 @@ impl Daemon {
         registry
             .start_uplinks()
             .map_err(|e| StartError::Usage(format!("--netdev hubport: {e}")))?;
+        for filter in &config.captures {
+            registry
+                .add_capture(filter)
+                .map_err(|e| StartError::Usage(format!("--object {}: {e}", filter.id)))?;
+        }
         let mut created = Vec::new();
         for port in registry.ports() {
             created.extend(serve_port(port)?);

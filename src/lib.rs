@@ -14,9 +14,12 @@
 //! - [`mac`]: MAC address text.
 //! - [`registry`]: netdevs (command line and QMP) and ports; live rebinding.
 //! - [`announcer`]: `announce-self` timers.
+//! - [`capture`]: pcap capture of a port's frames (`filter-dump`, `--pcap`).
+//! - [`sandbox`]: confinement after set-up; [`service_manager`]: systemd notifications.
 //! - [`signals`]: clean shutdown on SIGTERM.
 
 pub mod announcer;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -54,6 +54,8 @@ pub struct Port {
     memory_faults: Arc<AtomicU64>,
     /// Where each connection's queue pairs run.
     workers: Arc<Workers>,
+    /// Captures of this port's frames (kept across frontend connections).
+    capture: Arc<crate::capture::CaptureSlot>,
 }
 
 impl Port {
@@ -72,7 +74,13 @@ impl Port {
             rx_filter_armed: Arc::new(AtomicBool::new(true)),
             memory_faults: Arc::new(AtomicU64::new(0)),
             workers: Arc::new(Workers::default()),
+            capture: Arc::default(),
         }
+    }
+
+    /// The captures of this port's frames.
+    pub fn capture(&self) -> &Arc<crate::capture::CaptureSlot> {
+        &self.capture
     }
 
     /// Runs this port's queue pairs on `workers` (else a worker per pair).
@@ -249,6 +257,7 @@ impl Port {
             match device {
                 Ok(d) => {
                     d.set_mac_watch(self.mac_watch());
+                    d.set_capture(&self.capture);
                     let d = Arc::new(Mutex::new(d));
                     b.device = Arc::downgrade(&d);
                     d

@@ -9,6 +9,7 @@ use vhost_user_netd_backends::hub::uplink::Uplink;
 use vhost_user_netd_backends::FdSource;
 use vhost_user_netd_backends::{Backend, HostEnv, LinkEvent, LinkWatch, NetdevConfig, NetdevKind};
 
+use crate::capture::{Capture, FilterDump};
 use crate::events::EventBus;
 use crate::port::Port;
 
@@ -62,10 +63,19 @@ pub enum RegistryError {
     Uplink(String),
 }
 
+/// A capture (`filter-dump`) of a netdev's frames.
+#[derive(Debug)]
+struct CaptureEntry {
+    id: String,
+    netdev: String,
+    capture: Arc<Capture>,
+}
+
 /// Netdevs and ports.
 #[derive(Debug)]
 pub struct Registry {
     netdevs: Mutex<Vec<Netdev>>,
+    captures: Mutex<Vec<CaptureEntry>>,
     /// What netdevs added over QMP are opened in.
     env: HostEnv,
     ports: Vec<Port>,
@@ -78,6 +88,7 @@ impl Registry {
     pub fn new(netdevs: Vec<Netdev>, ports: Vec<Port>, events: Option<Arc<EventBus>>) -> Self {
         let registry = Registry {
             netdevs: Mutex::new(Vec::new()),
+            captures: Mutex::new(Vec::new()),
             env: HostEnv::default(),
             ports,
             events,
@@ -234,8 +245,80 @@ impl Registry {
             }
         }
         drop(removed.uplink);
+        // As in QEMU, the netdev's filters go with it.
+        let ids: Vec<String> = self
+            .captures()
+            .iter()
+            .filter(|c| c.netdev == id)
+            .map(|c| c.id.clone())
+            .collect();
+        for capture in ids {
+            let _ = self.remove_capture(&capture);
+        }
         removed.backend.shutdown();
         log::info!("netdev {id} deleted");
+        Ok(())
+    }
+
+    fn captures(&self) -> std::sync::MutexGuard<'_, Vec<CaptureEntry>> {
+        self.captures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a `filter-dump` capture of a netdev's frames on the port serving it (recording
+    /// nothing while `status=off`), with QEMU's errors.
+    pub fn add_capture(&self, filter: &FilterDump) -> Result<(), String> {
+        let (id, netdev) = (filter.id.as_str(), filter.netdev.as_str());
+        // Lock order: netdevs (released here) before captures, as in `del`.
+        let known = self.netdevs().iter().any(|n| n.config.id == netdev);
+        let mut captures = self.captures();
+        if captures.iter().any(|c| c.id == id) {
+            return Err(format!(
+                "attempt to add duplicate property '{id}' to object (type 'container')"
+            ));
+        }
+        if !known {
+            return Err("Parameter 'netdev' expects a network backend id".into());
+        }
+        let capture = Capture::start(filter.spec.clone())?;
+        if filter.on {
+            for port in self.ports.iter().filter(|p| p.config.netdev == netdev) {
+                port.capture().add(id, capture.clone());
+            }
+        }
+        log::info!(
+            "capture {id} of netdev {netdev} into {}",
+            capture.spec.file.display()
+        );
+        captures.push(CaptureEntry {
+            id: id.into(),
+            netdev: netdev.into(),
+            capture,
+        });
+        Ok(())
+    }
+
+    /// Stops capture `id` and closes its file.
+    pub fn remove_capture(&self, id: &str) -> Result<(), String> {
+        let entry = {
+            let mut captures = self.captures();
+            let pos = captures
+                .iter()
+                .position(|c| c.id == id)
+                .ok_or_else(|| format!("object '{id}' not found"))?;
+            captures.remove(pos)
+        };
+        for port in &self.ports {
+            port.capture().remove(id);
+        }
+        entry.capture.stop();
+        let c = &entry.capture.counters;
+        use std::sync::atomic::Ordering::Relaxed;
+        log::info!(
+            "capture {id} stopped: {} records written, {} dropped (writer behind), {} over its limit",
+            c.written.load(Relaxed),
+            c.dropped.load(Relaxed),
+            c.over_limit.load(Relaxed)
+        );
         Ok(())
     }
 
@@ -272,8 +355,13 @@ impl Registry {
         Ok(())
     }
 
-    /// Releases host-side state of every netdev (tap downscripts) at shutdown.
+    /// Releases host-side state of every netdev (tap downscripts) at shutdown, after closing
+    /// the captures' files.
     pub fn shutdown(&self) {
+        let ids: Vec<String> = self.captures().iter().map(|c| c.id.clone()).collect();
+        for id in ids {
+            let _ = self.remove_capture(&id);
+        }
         for n in self.netdevs().iter() {
             n.backend.shutdown();
         }

@@ -374,12 +374,16 @@ fn replies_to(c: &mut Client, input: &[u8]) -> Vec<Value> {
 }
 
 #[test]
-fn junk_bytes_and_set_link_get_the_answers_qemu_gives() {
+fn junk_bytes_set_link_and_filter_dump_get_the_answers_qemu_gives() {
     if !common::privileged_environment("QMP against QEMU") {
         return;
     }
     let dir = TempDir::new("qmp-vs-qemu");
-    let (_d, path) = daemon(&dir);
+    let path = dir.path("qmp.sock");
+    let mut cmd = Daemon::command(&["--qmp", &format!("unix:{}", path.display())]);
+    // Capture files may be created here (the sandbox's Landlock allows only named places).
+    cmd.arg("--allow-path").arg(&dir.0);
+    let _d = Daemon::start(cmd, 1);
     let mut ours = Client::negotiated(&path);
     let qemu_path = dir.path("qemu.qmp");
     let mut qemu = KillOnDrop(
@@ -432,6 +436,58 @@ fn junk_bytes_and_set_link_get_the_answers_qemu_gives() {
         let cmd = json!({"execute": "set_link", "arguments": args});
         assert_eq!(ours.cmd(cmd.clone()), theirs.cmd(cmd.clone()), "{cmd}");
     }
+
+    // object-add/object-del of filter-dump (a capture of a netdev's frames) and their errors.
+    for c in [&mut ours, &mut theirs] {
+        assert_eq!(
+            c.cmd(json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "net0"}})),
+            json!({"return": {}})
+        );
+    }
+    let file = |name: &str| dir.path(name).display().to_string();
+    let dump = |extra: Value| {
+        let mut args = json!({"qom-type": "filter-dump", "id": "f0", "netdev": "net0",
+                              "file": file("qemu-or-ours.pcap")});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                args.as_object_mut().unwrap().remove(k);
+            } else {
+                args[k] = v.clone();
+            }
+        }
+        json!({"execute": "object-add", "arguments": args})
+    };
+    for cmd in [
+        dump(json!({"netdev": null})),
+        dump(json!({"netdev": "nope"})),
+        dump(json!({"file": null})),
+        dump(json!({"file": "/nonexistent/x.pcap"})),
+        dump(json!({"maxlen": 0})),
+        dump(json!({"maxlen": -1})),
+        dump(json!({"queue": "x"})),
+        dump(json!({"status": "x"})),
+        dump(json!({"position": "x"})),
+        dump(json!({"insert": "x"})),
+        dump(json!({"id": null})),
+        dump(json!({"id": "9a"})),
+        dump(json!({"bogus": 1})),
+        json!({"execute": "object-add", "arguments": {"qom-type": "nope", "id": "x"}}),
+        dump(json!({"queue": "tx", "maxlen": 100, "position": "head", "insert": "before"})),
+        dump(json!({})),
+        json!({"execute": "object-del", "arguments": {"id": "f0"}}),
+        json!({"execute": "object-del", "arguments": {"id": "f0"}}),
+        json!({"execute": "object-del", "arguments": {}}),
+    ] {
+        // Each side writes its own file.
+        let theirs_cmd =
+            serde_json::from_str::<Value>(&cmd.to_string().replace("qemu-or-ours", "qemu"))
+                .unwrap();
+        let ours_cmd =
+            serde_json::from_str::<Value>(&cmd.to_string().replace("qemu-or-ours", "ours"))
+                .unwrap();
+        assert_eq!(ours.cmd(ours_cmd), theirs.cmd(theirs_cmd), "{cmd}");
+    }
+
     let _ = theirs.cmd(json!({"execute": "quit"}));
     assert!(qemu.0.wait().unwrap().success());
 }

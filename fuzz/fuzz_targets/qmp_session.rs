@@ -5,8 +5,9 @@
 //! Checked: every frame gets exactly one reply, and every reply is one ASCII line ending in
 //! `\r\n` holding a JSON object with either `return` or `error` (an `error` with a `class` and a
 //! `desc`). Commands that would open host resources (`netdev_add` of a type other than
-//! `hubport`) or start timers (`announce-self`) are left out; their argument parsing is covered
-//! by the `netdev_options` target.
+//! `hubport`, `object-add`, which creates a file) or start timers (`announce-self`) are left
+//! out; the netdev options are covered by the `netdev_options` target, and `object-add`'s
+//! arguments go through its parser here without the file being opened.
 
 #![no_main]
 
@@ -14,13 +15,14 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+use vhost_user_netd::capture::FilterDump;
 use vhost_user_netd::config::{Listen, PortConfig};
 use vhost_user_netd::port::Port;
 use vhost_user_netd::qmp::commands::{QmpContext, SessionFds};
 use vhost_user_netd::qmp::framing::{Frame, Splitter};
 use vhost_user_netd::qmp::session::Session;
 use vhost_user_netd::registry::{Netdev, Registry};
-use vhost_user_netd_backends::{HostEnv, NetdevConfig};
+use vhost_user_netd_backends::{HostEnv, NetdevConfig, OptionSource, Opts};
 
 fn context() -> QmpContext {
     let config = NetdevConfig::parse_cli("hubport,id=n0,hubid=0").expect("hubport config");
@@ -54,6 +56,14 @@ fn left_out(frame: &Frame) -> bool {
     let name = m.get("execute").or_else(|| m.get("exec-oob"));
     match name.and_then(Value::as_str) {
         Some("announce-self") => true,
+        Some("object-add") => {
+            if let Some(args) = m.get("arguments").and_then(Value::as_object) {
+                let mut opts = Opts::new(args.clone(), OptionSource::Json);
+                let _ = opts.take_str("qom-type");
+                let _ = FilterDump::from_opts(&mut opts);
+            }
+            true
+        }
         Some("netdev_add") => {
             m.get("arguments")
                 .and_then(|a| a.get("type"))

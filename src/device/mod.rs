@@ -339,6 +339,13 @@ impl NetDevice {
         self.ctrl.lock().set_watch(watch);
     }
 
+    /// Feeds every frame of every pair to the port's captures.
+    pub fn set_capture(&self, slot: &Arc<crate::capture::CaptureSlot>) {
+        for pair in &self.pairs {
+            pair.lock().capture = slot.clone();
+        }
+    }
+
     /// The control queue (vring `2 × queue_pairs`).
     pub fn ctrl(&self) -> &CtrlHandle {
         &self.ctrl

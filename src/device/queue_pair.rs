@@ -122,6 +122,8 @@ pub struct QueuePair {
     /// The frontend's dirty bitmap, once it sent one.
     pub dirty_log: Option<Arc<DirtyLog>>,
     shared: Arc<SharedCounters>,
+    /// Captures of the port's frames (`filter-dump`); one atomic load per frame while none.
+    pub capture: Arc<crate::capture::CaptureSlot>,
 }
 
 /// The rx side of a pair: frames from the backend into the guest's buffers.
@@ -194,6 +196,7 @@ impl QueuePair {
             iov: GuestIov::default(),
             dirty_log: None,
             shared,
+            capture: Arc::default(),
         }
     }
 

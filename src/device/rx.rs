@@ -5,6 +5,7 @@
 //! ring. Only when the guest has too little buffer space posted does a frame go through a bounce
 //! buffer, where it waits for more buffers instead of being lost.
 
+use crate::capture::Toward;
 use std::io::{self, IoSlice, IoSliceMut};
 
 use vhost_user_netd_backends::MAX_FRAME_LEN;
@@ -422,6 +423,19 @@ impl QueuePair {
             target.write_at(NUM_BUFFERS_OFFSET, &used.to_le_bytes());
         }
         let frame = (len - self.params.hdr_len) as u64;
+        if self.capture.active() {
+            let offset = if header_split { 0 } else { self.params.hdr_len };
+            self.capture.each(|c| {
+                c.record(Toward::Guest, frame as usize, |buf| {
+                    let n = buf.len();
+                    if self.iov.read_at(offset, buf) {
+                        n
+                    } else {
+                        0
+                    }
+                })
+            });
+        }
         self.counts.rx_frames += 1;
         self.counts.rx_bytes += frame;
         self.counts.rx_max_frame = self.counts.rx_max_frame.max(frame);

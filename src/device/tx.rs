@@ -6,6 +6,7 @@
 //! not take go back to the avail ring and tx waits for the backend to become writable: nothing
 //! the guest queued is lost or sent twice.
 
+use crate::capture::Toward;
 use std::io::{self, IoSlice};
 use std::ops::Range;
 
@@ -271,8 +272,31 @@ impl QueuePair {
             self.counts.tx_frames += 1;
             self.counts.tx_bytes += len as u64;
             self.counts.tx_max_frame = self.counts.tx_max_frame.max(len as u64);
+            if self.capture.active() {
+                self.capture_tx(first, len);
+            }
             self.tx.ring.push_used(mem, head, 0);
         }
+    }
+
+    /// Gives a sent frame (segments from `first`, `len` bytes after any vnet header) to the
+    /// port's captures.
+    fn capture_tx(&self, first: usize, len: usize) {
+        let offset = if self.params.backend_vnet_hdr {
+            self.params.hdr_len
+        } else {
+            0
+        };
+        self.capture.each(|c| {
+            c.record(Toward::Netdev, len, |buf| {
+                let n = buf.len();
+                if self.iov.read_from(first, offset, buf) {
+                    n
+                } else {
+                    0
+                }
+            })
+        });
     }
 
     /// Records the source MAC of the frame whose segments start at `first` (a unicast address),

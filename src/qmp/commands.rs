@@ -41,6 +41,8 @@ const COMMAND_TABLE: &[(&str, CommandFn)] = &[
     ("x-query-port-stats", x_query_port_stats),
     ("announce-self", announce_self),
     ("query-rx-filter", query_rx_filter),
+    ("object-add", super::objects::object_add),
+    ("object-del", super::objects::object_del),
 ];
 
 /// Names of the commands this server implements (`query-commands`).
@@ -155,7 +157,7 @@ pub fn dispatch(
     }
 }
 
-fn done() -> CommandResult {
+pub(super) fn done() -> CommandResult {
     Ok((json!({}), After::Nothing))
 }
 

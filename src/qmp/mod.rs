@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod framing;
+pub mod objects;
 pub mod protocol;
 pub mod server;
 pub mod session;

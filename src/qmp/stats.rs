@@ -30,6 +30,17 @@ pub fn port_stats(port: &Port) -> Value {
         .into_iter()
         .map(|(name, value)| (name.to_string(), json!(value)))
         .collect();
+    let mut captures = Vec::new();
+    port.capture().each_with_id(|id, c| {
+        use std::sync::atomic::Ordering::Relaxed;
+        captures.push(json!({
+            "id": id,
+            "file": c.spec.file,
+            "written": c.counters.written.load(Relaxed),
+            "dropped-writer-behind": c.counters.dropped.load(Relaxed),
+            "over-limit": c.counters.over_limit.load(Relaxed),
+        }));
+    });
     json!({
         "port-id": port.id(),
         "netdev-id": port.config.netdev,
@@ -39,6 +50,7 @@ pub fn port_stats(port: &Port) -> Value {
         "memory-faults": port.memory_faults(),
         "queue-pairs": pairs,
         "backend": backend,
+        "captures": captures,
     })
 }
 

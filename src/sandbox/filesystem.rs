@@ -51,7 +51,8 @@ pub struct FsAccess {
     /// Directories sockets are created in and removed from.
     pub socket_dirs: Vec<PathBuf>,
     /// Directories whose files are created, locked and removed (libxdp's lock directory and
-    /// bpffs, for af-xdp).
+    /// bpffs, for af-xdp; `--allow-path`: sockets, TFTP roots and capture files of netdevs and
+    /// captures added over QMP).
     pub state_dirs: Vec<PathBuf>,
 }
 
@@ -66,9 +67,11 @@ impl FsAccess {
             | AccessFs::ReadFile
             | AccessFs::WriteFile
             | AccessFs::MakeReg
+            | AccessFs::MakeSock
             | AccessFs::MakeDir
             | AccessFs::RemoveFile
-            | AccessFs::RemoveDir;
+            | AccessFs::RemoveDir
+            | AccessFs::Truncate;
         let handled = AccessFs::from_all(abi);
         let mut rules = Vec::new();
         let fixed_read = RESOLVER_FILES.iter().chain(READ_TREES).map(PathBuf::from);
