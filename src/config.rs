@@ -430,6 +430,20 @@ impl Config {
         let mut used = HashSet::new();
         let mut paths = HashSet::new();
         for p in &self.ports {
+            let kind = self
+                .netdevs
+                .iter()
+                .find(|n| n.id == p.netdev)
+                .map(|n| &n.kind);
+            if let Some(NetdevKind::Dump(_)) = kind {
+                return Err(ConfigError::new(
+                    "--port",
+                    format!(
+                        "netdev '{}' is a dump: it records its hub's frames, no port can use it",
+                        p.netdev
+                    ),
+                ));
+            }
             if !used.insert(p.netdev.as_str()) {
                 return Err(ConfigError::new(
                     "--port",

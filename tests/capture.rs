@@ -231,3 +231,67 @@ fn pcap_option_records_from_the_start_and_a_stuck_writer_drops_records_not_frame
     assert!(daemon.terminate().success());
     drop(reader);
 }
+
+#[test]
+fn a_dump_netdev_records_every_frame_crossing_its_hub_unicast_included() {
+    if !tshark_available() {
+        return;
+    }
+    let dir = TempDir::new("capturedump");
+    let file = dir.path("hub0.pcap");
+    let (sa, sb) = (dir.path("a.sock"), dir.path("b.sock"));
+    // QEMU 1.x's `-net dump` on VLAN 0, which is hub 0 here.
+    let mut cmd = Daemon::command(&[
+        "--netdev",
+        "hubport,id=ha,hubid=0",
+        "--netdev",
+        "hubport,id=hb,hubid=0",
+        "--netdev",
+    ]);
+    cmd.arg(format!("dump,id=d0,file={},len=100", file.display()))
+        .arg("--port")
+        .arg(format!("id=a,netdev=ha,socket-path={}", sa.display()))
+        .arg("--port")
+        .arg(format!("id=b,netdev=hb,socket-path={}", sb.display()));
+    let mut daemon = Daemon::start(cmd, 2);
+    let connect = |socket: &std::path::Path| {
+        let mut g = TestFrontend::connect(socket, 1, F_EVENT_IDX);
+        g.rings[0].post_buffers(&g.ram, 0, 8, BUF_LEN as u32, true);
+        g.kick(0);
+        g
+    };
+    let (mut a, mut b) = (connect(&sa), connect(&sb));
+    let (mac_a, mac_b) = ([0x52, 0x54, 0, 0, 0, 0xa], [0x52, 0x54, 0, 0, 0, 0xb]);
+    let ethernet = |dst: [u8; 6], src: [u8; 6], len: usize| {
+        let mut f = dst.to_vec();
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.resize(len, 0x5a);
+        f
+    };
+    // A broadcasts (the hub learns A), B answers A (unicast), A sends to B (unicast).
+    a.send(0, 0, &ethernet([0xff; 6], mac_a, 60));
+    a.wait_used(1, 1);
+    b.wait_used(0, 1);
+    b.send(0, 0, &ethernet(mac_a, mac_b, 300));
+    b.wait_used(1, 1);
+    a.wait_used(0, 1);
+    a.send(0, 1, &ethernet(mac_b, mac_a, 90));
+    a.wait_used(1, 1);
+    b.wait_used(0, 1);
+    drop((a, b));
+    // Shutdown closes the file with every record written.
+    assert!(daemon.terminate().success());
+    let seen: Vec<(usize, usize, String)> = frames_in(&file)
+        .into_iter()
+        .map(|f| (f.0, f.1, f.2))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (60, 60, "52:54:00:00:00:0a".to_string()),
+            (300, 100, "52:54:00:00:00:0b".to_string()),
+            (90, 90, "52:54:00:00:00:0a".to_string()),
+        ]
+    );
+}

@@ -15,6 +15,7 @@
 //! - [`l2tpv3`]: RFC 3931 Ethernet pseudowires over IP or UDP (`-netdev l2tpv3`).
 //! - [`datagram`]: the batched datagram datapath the two above share.
 //! - [`user`]: the user-mode network stack (`-netdev user`), the daemon's default.
+//! - [`pcap`]: pcap capture files, written by a thread of their own (never stalling frames).
 //! - [`socket_netdev`]: QEMU's legacy `-netdev socket`, served by the stream and dgram backends.
 //! - [`socket_address`]: QEMU's `SocketAddress` for the socket netdevs.
 //! - [`socketpair`]: a test-only backend over a `SOCK_SEQPACKET` pair, for unprivileged tests.
@@ -33,6 +34,7 @@ pub mod l2tpv3;
 pub mod launcher;
 pub mod netdev;
 pub mod options;
+pub mod pcap;
 pub mod socket_address;
 pub mod socket_netdev;
 pub mod socketpair;

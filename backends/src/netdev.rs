@@ -11,6 +11,7 @@ use crate::af_xdp::AfXdpOptions;
 use crate::dgram::{DgramBackend, DgramOptions};
 use crate::fd_source::FdSource;
 use crate::host_env::HostEnv;
+use crate::hub::dump::{DumpBackend, DumpOptions};
 use crate::hub::{HubPortBackend, HubPortOptions};
 use crate::l2tpv3::{L2tpv3Backend, L2tpv3Options};
 use crate::options::{OptionError, Opts};
@@ -61,6 +62,8 @@ pub enum NetdevKind {
     L2tpv3(L2tpv3Options),
     User(Box<UserOptions>),
     HubPort(HubPortOptions),
+    /// QEMU 1.x's `dump`: a hub's frames into a pcap file.
+    Dump(DumpOptions),
     AfXdp(AfXdpOptions),
 }
 
@@ -76,6 +79,7 @@ impl NetdevKind {
             NetdevKind::L2tpv3(_) => "l2tpv3",
             NetdevKind::User(_) => "user",
             NetdevKind::HubPort(_) => "hubport",
+            NetdevKind::Dump(_) => "dump",
             NetdevKind::AfXdp(_) => "af-xdp",
         }
     }
@@ -88,6 +92,29 @@ impl NetdevKind {
             _ => 1,
         }
     }
+}
+
+/// Why a QEMU netdev type is not one the daemon serves.
+fn refusal(kind: &str) -> String {
+    let why = match kind {
+        "none" | "nic" => "it is not a host backend (a guest NIC is the VMM's side of a port)",
+        "vhost-user" => "vhost-user-netd is the vhost-user backend, not a client of one",
+        "vhost-vdpa" => {
+            "it hands the datapath to a vDPA device in the kernel, which a process cannot be; \
+             use QEMU's own -netdev vhost-vdpa"
+        }
+        "netmap" => {
+            "it needs the netmap kernel module (FreeBSD, or an out-of-tree Linux module), which \
+             Debian's kernels and QEMU do not have"
+        }
+        "vmnet-host" | "vmnet-shared" | "vmnet-bridged" => "vmnet.framework exists on macOS only",
+        "passt" => {
+            "QEMU's passt netdev starts passt for QEMU itself; run `passt --vhost-user` instead, \
+             or this daemon's user stack (the default)"
+        }
+        _ => "it is not implemented yet",
+    };
+    format!("netdev type '{kind}' is not supported by vhost-user-netd: {why}")
 }
 
 impl NetdevConfig {
@@ -104,11 +131,10 @@ impl NetdevConfig {
             "l2tpv3" => NetdevKind::L2tpv3(L2tpv3Options::from_opts(&mut opts)?),
             "user" => NetdevKind::User(Box::new(UserOptions::from_opts(&mut opts)?)),
             "hubport" => NetdevKind::HubPort(HubPortOptions::from_opts(&mut opts)?),
+            "dump" => NetdevKind::Dump(DumpOptions::from_opts(&mut opts)?),
             "af-xdp" => NetdevKind::AfXdp(AfXdpOptions::from_opts(&mut opts)?),
             other if QEMU_NETDEV_TYPES.contains(&other) => {
-                return Err(OptionError::Invalid(format!(
-                    "netdev type '{other}' is not supported by vhost-user-netd yet"
-                )))
+                return Err(OptionError::Invalid(refusal(other)))
             }
             other => {
                 return Err(OptionError::BadEnum {
@@ -137,6 +163,7 @@ impl NetdevConfig {
             NetdevKind::L2tpv3(l) => l.to_json(),
             NetdevKind::User(u) => u.to_json(),
             NetdevKind::HubPort(h) => h.to_json(),
+            NetdevKind::Dump(d) => d.to_json(),
             NetdevKind::AfXdp(x) => x.to_json(),
         };
         m.insert("id".into(), Value::String(self.id.clone()));
@@ -161,6 +188,7 @@ impl NetdevConfig {
                 &env.launcher,
             )?)),
             NetdevKind::HubPort(h) => Ok(Arc::new(HubPortBackend::open(h, &env.hubs)?)),
+            NetdevKind::Dump(d) => Ok(Arc::new(DumpBackend::open(d, &env.hubs, &self.id)?)),
             NetdevKind::AfXdp(x) => open_af_xdp(x, fds),
         }
     }
@@ -203,10 +231,19 @@ mod tests {
             NetdevConfig::parse_cli("foo,id=x").unwrap_err().to_string(),
             "Parameter 'type' does not accept value 'foo'"
         );
-        assert!(NetdevConfig::parse_cli("netmap,id=x,ifname=y")
-            .unwrap_err()
-            .to_string()
-            .contains("'netmap'"));
+        for (kind, why) in [
+            ("netmap,id=x,ifname=y", "netmap kernel module"),
+            ("vhost-vdpa,id=x", "vDPA device"),
+            ("vmnet-shared,id=x", "macOS"),
+            ("vhost-user,id=x,chardev=c", "is the vhost-user backend"),
+            ("passt,id=x", "passt --vhost-user"),
+        ] {
+            let e = NetdevConfig::parse_cli(kind).unwrap_err().to_string();
+            assert!(
+                e.contains(kind.split(',').next().unwrap()) && e.contains(why),
+                "{e}"
+            );
+        }
         assert_eq!(
             NetdevConfig::parse_cli("tap,queues=2")
                 .unwrap_err()

@@ -10,6 +10,7 @@
 //! destination's worker copies the frames into its guest's memory. A full inbox drops the frame
 //! and counts it: a slow guest cannot stall the others.
 
+pub mod dump;
 pub mod options;
 pub mod uplink;
 
@@ -111,6 +112,8 @@ impl Inbox {
 struct Member {
     key: u64,
     inbox: Arc<Inbox>,
+    /// Gets a copy of every frame any other member sends, unicast included (a `dump`).
+    mirror: bool,
 }
 
 /// Hashes a MAC with one multiply: the table is looked up per frame, and its keys come from the
@@ -173,11 +176,11 @@ impl Hub {
         hub
     }
 
-    fn join(&self, inbox: Arc<Inbox>) -> u64 {
+    fn join(&self, inbox: Arc<Inbox>, mirror: bool) -> u64 {
         let mut s = lock(&self.state);
         let key = s.next_key;
         s.next_key += 1;
-        s.members.push(Member { key, inbox });
+        s.members.push(Member { key, inbox, mirror });
         key
     }
 
@@ -208,8 +211,8 @@ impl Hub {
                 Route::Nowhere => {}
                 Route::To(p) => signal |= self.hand_over(&scratch.ports[p].1, run) << p.min(63),
                 Route::Flood => {
-                    for (p, (key, inbox)) in scratch.ports.iter().enumerate() {
-                        if *key != from {
+                    for (p, (key, inbox, mirror)) in scratch.ports.iter().enumerate() {
+                        if *key != from && !mirror {
                             signal |= self.hand_over(inbox, run) << p.min(63);
                         }
                     }
@@ -217,7 +220,13 @@ impl Hub {
             }
             i = end;
         }
-        for (p, (_, inbox)) in scratch.ports.iter().enumerate() {
+        // Mirrors get the whole batch, whatever its routes.
+        for (p, (key, inbox, mirror)) in scratch.ports.iter().enumerate() {
+            if *mirror && *key != from {
+                signal |= self.hand_over(inbox, frames) << p.min(63);
+            }
+        }
+        for (p, (_, inbox, _)) in scratch.ports.iter().enumerate() {
             if signal & (1 << p.min(63)) != 0 {
                 inbox.deliver();
             }
@@ -250,7 +259,7 @@ impl Hub {
         let HubState { members, macs, .. } = &mut *s;
         scratch
             .ports
-            .extend(members.iter().map(|m| (m.key, m.inbox.clone())));
+            .extend(members.iter().map(|m| (m.key, m.inbox.clone(), m.mirror)));
         let (mut unicast, mut flooded) = (0, 0);
         // The last frame's addresses and route: a batch is mostly one flow, so most frames skip
         // both table lookups. (Within a batch learning only adds sources behind `from`, which
@@ -314,7 +323,8 @@ enum Route {
 #[derive(Debug, Default)]
 struct Forwarding {
     routes: Vec<Route>,
-    ports: Vec<(u64, Arc<Inbox>)>,
+    /// Each member's key, inbox and whether it is a mirror.
+    ports: Vec<(u64, Arc<Inbox>, bool)>,
 }
 
 /// A `hubport` netdev: one port of hub `hubid`.
@@ -328,9 +338,18 @@ pub struct HubPortBackend {
 impl HubPortBackend {
     /// Joins hub `hubid` (creating it).
     pub fn open(options: &HubPortOptions, hubs: &Hubs) -> Result<Self, Error> {
+        Self::join(options.hubid, hubs, false)
+    }
+
+    /// Joins hub `hubid` as a mirror: every frame another member sends comes here too.
+    pub fn open_mirror(hubid: i32, hubs: &Hubs) -> Result<Self, Error> {
+        Self::join(hubid, hubs, true)
+    }
+
+    fn join(hubid: i32, hubs: &Hubs, mirror: bool) -> Result<Self, Error> {
         let inbox = Arc::new(Inbox::new().map_err(|e| Error::io("eventfd", e))?);
-        let hub = Hub::get(hubs, options.hubid);
-        let key = hub.join(inbox.clone());
+        let hub = Hub::get(hubs, hubid);
+        let key = hub.join(inbox.clone(), mirror);
         Ok(HubPortBackend { hub, key, inbox })
     }
 }

@@ -128,6 +128,8 @@ impl Pump {
                 return;
             }
             if fds[0].revents != 0 {
+                // What the hub already handed over still goes out (a dump's last records).
+                self.hub_to_netdev();
                 return;
             }
             let hub_ready = fds[1].revents != 0 || self.hub.pending_input();
