@@ -31,7 +31,7 @@ qemu_ok() {
 # AF_XDP PMD is the reference backend in the bench.
 for p in busybox-static linux-image-amd64 iproute2 iputils-ping dpdk-dev librte-net-virtio23 \
          librte-net-vhost23 passt clang libclang-dev libelf-dev zlib1g-dev m4 pkg-config ethtool \
-         librte-net-af-xdp23 systemd man-db groff-base libvirt-clients libxml2-utils; do
+         librte-net-af-xdp23 systemd man-db groff-base libvirt-clients libxml2-utils tshark vde2; do
   pkg_installed "$p" || need+=("$p")
 done
 

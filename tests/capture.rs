@@ -199,6 +199,7 @@ fn pcap_option_records_from_the_start_and_a_stuck_writer_drops_records_not_frame
         .arg("--qmp")
         .arg(format!("unix:{}", qmp_path.display()));
     let mut daemon = Daemon::start(cmd, 1);
+    daemon.log.wait_for("sandbox On", Duration::from_secs(10));
     let mut qmp = Qmp::connect(&qmp_path);
 
     let mut guest = TestFrontend::connect(&socket, 1, F_EVENT_IDX);

@@ -49,3 +49,24 @@ mod tests {
         assert!(fds.take_fd("987654").is_err());
     }
 }
+
+/// One descriptor already taken from elsewhere, handed to a backend that asks for it by name
+/// (a socket netdev's `fd=` after its type was looked at, a vde switch's data socket).
+#[derive(Debug)]
+pub struct OneFd(Option<OwnedFd>);
+
+impl OneFd {
+    pub fn new(fd: OwnedFd) -> Self {
+        OneFd(Some(fd))
+    }
+}
+
+impl FdSource for OneFd {
+    fn take_fd(&mut self, name: &str) -> Result<OwnedFd, Error> {
+        self.0.take().ok_or_else(|| {
+            Error::Option(OptionError::Invalid(format!(
+                "descriptor '{name}' was taken already"
+            )))
+        })
+    }
+}

@@ -14,6 +14,7 @@
 //! - [`dgram`]: one frame per UDP/unix datagram, unicast or multicast (`-netdev dgram`).
 //! - [`l2tpv3`]: RFC 3931 Ethernet pseudowires over IP or UDP (`-netdev l2tpv3`).
 //! - [`datagram`]: the batched datagram datapath the two above share.
+//! - [`vde`]: a port of a VDE switch (`-netdev vde`), its plug protocol done here.
 //! - [`user`]: the user-mode network stack (`-netdev user`), the daemon's default.
 //! - [`pcap`]: pcap capture files, written by a thread of their own (never stalling frames).
 //! - [`socket_netdev`]: QEMU's legacy `-netdev socket`, served by the stream and dgram backends.
@@ -42,6 +43,7 @@ pub mod stream;
 pub mod sys;
 pub mod tap;
 pub mod user;
+pub mod vde;
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::RawFd;

@@ -19,6 +19,7 @@ use crate::socket_netdev::SocketOptions;
 use crate::stream::{StreamBackend, StreamOptions};
 use crate::tap::{BridgeOptions, TapBackend, TapOptions};
 use crate::user::{UserBackend, UserOptions};
+use crate::vde::VdeOptions;
 use crate::{Backend, Error};
 
 /// Netdev types QEMU knows; the ones not listed in [`NetdevKind`] are refused by name.
@@ -57,6 +58,7 @@ pub enum NetdevKind {
     Tap(TapOptions),
     Bridge(BridgeOptions),
     Socket(SocketOptions),
+    Vde(VdeOptions),
     Stream(StreamOptions),
     Dgram(DgramOptions),
     L2tpv3(L2tpv3Options),
@@ -74,6 +76,7 @@ impl NetdevKind {
             NetdevKind::Tap(_) => "tap",
             NetdevKind::Bridge(_) => "bridge",
             NetdevKind::Socket(_) => "socket",
+            NetdevKind::Vde(_) => "vde",
             NetdevKind::Stream(_) => "stream",
             NetdevKind::Dgram(_) => "dgram",
             NetdevKind::L2tpv3(_) => "l2tpv3",
@@ -126,6 +129,7 @@ impl NetdevConfig {
             "tap" => NetdevKind::Tap(TapOptions::from_opts(&mut opts)?),
             "bridge" => NetdevKind::Bridge(BridgeOptions::from_opts(&mut opts)?),
             "socket" => NetdevKind::Socket(SocketOptions::from_opts(&mut opts)?),
+            "vde" => NetdevKind::Vde(VdeOptions::from_opts(&mut opts)?),
             "stream" => NetdevKind::Stream(StreamOptions::from_opts(&mut opts)?),
             "dgram" => NetdevKind::Dgram(DgramOptions::from_opts(&mut opts)?),
             "l2tpv3" => NetdevKind::L2tpv3(L2tpv3Options::from_opts(&mut opts)?),
@@ -158,6 +162,7 @@ impl NetdevConfig {
             NetdevKind::Tap(t) => t.to_json(),
             NetdevKind::Bridge(b) => b.to_json(),
             NetdevKind::Socket(s) => s.to_json(),
+            NetdevKind::Vde(v) => v.to_json(),
             NetdevKind::Stream(s) => s.to_json(),
             NetdevKind::Dgram(d) => d.to_json(),
             NetdevKind::L2tpv3(l) => l.to_json(),
@@ -179,6 +184,7 @@ impl NetdevConfig {
                 Ok(Arc::new(TapBackend::open(&b.as_tap(), fds, &env.launcher)?))
             }
             NetdevKind::Socket(s) => s.open(fds, env.batching),
+            NetdevKind::Vde(v) => crate::vde::open(v, env.batching),
             NetdevKind::Stream(s) => Ok(Arc::new(StreamBackend::open(s, fds, env.batching)?)),
             NetdevKind::Dgram(d) => Ok(Arc::new(DgramBackend::open(d, fds, env.batching)?)),
             NetdevKind::L2tpv3(l) => Ok(Arc::new(L2tpv3Backend::open(l, fds, env.batching)?)),

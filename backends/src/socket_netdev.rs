@@ -13,13 +13,13 @@
 //! Option rules and error texts are QEMU's (`net/socket.c`), checked against QEMU 10.
 
 use std::net::{Ipv4Addr, SocketAddrV4, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::dgram::{DgramBackend, DgramOptions};
-use crate::fd_source::FdSource;
+use crate::fd_source::{FdSource, OneFd};
 use crate::options::{OptionError, Opts};
 use crate::socket_address::{InetAddress, SocketAddress};
 use crate::stream::{StreamBackend, StreamOptions};
@@ -142,7 +142,7 @@ impl SocketOptions {
                         "can't get socket option SO_TYPE".into(),
                     ))
                 })?;
-                let mut this = ThisFd(Some(fd));
+                let mut this = OneFd::new(fd);
                 let addr = SocketAddress::Fd(name.clone());
                 match kind {
                     libc::SOCK_STREAM => Arc::new(StreamBackend::open(
@@ -189,17 +189,6 @@ impl SocketOptions {
             }
         }
         m
-    }
-}
-
-/// The one descriptor `fd=` named, already taken.
-struct ThisFd(Option<OwnedFd>);
-
-impl FdSource for ThisFd {
-    fn take_fd(&mut self, name: &str) -> Result<OwnedFd, Error> {
-        self.0.take().ok_or_else(|| {
-            Error::Option(OptionError::Invalid(format!("fd={name} was taken already")))
-        })
     }
 }
 
