@@ -109,6 +109,14 @@ fn filter_dump_over_qmp_captures_both_ways_as_tshark_reads_it() {
                "queue": "rx"}),
     )
     .unwrap();
+    // Ours: stop after two frames.
+    let two = dir.path("two.pcap");
+    qmp.execute(
+        "object-add",
+        json!({"qom-type": "filter-dump", "id": "f2", "netdev": "n0", "file": two,
+               "x-max-frames": 2}),
+    )
+    .unwrap();
     let started = now();
 
     let mut guest = TestFrontend::connect(&socket, 1, F_EVENT_IDX);
@@ -133,10 +141,12 @@ fn filter_dump_over_qmp_captures_both_ways_as_tshark_reads_it() {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["f0", "f1"]);
+    assert_eq!(ids, ["f0", "f1", "f2"]);
+    assert_eq!(stats[0]["captures"][2]["over-limit"], 3, "{stats}");
     // Removing them closes the files with every record written.
-    qmp.execute("object-del", json!({"id": "f0"})).unwrap();
-    qmp.execute("object-del", json!({"id": "f1"})).unwrap();
+    for id in ["f0", "f1", "f2"] {
+        qmp.execute("object-del", json!({"id": id})).unwrap();
+    }
     let stopped = now();
 
     let frames = frames_in(&all);
@@ -159,6 +169,8 @@ fn filter_dump_over_qmp_captures_both_ways_as_tshark_reads_it() {
     assert!(frames[0].3 >= started - 1.0 && frames[4].3 <= stopped + 1.0);
     let rx: Vec<usize> = frames_in(&rx_only).iter().map(|f| f.0).collect();
     assert_eq!(rx, [60, 200, 1000], "queue=rx: the guest's frames only");
+    let limited: Vec<usize> = frames_in(&two).iter().map(|f| f.0).collect();
+    assert_eq!(limited, [60, 200], "x-max-frames=2");
 
     // QEMU's errors (tests/qmp.rs compares the same calls with QEMU itself).
     let e = qmp

@@ -488,6 +488,28 @@ fn junk_bytes_set_link_and_filter_dump_get_the_answers_qemu_gives() {
         assert_eq!(ours.cmd(ours_cmd), theirs.cmd(theirs_cmd), "{cmd}");
     }
 
+    // The netdev and descriptor commands' errors.
+    for cmd in [
+        json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "net0"}}),
+        json!({"execute": "netdev_add", "arguments": {"type": "user"}}),
+        json!({"execute": "netdev_add", "arguments": {"type": "nope", "id": "x"}}),
+        json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "9x"}}),
+        json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "u8", "bogus": 1}}),
+        json!({"execute": "netdev_add", "arguments": {"type": "socket", "id": "s1"}}),
+        json!({"execute": "netdev_add",
+               "arguments": {"type": "socket", "id": "s2", "udp": "127.0.0.1:7"}}),
+        json!({"execute": "netdev_del", "arguments": {"id": "nope"}}),
+        json!({"execute": "netdev_del", "arguments": {}}),
+        json!({"execute": "netdev_del", "arguments": {"id": "u9"}}),
+        json!({"execute": "getfd", "arguments": {"fdname": "f"}}),
+        json!({"execute": "closefd", "arguments": {"fdname": "nope"}}),
+        json!({"execute": "set_link", "arguments": {"name": "net0"}}),
+        json!({"execute": "set_link", "arguments": {"name": "net0", "up": "yes"}}),
+        json!({"execute": "no-such-command"}),
+    ] {
+        assert_eq!(ours.cmd(cmd.clone()), theirs.cmd(cmd.clone()), "{cmd}");
+    }
+
     let _ = theirs.cmd(json!({"execute": "quit"}));
     assert!(qemu.0.wait().unwrap().success());
 }
