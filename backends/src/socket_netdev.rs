@@ -303,26 +303,16 @@ mod tests {
         };
         assert!(!c.is_server());
         assert!(c.reconnect_delay().is_some());
-        let Mode::Dgram(m) = parse("mcast=230.0.0.2:6012,localaddr=127.0.0.1")
-            .unwrap()
-            .mode()
-            .unwrap()
-        else {
-            panic!()
+        let dgram = |text: &str| match parse(text).unwrap().mode().unwrap() {
+            Mode::Dgram(d) => d.mode().unwrap(),
+            other => panic!("{text}: {other:?}"),
         };
         assert!(matches!(
-            m.mode().unwrap(),
+            dgram("mcast=230.0.0.2:6012,localaddr=127.0.0.1"),
             crate::dgram::options::DgramMode::Multicast { .. }
         ));
-        let Mode::Dgram(u) = parse("udp=127.0.0.1:6013,localaddr=127.0.0.1:6014")
-            .unwrap()
-            .mode()
-            .unwrap()
-        else {
-            panic!()
-        };
         assert!(matches!(
-            u.mode().unwrap(),
+            dgram("udp=127.0.0.1:6013,localaddr=127.0.0.1:6014"),
             crate::dgram::options::DgramMode::Unicast { .. }
         ));
         let o = parse("udp=127.0.0.1:6013,localaddr=127.0.0.1:6014").unwrap();

@@ -168,15 +168,8 @@ impl Splitter {
             return self.stray("JSON parse error, stray '\u{FFFD}'".into(), out);
         }
         match b {
-            b'"' => {
-                self.string = Str::Double;
-                self.push(b, out);
-            }
-            b'\'' => {
-                self.string = Str::Single;
-                self.push(b'"', out);
-            }
-            b'{' | b'[' => self.value_byte(b, out),
+            // A string or a bracket starts as it does inside a value.
+            b'"' | b'\'' | b'{' | b'[' => self.value_byte(b, out),
             b' ' | b'\t' | b'\n' | b'\r' => {}
             b'}' | b']' | b':' | b',' => {
                 out.push(Frame::Error("JSON parse error, expecting value".into()));

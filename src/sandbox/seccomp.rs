@@ -144,39 +144,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_writev,
 ];
 
-/// What the whole process may call but a queue worker may not: no threads or processes, no
-/// files made, renamed or removed, no BPF, no privileges or limits changed, no listening.
-/// Queue workers run the guest's rings and the backends' datapaths (the user stack's flows
-/// included: sockets, connects, TFTP reads), so those stay.
-const DENIED_TO_QUEUE_WORKERS: &[libc::c_long] = &[
-    libc::SYS_arch_prctl,
-    libc::SYS_bpf,
-    libc::SYS_chmod,
-    libc::SYS_clone3,
-    libc::SYS_fchmod,
-    libc::SYS_fchmodat,
-    libc::SYS_fchown,
-    libc::SYS_flock,
-    libc::SYS_ftruncate,
-    libc::SYS_listen,
-    libc::SYS_memfd_create,
-    libc::SYS_mkdir,
-    libc::SYS_mkdirat,
-    libc::SYS_prctl,
-    libc::SYS_prlimit64,
-    libc::SYS_rename,
-    libc::SYS_renameat2,
-    libc::SYS_sched_setaffinity,
-    libc::SYS_seccomp,
-    libc::SYS_set_robust_list,
-    libc::SYS_set_tid_address,
-    libc::SYS_setsid,
-    libc::SYS_socketpair,
-    libc::SYS_umask,
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
-];
-
 /// What the whole process may call but a thread serving a vhost-user connection may not: no
 /// files made, renamed or removed, no BPF, no resource limits, no listening. It still starts
 /// queue workers (threads) and maps the frontend's memory (never executable).
@@ -201,6 +168,18 @@ const DENIED_TO_CONNECTIONS: &[libc::c_long] = &[
     libc::SYS_umask,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
+];
+/// What a queue worker may not call on top of what a connection thread may not: no threads or
+/// processes, no `prctl`, no filters of its own. Queue workers run the guest's rings and the
+/// backends' datapaths (the user stack's flows included: sockets, connects, TFTP reads), so
+/// those stay.
+const ALSO_DENIED_TO_QUEUE_WORKERS: &[libc::c_long] = &[
+    libc::SYS_arch_prctl,
+    libc::SYS_clone3,
+    libc::SYS_prctl,
+    libc::SYS_seccomp,
+    libc::SYS_set_robust_list,
+    libc::SYS_set_tid_address,
 ];
 
 /// System calls the role filters allow only without `PROT_EXEC` in their third argument: no
@@ -227,9 +206,15 @@ fn filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
 }
 
 /// The filter queue worker threads add on themselves: the process's, less
-/// `DENIED_TO_QUEUE_WORKERS`, with `mmap`/`mprotect` never making memory executable.
+/// `DENIED_TO_CONNECTIONS` and `ALSO_DENIED_TO_QUEUE_WORKERS`, with `mmap`/`mprotect` never
+/// making memory executable.
 pub fn queue_worker_filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> {
-    role_filter(mode, DENIED_TO_QUEUE_WORKERS)
+    let denied: Vec<libc::c_long> = DENIED_TO_CONNECTIONS
+        .iter()
+        .chain(ALSO_DENIED_TO_QUEUE_WORKERS)
+        .copied()
+        .collect();
+    role_filter(mode, &denied)
 }
 
 /// The filter threads serving a vhost-user connection add on themselves: the process's, less
@@ -385,7 +370,7 @@ mod tests {
         assert!(!ALLOWED.contains(&libc::SYS_execve));
         assert!(queue_worker_filter(SandboxMode::On).is_ok());
         assert!(connection_filter(SandboxMode::Log).is_ok());
-        for nr in DENIED_TO_QUEUE_WORKERS
+        for nr in ALSO_DENIED_TO_QUEUE_WORKERS
             .iter()
             .chain(DENIED_TO_CONNECTIONS)
             .chain(NO_EXEC_PROT)
