@@ -13,10 +13,10 @@ use vhost_user_netd_backends::hub::Hubs;
 use vhost_user_netd_backends::launcher::Launcher;
 use vhost_user_netd_backends::{Batching, HostEnv, InheritedFds};
 
-use crate::config::{Config, Listen, PortConfig, QmpAddr};
+use crate::config::{Config, QmpAddr};
 use crate::device::worker::Workers;
 use crate::events::EventBus;
-use crate::port::{bind_listener, inherited_socket, InheritedSocket, Port};
+use crate::port::{Port, ServeError};
 use crate::qmp::commands::QmpContext;
 use crate::registry::{Netdev, Registry};
 use crate::service_manager::ServiceManager;
@@ -66,7 +66,11 @@ impl Daemon {
         let events = Arc::new(EventBus::default());
         let workers = Arc::new(workers);
         let ports = make_ports(config, &netdevs, &events, &workers)?;
-        let registry = Arc::new(Registry::new(netdevs, ports, Some(events.clone())).with_env(env));
+        let registry = Arc::new(
+            Registry::new(netdevs, ports, Some(events.clone()))
+                .with_env(env)
+                .with_workers(workers.clone()),
+        );
         registry
             .start_uplinks()
             .map_err(|e| StartError::Usage(format!("--netdev hubport: {e}")))?;
@@ -77,7 +81,11 @@ impl Daemon {
         }
         let mut created = Vec::new();
         for port in registry.ports() {
-            created.extend(serve_port(port)?);
+            let served = port.serve().map_err(|e| match e {
+                ServeError::Usage(m) => StartError::Usage(m),
+                ServeError::Runtime(m) => StartError::Runtime(m),
+            })?;
+            registry.adopt(port.id(), served);
         }
         let qmp = Arc::new(QmpContext::with_events(registry.clone(), events));
         crate::qmp::server::start(&config.qmp, qmp.clone())
@@ -195,62 +203,4 @@ fn make_ports(
         );
     }
     Ok(ports)
-}
-
-/// Starts the port's thread: listening (or on an inherited socket), or connecting in client
-/// mode. Returns the socket file it created, if any.
-fn serve_port(port: &Port) -> Result<Option<PathBuf>, StartError> {
-    let pc: &PortConfig = &port.config;
-    let name = format!("port-{}", pc.id);
-    let port = port.clone();
-    let mut created = None;
-    let thread = match (&pc.listen, pc.client) {
-        (Listen::Path(path), true) => {
-            let path = path.clone();
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || port.serve_client(&path))
-        }
-        (listen, _) => {
-            let listener = match listen {
-                Listen::Path(p) => {
-                    let l = bind_listener(p).map_err(|e| {
-                        StartError::Runtime(format!("--socket-path {}: {e}", p.display()))
-                    })?;
-                    created = Some(p.clone());
-                    l
-                }
-                Listen::Fd(fd) => match inherited_socket(*fd) {
-                    Ok(InheritedSocket::Listening(l)) => l,
-                    Ok(InheritedSocket::Connected(stream)) => {
-                        info!("port {}: serving the frontend connected on fd {fd}", pc.id);
-                        let id = pc.id.clone();
-                        let thread = std::thread::Builder::new().name(name).spawn(move || {
-                            port.serve_connection(stream);
-                            // Like passt's --fd: the connection was the daemon's whole job.
-                            info!("port {id}: its only frontend went away: exiting");
-                            crate::signals::request_shutdown();
-                        });
-                        thread.map_err(|e| {
-                            StartError::Runtime(format!("spawning port thread: {e}"))
-                        })?;
-                        return Ok(None);
-                    }
-                    Err(e) => return Err(StartError::Usage(format!("--fd {fd}: {e}"))),
-                },
-                Listen::Activated => {
-                    return Err(StartError::Usage(format!(
-                        "port {}: no socket was passed for it",
-                        pc.id
-                    )))
-                }
-            };
-            info!("port {}: listening on {:?}", pc.id, pc.listen);
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || port.serve_listener(listener))
-        }
-    };
-    thread.map_err(|e| StartError::Runtime(format!("spawning port thread: {e}")))?;
-    Ok(created)
 }

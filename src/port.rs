@@ -40,6 +40,75 @@ struct Binding {
     device: Weak<Mutex<NetDevice>>,
 }
 
+/// What stops a port's thread (`port-del`): a flag, and the descriptors its thread may be
+/// blocked on, shut down from the control plane.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    stopping: Mutex<bool>,
+    /// Woken when `stopping` is set (a client waiting to reconnect).
+    stopped: std::sync::Condvar,
+    /// A copy of the listening socket (shutting it down ends `accept`).
+    listener: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// A copy of the connected frontend's socket (shutting it down ends the connection).
+    connection: Mutex<Option<std::os::fd::OwnedFd>>,
+}
+
+impl Lifecycle {
+    fn stopping(&self) -> bool {
+        *self.stopping.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits up to `timeout` unless the port is stopping; true if it is.
+    fn wait_stop(&self, timeout: Duration) -> bool {
+        let guard = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .stopped
+            .wait_timeout_while(guard, timeout, |stopping| !*stopping)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    fn keep(slot: &Mutex<Option<std::os::fd::OwnedFd>>, fd: &impl std::os::fd::AsFd) {
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = fd.as_fd().try_clone_to_owned().ok();
+    }
+
+    fn forget(slot: &Mutex<Option<std::os::fd::OwnedFd>>) {
+        slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn stop(&self) {
+        *self.stopping.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stopped.notify_all();
+        for slot in [&self.listener, &self.connection] {
+            if let Some(fd) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                vhost_user_netd_backends::sys::shutdown(std::os::fd::AsRawFd::as_raw_fd(fd));
+            }
+        }
+    }
+}
+
+/// A port's serving thread, and the socket file it created (removed when the port goes).
+#[derive(Debug)]
+pub struct Served {
+    pub thread: std::thread::JoinHandle<()>,
+    pub socket_file: Option<std::path::PathBuf>,
+}
+
+/// Why a port could not be served: bad input (exit status 2 on the command line) or the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServeError {
+    Usage(String),
+    Runtime(String),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Usage(m) | ServeError::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
 /// A port and the backend it serves.
 #[derive(Debug, Clone)]
 pub struct Port {
@@ -56,6 +125,7 @@ pub struct Port {
     workers: Arc<Workers>,
     /// Captures of this port's frames (kept across frontend connections).
     capture: Arc<crate::capture::CaptureSlot>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Port {
@@ -75,7 +145,79 @@ impl Port {
             memory_faults: Arc::new(AtomicU64::new(0)),
             workers: Arc::new(Workers::default()),
             capture: Arc::default(),
+            lifecycle: Arc::default(),
         }
+    }
+
+    /// Starts the port's thread: listening (or on an inherited socket), or connecting in client
+    /// mode. Returns the thread and the socket file it created, if any.
+    pub fn serve(&self) -> Result<Served, ServeError> {
+        let pc: &PortConfig = &self.config;
+        let name = format!("port-{}", pc.id);
+        let port = self.clone();
+        let mut created = None;
+        let thread = match (&pc.listen, pc.client) {
+            (Listen::Path(path), true) => {
+                let path = path.clone();
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || port.serve_client(&path))
+            }
+            (listen, _) => {
+                let listener = match listen {
+                    Listen::Path(p) => {
+                        let l = bind_listener(p).map_err(|e| {
+                            ServeError::Runtime(format!("--socket-path {}: {e}", p.display()))
+                        })?;
+                        created = Some(p.clone());
+                        l
+                    }
+                    Listen::Fd(fd) => match inherited_socket(*fd) {
+                        Ok(InheritedSocket::Listening(l)) => l,
+                        Ok(InheritedSocket::Connected(stream)) => {
+                            info!("port {}: serving the frontend connected on fd {fd}", pc.id);
+                            let id = pc.id.clone();
+                            let thread = std::thread::Builder::new().name(name).spawn(move || {
+                                port.serve_connection(stream);
+                                // Like passt's --fd: the connection was the daemon's whole job.
+                                info!("port {id}: its only frontend went away: exiting");
+                                crate::signals::request_shutdown();
+                            });
+                            let thread = thread.map_err(|e| {
+                                ServeError::Runtime(format!("spawning port thread: {e}"))
+                            })?;
+                            return Ok(Served {
+                                thread,
+                                socket_file: None,
+                            });
+                        }
+                        Err(e) => return Err(ServeError::Usage(format!("--fd {fd}: {e}"))),
+                    },
+                    Listen::Activated => {
+                        return Err(ServeError::Usage(format!(
+                            "port {}: no socket was passed for it",
+                            pc.id
+                        )))
+                    }
+                };
+                info!("port {}: listening on {:?}", pc.id, pc.listen);
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || port.serve_listener(listener))
+            }
+        };
+        let thread =
+            thread.map_err(|e| ServeError::Runtime(format!("spawning port thread: {e}")))?;
+        Ok(Served {
+            thread,
+            socket_file: created,
+        })
+    }
+
+    /// Ends the port's thread (`port-del`): no new frontend is accepted or connected to, and
+    /// the connected one is disconnected. The thread returns soon after.
+    pub fn stop(&self) {
+        self.lifecycle.stop();
     }
 
     /// The captures of this port's frames.
@@ -245,6 +387,11 @@ impl Port {
         self.workers
             .filter()
             .confine_this_thread(crate::device::role_filters::Role::Connection);
+        Lifecycle::keep(&self.lifecycle.connection, &stream);
+        if self.lifecycle.stopping() {
+            Lifecycle::forget(&self.lifecycle.connection);
+            return;
+        }
         let device = {
             let mut b = self.binding();
             let device = NetDevice::new(
@@ -286,30 +433,35 @@ impl Port {
         }
         // The device (and its workers) go with the handler, before the event goes out.
         drop(handler);
+        Lifecycle::forget(&self.lifecycle.connection);
         self.emit("VHOST_USER_PORT_DISCONNECTED");
     }
 
-    /// Accepts frontends one after the other, forever.
+    /// Accepts frontends one after the other, until the port is stopped.
     pub fn serve_listener(&self, listener: UnixListener) {
-        loop {
+        Lifecycle::keep(&self.lifecycle.listener, &listener);
+        while !self.lifecycle.stopping() {
             match listener.accept() {
                 Ok((stream, _)) => {
                     info!("port {}: frontend connected", self.config.id);
                     self.serve_connection(stream);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) if self.lifecycle.stopping() => break,
                 Err(e) => {
                     error!("port {}: accept: {e}", self.config.id);
-                    std::thread::sleep(Duration::from_millis(100));
+                    self.lifecycle.wait_stop(Duration::from_millis(100));
                 }
             }
         }
+        Lifecycle::forget(&self.lifecycle.listener);
     }
 
-    /// Connects to a listening frontend, and again (with backoff) whenever it goes away.
+    /// Connects to a listening frontend, and again (with backoff) whenever it goes away, until
+    /// the port is stopped.
     pub fn serve_client(&self, path: &Path) {
         let mut backoff = Duration::from_millis(100);
-        loop {
+        while !self.lifecycle.stopping() {
             match UnixStream::connect(path) {
                 Ok(stream) => {
                     info!("port {}: connected to {}", self.config.id, path.display());
@@ -318,7 +470,9 @@ impl Port {
                 }
                 Err(e) => {
                     log::debug!("port {}: connect {}: {e}", self.config.id, path.display());
-                    std::thread::sleep(backoff);
+                    if self.lifecycle.wait_stop(backoff) {
+                        break;
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }

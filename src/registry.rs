@@ -2,7 +2,8 @@
 //! (`netdev_add`/`netdev_del`), and for what the control plane does to ports (rebinding a
 //! port's backend live, `set_link`).
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 use vhost_user_netd_backends::hub::uplink::Uplink;
@@ -11,7 +12,7 @@ use vhost_user_netd_backends::{Backend, HostEnv, LinkEvent, LinkWatch, NetdevCon
 
 use crate::capture::{Capture, FilterDump};
 use crate::events::EventBus;
-use crate::port::Port;
+use crate::port::{Port, Served};
 
 /// A netdev and its open backend.
 #[derive(Debug, Clone)]
@@ -61,6 +62,13 @@ pub enum RegistryError {
     /// A hub port cannot be joined to the netdev it names.
     #[error("{0}")]
     Uplink(String),
+    /// A port cannot be added.
+    #[error("{0}")]
+    Port(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A capture (`filter-dump`) of a netdev's frames.
@@ -78,7 +86,12 @@ pub struct Registry {
     captures: Mutex<Vec<CaptureEntry>>,
     /// What netdevs added over QMP are opened in.
     env: HostEnv,
-    ports: Vec<Port>,
+    /// The ports, from the command line and `port-add` (shared with the carrier watches).
+    ports: Arc<Mutex<Vec<Port>>>,
+    /// Each port's serving thread and socket file, by port id.
+    served: Mutex<HashMap<String, Served>>,
+    /// Where ports added later run their queue pairs.
+    workers: Arc<crate::device::worker::Workers>,
     events: Option<Arc<EventBus>>,
 }
 
@@ -90,7 +103,9 @@ impl Registry {
             netdevs: Mutex::new(Vec::new()),
             captures: Mutex::new(Vec::new()),
             env: HostEnv::default(),
-            ports,
+            ports: Arc::new(Mutex::new(ports)),
+            served: Mutex::new(HashMap::new()),
+            workers: Arc::default(),
             events,
         };
         for n in &netdevs {
@@ -103,18 +118,19 @@ impl Registry {
     /// What happens when a netdev's carrier changes: its ports rebind, then QEMU's
     /// `NETDEV_STREAM_CONNECTED`/`NETDEV_STREAM_DISCONNECTED` go out for stream netdevs.
     fn link_watch(&self, config: &NetdevConfig) -> LinkWatch {
-        let ports: Vec<Port> = self
-            .ports
-            .iter()
-            .filter(|p| p.config.netdev == config.id)
-            .cloned()
-            .collect();
+        let ports = self.ports.clone();
+        let netdev = config.id.clone();
         let events = self
             .events
             .clone()
             .filter(|_| config.kind.type_name() == "stream");
         let id = config.id.clone();
         Arc::new(move |event: LinkEvent| {
+            let ports: Vec<Port> = lock(&ports)
+                .iter()
+                .filter(|p| p.config.netdev == netdev)
+                .cloned()
+                .collect();
             for port in &ports {
                 port.carrier_changed();
             }
@@ -167,7 +183,7 @@ impl Registry {
                 "netdev '{target}' is a hub port: put both on one hub instead"
             )));
         }
-        if let Some(port) = self.ports.iter().find(|p| p.config.netdev == target) {
+        if let Some(port) = self.ports_of(target).first() {
             return Err(RegistryError::Uplink(format!(
                 "netdev '{target}' is in use by port '{}'",
                 port.id()
@@ -192,15 +208,139 @@ impl Registry {
         Ok(Arc::new(uplink))
     }
 
+    /// Runs the queue pairs of ports added later on `workers`.
+    pub fn with_workers(mut self, workers: Arc<crate::device::worker::Workers>) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    pub fn workers(&self) -> Arc<crate::device::worker::Workers> {
+        self.workers.clone()
+    }
+
+    /// The netdevs' configurations now.
+    pub fn netdev_configs(&self) -> Vec<NetdevConfig> {
+        self.netdevs().iter().map(|n| n.config.clone()).collect()
+    }
+
+    /// Takes over a command-line port's thread and socket file (removed at `port-del` or at
+    /// shutdown).
+    pub fn adopt(&self, id: &str, served: Served) {
+        lock(&self.served).insert(id.to_string(), served);
+    }
+
+    /// Adds a port and serves it at once (`port-add`): `make` builds it from the backend of its
+    /// netdev (which must exist, serve no other port and be none a hub port or dump uses).
+    pub fn add_port(
+        &self,
+        config: crate::config::PortConfig,
+        make: impl FnOnce(crate::config::PortConfig, Arc<dyn Backend>) -> Port,
+    ) -> Result<(), RegistryError> {
+        let backend = {
+            let netdevs = self.netdevs();
+            let n = netdevs
+                .iter()
+                .find(|n| n.config.id == config.netdev)
+                .ok_or_else(|| RegistryError::NotFound(config.netdev.clone()))?;
+            if let NetdevKind::Dump(_) = n.config.kind {
+                return Err(RegistryError::Port(format!(
+                    "netdev '{}' is a dump: no port can use it",
+                    config.netdev
+                )));
+            }
+            if let Some(h) = netdevs.iter().find(|h| h.joins() == Some(&config.netdev)) {
+                return Err(RegistryError::Port(format!(
+                    "netdev '{}' is in use by hubport '{}'",
+                    config.netdev, h.config.id
+                )));
+            }
+            n.backend.clone()
+        };
+        {
+            let ports = lock(&self.ports);
+            if ports.iter().any(|p| p.id() == config.id) {
+                return Err(RegistryError::Port(format!(
+                    "Duplicate ID '{}' for port",
+                    config.id
+                )));
+            }
+            if let Some(p) = ports.iter().find(|p| p.config.netdev == config.netdev) {
+                return Err(RegistryError::Port(format!(
+                    "netdev '{}' serves port '{}' already",
+                    config.netdev,
+                    p.id()
+                )));
+            }
+        }
+        let id = config.id.clone();
+        let port = make(config, backend);
+        let served = port
+            .serve()
+            .map_err(|e| RegistryError::Port(e.to_string()))?;
+        lock(&self.ports).push(port.clone());
+        self.adopt(&id, served);
+        log::info!("port {id} added on netdev {}", port.config.netdev);
+        if let Some(events) = &self.events {
+            events.emit(
+                "VHOST_USER_PORT_ADDED",
+                Some(serde_json::json!({"port-id": id, "netdev-id": port.config.netdev})),
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes a port (`port-del`): its frontend is disconnected, its device and queues go, its
+    /// thread ends and the socket file it made is removed. Other ports never notice.
+    pub fn del_port(&self, id: &str) -> Result<(), RegistryError> {
+        let port = {
+            let mut ports = lock(&self.ports);
+            let pos = ports
+                .iter()
+                .position(|p| p.id() == id)
+                .ok_or_else(|| RegistryError::NotFound(id.into()))?;
+            ports.remove(pos)
+        };
+        port.stop();
+        let served = lock(&self.served).remove(id);
+        if let Some(served) = served {
+            let _ = served.thread.join();
+            if let Some(file) = served.socket_file {
+                if let Err(e) = std::fs::remove_file(&file) {
+                    log::warn!("port {id}: removing {}: {e}", file.display());
+                }
+            }
+        }
+        for capture in self.captures().iter() {
+            port.capture().remove(&capture.id);
+        }
+        log::info!("port {id} deleted");
+        if let Some(events) = &self.events {
+            events.emit(
+                "VHOST_USER_PORT_DELETED",
+                Some(serde_json::json!({"port-id": id, "netdev-id": port.config.netdev})),
+            );
+        }
+        Ok(())
+    }
+
     /// Opens netdevs added later (`netdev_add`) in `env`, as those of the command line were.
     pub fn with_env(mut self, env: HostEnv) -> Self {
         self.env = env;
         self
     }
 
-    /// The ports (fixed at start-up).
-    pub fn ports(&self) -> &[Port] {
-        &self.ports
+    /// The ports now.
+    pub fn ports(&self) -> Vec<Port> {
+        lock(&self.ports).clone()
+    }
+
+    /// The ports serving netdev `id`.
+    fn ports_of(&self, id: &str) -> Vec<Port> {
+        lock(&self.ports)
+            .iter()
+            .filter(|p| p.config.netdev == id)
+            .cloned()
+            .collect()
     }
 
     /// Opens and adds a netdev; a port waiting for this id gets it bound live.
@@ -210,7 +350,7 @@ impl Registry {
             return Err(RegistryError::Duplicate(config.id));
         }
         let backend = config.open(fds, &self.env)?;
-        for port in self.ports.iter().filter(|p| p.config.netdev == config.id) {
+        for port in self.ports_of(&config.id) {
             port.bind(Some(backend.clone()))?;
         }
         let mut netdev = Netdev::new(config, backend);
@@ -234,7 +374,7 @@ impl Registry {
             .iter()
             .position(|n| n.config.id == id)
             .ok_or_else(|| RegistryError::NotFound(id.into()))?;
-        for port in self.ports.iter().filter(|p| p.config.netdev == id) {
+        for port in self.ports_of(id) {
             port.bind(None)?;
         }
         let removed = netdevs.remove(pos);
@@ -281,7 +421,7 @@ impl Registry {
         }
         let capture = Capture::start(filter.spec.clone())?;
         if filter.on {
-            for port in self.ports.iter().filter(|p| p.config.netdev == netdev) {
+            for port in self.ports_of(netdev) {
                 port.capture().add(id, capture.clone());
             }
         }
@@ -307,7 +447,7 @@ impl Registry {
                 .ok_or_else(|| format!("object '{id}' not found"))?;
             captures.remove(pos)
         };
-        for port in &self.ports {
+        for port in self.ports() {
             port.capture().remove(id);
         }
         entry.capture.stop();
@@ -328,7 +468,7 @@ impl Registry {
             .iter()
             .map(|n| {
                 let mut m = n.config.to_json();
-                if let Some(port) = self.ports.iter().find(|p| p.config.netdev == n.config.id) {
+                if let Some(port) = self.ports_of(&n.config.id).first() {
                     m.insert("peer-id".into(), Value::String(port.id().to_string()));
                 }
                 Value::Object(m)
@@ -339,7 +479,8 @@ impl Registry {
     /// `set_link` on a port name, or on a netdev's name: the netdev keeps the state (as QEMU
     /// does for a netdev no device uses) and the port it serves, if any, takes it.
     pub fn set_link(&self, name: &str, up: bool) -> Result<(), RegistryError> {
-        if let Some(port) = self.ports.iter().find(|p| p.id() == name) {
+        let port = lock(&self.ports).iter().find(|p| p.id() == name).cloned();
+        if let Some(port) = port {
             port.set_link(up);
             return Ok(());
         }
@@ -349,7 +490,7 @@ impl Registry {
             .find(|n| n.config.id == name)
             .ok_or_else(|| RegistryError::NotFound(name.into()))?;
         netdev.link_up = up;
-        for port in self.ports.iter().filter(|p| p.config.netdev == name) {
+        for port in self.ports_of(name) {
             port.set_link(up);
         }
         Ok(())
@@ -358,6 +499,13 @@ impl Registry {
     /// Releases host-side state of every netdev (tap downscripts) at shutdown, after closing
     /// the captures' files.
     pub fn shutdown(&self) {
+        for (_, served) in lock(&self.served).drain() {
+            if let Some(file) = served.socket_file {
+                if let Err(e) = std::fs::remove_file(&file) {
+                    log::error!("removing {}: {e}", file.display());
+                }
+            }
+        }
         let ids: Vec<String> = self.captures().iter().map(|c| c.id.clone()).collect();
         for id in ids {
             let _ = self.remove_capture(&id);

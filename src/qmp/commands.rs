@@ -43,6 +43,9 @@ const COMMAND_TABLE: &[(&str, CommandFn)] = &[
     ("query-rx-filter", query_rx_filter),
     ("object-add", super::objects::object_add),
     ("object-del", super::objects::object_del),
+    ("port-add", super::ports::port_add),
+    ("port-del", super::ports::port_del),
+    ("query-ports", super::ports::query_ports),
 ];
 
 /// Names of the commands this server implements (`query-commands`).
@@ -317,10 +320,10 @@ fn query_rx_filter(
     let mut opts = arguments(args);
     let name = opts.take_str("name")?;
     opts.finish()?;
-    let ports: Vec<&crate::port::Port> = ctx
+    let ports: Vec<crate::port::Port> = ctx
         .registry
         .ports()
-        .iter()
+        .into_iter()
         .filter(|p| name.as_deref().is_none_or(|n| n == p.id()))
         .collect();
     if let (Some(n), true) = (&name, ports.is_empty()) {

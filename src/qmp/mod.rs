@@ -11,6 +11,7 @@
 pub mod commands;
 pub mod framing;
 pub mod objects;
+pub mod ports;
 pub mod protocol;
 pub mod server;
 pub mod session;

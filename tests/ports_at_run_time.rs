@@ -1,0 +1,183 @@
+//! Ports added and removed over QMP (`port-add`, `port-del`, `query-ports`) on a daemon started
+//! with no port: three ports on one hub carry frames; one is deleted while the others keep
+//! switching, its socket file goes and its frontend is disconnected; the same id comes back;
+//! the error classes; and 1,000 add/del cycles leave no descriptor or thread behind.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::daemon::Daemon;
+use common::frontend::{TestFrontend, BUF_LEN, F_EVENT_IDX};
+use common::qmp::Qmp;
+use common::TempDir;
+use serde_json::{json, Value};
+
+fn ethernet(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.resize(len, src[5]);
+    f
+}
+
+fn frontend(socket: &std::path::Path) -> TestFrontend {
+    let mut g = TestFrontend::connect(socket, 1, F_EVENT_IDX);
+    g.rings[0].post_buffers(&g.ram, 0, 16, BUF_LEN as u32, true);
+    g.kick(0);
+    g
+}
+
+/// `from` broadcasts a frame; each of `to` receives it.
+fn broadcast(from: &mut TestFrontend, slot: u16, to: &mut [&mut TestFrontend], src: u8) {
+    let f = ethernet([0xff; 6], [0x52, 0x54, 0, 0, 0, src], 64);
+    from.send(0, slot, &f);
+    from.wait_used(1, 1);
+    for g in to.iter_mut() {
+        assert_eq!(g.wait_used(0, 1)[0].1 as usize, 12 + f.len());
+    }
+}
+
+fn count(dir: String) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn ports_come_and_go_over_qmp_without_disturbing_the_others() {
+    let dir = TempDir::new("ports");
+    let qmp_path = dir.path("qmp.sock");
+    // No port and no netdev: the daemon waits for QMP.
+    let mut daemon = Daemon::start_until(
+        Daemon::command(&["--qmp", &format!("unix:{}", qmp_path.display())]),
+        "sandbox On",
+        1,
+    );
+    let pid = daemon.child.id();
+    let mut qmp = Qmp::connect(&qmp_path);
+    for h in ["h0", "h1", "h2"] {
+        qmp.execute(
+            "netdev_add",
+            json!({"type": "hubport", "id": h, "hubid": 0}),
+        )
+        .unwrap();
+    }
+    let socket = |id: &str| dir.path(&format!("{id}.sock"));
+    let add = |qmp: &mut Qmp, id: &str, netdev: &str| {
+        qmp.execute(
+            "port-add",
+            json!({"id": id, "netdev": netdev, "socket-path": socket(id)}),
+        )
+    };
+    for (id, netdev) in [("a", "h0"), ("b", "h1"), ("c", "h2")] {
+        add(&mut qmp, id, netdev).unwrap();
+        let e = qmp.wait_event("VHOST_USER_PORT_ADDED", |d| d["port-id"] == id);
+        assert_eq!(e["data"]["netdev-id"], netdev);
+    }
+    let (mut a, mut b, mut c) = (
+        frontend(&socket("a")),
+        frontend(&socket("b")),
+        frontend(&socket("c")),
+    );
+    broadcast(&mut a, 0, &mut [&mut b, &mut c], 0xa);
+
+    let ports = qmp.execute("query-ports", json!({})).unwrap();
+    let ids: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    for p in ports.as_array().unwrap() {
+        assert_eq!(p["connected"], true, "{p}");
+        assert!(
+            p["features"].as_u64().unwrap() & (1 << 32) != 0,
+            "VERSION_1: {p}"
+        );
+        assert_eq!(p["queues"], 1);
+    }
+
+    // c goes while a keeps sending to b: nothing a and b exchange is lost.
+    qmp.execute("port-del", json!({"id": "c"})).unwrap();
+    qmp.wait_event("VHOST_USER_PORT_DELETED", |d| d["port-id"] == "c");
+    assert!(!socket("c").exists(), "its socket file is removed");
+    for slot in 1..5 {
+        broadcast(&mut a, slot, &mut [&mut b], 0xa);
+    }
+    drop(c);
+    assert_eq!(
+        qmp.execute("query-ports", json!({}))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // The same id again.
+    add(&mut qmp, "c", "h2").unwrap();
+    let mut c = frontend(&socket("c"));
+    broadcast(&mut b, 0, &mut [&mut a, &mut c], 0xb);
+
+    // Errors, with QEMU's classes and the member named.
+    let err = |r: Result<Value, Value>| {
+        let e = r.unwrap_err();
+        (
+            e["class"].as_str().unwrap().to_string(),
+            e["desc"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(
+        err(add(&mut qmp, "a", "h2")),
+        ("GenericError".into(), "Duplicate ID 'a' for port".into())
+    );
+    assert_eq!(
+        err(add(&mut qmp, "d", "nope")),
+        ("DeviceNotFound".into(), "Device 'nope' not found".into())
+    );
+    assert_eq!(
+        err(add(&mut qmp, "d", "h0")),
+        (
+            "GenericError".into(),
+            "netdev 'h0' serves port 'a' already".into()
+        )
+    );
+    qmp.execute(
+        "netdev_add",
+        json!({"type": "hubport", "id": "h3", "hubid": 0}),
+    )
+    .unwrap();
+    let (class, desc) = err(qmp.execute(
+        "port-add",
+        json!({"id": "d", "netdev": "h3", "socket-path": "/nonexistent/dir/d.sock"}),
+    ));
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("/nonexistent/dir/d.sock"), "{desc}");
+    let (class, desc) = err(qmp.execute(
+        "port-add",
+        json!({"id": "d", "netdev": "h3", "socket-path": socket("d"), "mac": "nope"}),
+    ));
+    assert_eq!(class, "GenericError");
+    assert!(desc.starts_with("Parameter 'mac'"), "{desc}");
+    assert_eq!(
+        err(qmp.execute("port-del", json!({"id": "nope"}))),
+        ("DeviceNotFound".into(), "Device 'nope' not found".into())
+    );
+
+    // 1,000 add/del cycles: no descriptor, thread or file is left behind.
+    let (fds, threads) = (
+        count(format!("/proc/{pid}/fd")),
+        count(format!("/proc/{pid}/task")),
+    );
+    for _ in 0..1000 {
+        add(&mut qmp, "d", "h3").unwrap();
+        qmp.execute("port-del", json!({"id": "d"})).unwrap();
+    }
+    assert_eq!(count(format!("/proc/{pid}/fd")), fds, "descriptors");
+    assert_eq!(count(format!("/proc/{pid}/task")), threads, "threads");
+    assert!(!socket("d").exists());
+
+    // The ports still switch.
+    broadcast(&mut c, 0, &mut [&mut a, &mut b], 0xc);
+    drop((a, b, c));
+    assert!(daemon.terminate().success());
+}
