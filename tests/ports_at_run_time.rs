@@ -1,7 +1,8 @@
 //! Ports added and removed over QMP (`port-add`, `port-del`, `query-ports`) on a daemon started
 //! with no port: three ports on one hub carry frames; one is deleted while the others keep
 //! switching, its socket file goes and its frontend is disconnected; the same id comes back;
-//! the error classes; and 1,000 add/del cycles leave no descriptor or thread behind.
+//! the error classes; and 1,000 add/del cycles leave no descriptor or thread behind and do not
+//! grow the daemon's memory.
 
 #![allow(clippy::unwrap_used)]
 
@@ -36,6 +37,16 @@ fn broadcast(from: &mut TestFrontend, slot: u16, to: &mut [&mut TestFrontend], s
     for g in to.iter_mut() {
         assert_eq!(g.wait_used(0, 1)[0].1 as usize, 12 + f.len());
     }
+}
+
+/// The daemon's resident memory.
+fn rss_kib(pid: u32) -> u64 {
+    common::process::status_line(pid, "VmRSS:")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn count(dir: String) -> usize {
@@ -163,10 +174,11 @@ fn ports_come_and_go_over_qmp_without_disturbing_the_others() {
         ("DeviceNotFound".into(), "Device 'nope' not found".into())
     );
 
-    // 1,000 add/del cycles: no descriptor, thread or file is left behind.
-    let (fds, threads) = (
+    // 1,000 add/del cycles: no descriptor, thread or file is left behind, and memory stays.
+    let (fds, threads, rss) = (
         count(format!("/proc/{pid}/fd")),
         count(format!("/proc/{pid}/task")),
+        rss_kib(pid),
     );
     for _ in 0..1000 {
         add(&mut qmp, "d", "h3").unwrap();
@@ -174,6 +186,11 @@ fn ports_come_and_go_over_qmp_without_disturbing_the_others() {
     }
     assert_eq!(count(format!("/proc/{pid}/fd")), fds, "descriptors");
     assert_eq!(count(format!("/proc/{pid}/task")), threads, "threads");
+    let grown = rss_kib(pid).saturating_sub(rss);
+    assert!(
+        grown < 8 * 1024,
+        "resident memory grew by {grown} KiB over 1,000 cycles"
+    );
     assert!(!socket("d").exists());
 
     // The ports still switch.
