@@ -226,7 +226,8 @@ sleep 3
 "#;
 
 #[test]
-fn two_guests_on_a_hub_joined_to_a_tap_reach_the_host_and_each_other() {
+fn two_guests_on_a_hub_joined_to_a_tap_one_on_a_port_added_at_run_time_reach_the_host_and_each_other(
+) {
     use common::guest_traffic::{guest_done, prepare, BOOT, HOST_IP, STEP};
     use common::qemu::{virtio_vectors, Guest, QemuVersion};
     if !common::privileged_environment("hubport netdev=") {
@@ -250,11 +251,19 @@ fn two_guests_on_a_hub_joined_to_a_tap_reach_the_host_and_each_other() {
         "--port",
     ])
     .arg(format!("id=a,netdev=ha,socket-path={}", a.display()))
-    .arg("--port")
-    .arg(format!("id=b,netdev=hb,socket-path={}", b.display()))
     .arg("--qmp")
     .arg(format!("unix:{}", qmp_path.display()));
-    let daemon = Daemon::start(cmd, 2);
+    let daemon = Daemon::start(cmd, 1);
+    // Guest b's port is added at run time (`port-add`), guest a's came from the command line.
+    daemon
+        .log
+        .wait_for("sandbox On", std::time::Duration::from_secs(10));
+    let mut qmp = Qmp::connect(&qmp_path);
+    qmp.execute(
+        "port-add",
+        json!({"id": "b", "netdev": "hb", "socket-path": b}),
+    )
+    .unwrap();
     ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "vuhtap0"]);
     ns.ip(&["link", "set", "vuhtap0", "up"]);
 
@@ -290,7 +299,6 @@ fn two_guests_on_a_hub_joined_to_a_tap_reach_the_host_and_each_other() {
         }
     }
     // The uplink is in query-netdev as QEMU reports it.
-    let mut qmp = Qmp::connect(&qmp_path);
     let netdevs = qmp.execute("query-netdev", json!({})).unwrap();
     assert!(
         netdevs
