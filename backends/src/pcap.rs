@@ -132,7 +132,8 @@ pub struct Capture {
     pub counters: CaptureCounters,
     queue: Mutex<Queue>,
     wake: Condvar,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, and a channel that disconnects when it ends.
+    writer: Mutex<Option<(JoinHandle<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 fn lock(q: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
@@ -185,11 +186,15 @@ impl Capture {
             writer: Mutex::new(None),
         });
         let me = capture.clone();
+        let (ended, ending) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || me.write_out(out))
+            .spawn(move || {
+                me.write_out(out);
+                drop(ended);
+            })
             .map_err(|e| format!("capture thread: {e}"))?;
-        *capture.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        *capture.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some((thread, ending));
         Ok(capture)
     }
 
@@ -248,13 +253,14 @@ impl Capture {
         lock(&self.queue).stopping = true;
         self.wake.notify_one();
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = writer {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                let _ = t.join();
+        if let Some((thread, ending)) = writer {
+            // The writer never sends: the wait ends when it drops its end (it finished).
+            let stuck = matches!(
+                ending.recv_timeout(std::time::Duration::from_secs(2)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            if !stuck {
+                let _ = thread.join();
             } else {
                 warn!(
                     "capture {}: its file does not take what is left; not waiting",

@@ -499,3 +499,25 @@ pub fn interface_mtu(name: &str) -> io::Result<u32> {
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
     u32::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
+
+/// A group's id from its name (`getgrnam_r`: safe with other threads running), `None` if the
+/// group database has no such group.
+pub fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: group is plain data; zero is a valid value for every field.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is to live memory of the size given; `found` is set to `&group` or
+    // null, and `group`'s strings point into `buf`, which outlives their use here.
+    let ret = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (ret == 0 && !found.is_null()).then_some(group.gr_gid)
+}

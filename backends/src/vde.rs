@@ -235,21 +235,16 @@ fn reply_path(reply: &[u8]) -> std::io::Result<PathBuf> {
 
 /// A group's id from its name or number.
 fn group_id(group: &str) -> std::io::Result<u32> {
-    if let Ok(gid) = group.parse() {
-        return Ok(gid);
-    }
-    let name = std::ffi::CString::new(group)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: getgrnam returns null or a pointer to static storage, read at once.
-    let g = unsafe { libc::getgrnam(name.as_ptr()) };
-    if g.is_null() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("no group named '{group}'"),
-        ));
-    }
-    // SAFETY: non-null, so it points at a valid group record.
-    Ok(unsafe { (*g).gr_gid })
+    group
+        .parse()
+        .ok()
+        .or_else(|| crate::sys::group_id(group))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no group named '{group}'"),
+            )
+        })
 }
 
 impl Backend for VdeBackend {

@@ -360,7 +360,8 @@ pub fn resolve_ids(user: &str, group: Option<&str>) -> Result<Ids, String> {
     let gid = match group {
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => group_by_name(g).ok_or_else(|| format!("no group named '{g}'"))?,
+            Err(_) => vhost_user_netd_backends::sys::group_id(g)
+                .ok_or_else(|| format!("no group named '{g}'"))?,
         },
         None => user_gid.ok_or_else(|| {
             format!("user {user} has no entry in the user database: name --group too")
@@ -383,14 +384,6 @@ fn passwd_by_uid(uid: u32) -> Option<(u32, u32)> {
     let p = unsafe { libc::getpwuid(uid) };
     // SAFETY: non-null, so it points at a valid passwd record.
     (!p.is_null()).then(|| unsafe { ((*p).pw_uid, (*p).pw_gid) })
-}
-
-fn group_by_name(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: as in passwd_by_name, for the group database.
-    let g = unsafe { libc::getgrnam(name.as_ptr()) };
-    // SAFETY: non-null, so it points at a valid group record.
-    (!g.is_null()).then(|| unsafe { (*g).gr_gid })
 }
 
 #[cfg(test)]
