@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::guest_traffic::{guest_done, prepare, BOOT, STEP};
-use common::qemu::{virtio_vectors, Guest, QemuVersion};
+use common::qemu::{vhost_user_nic, Guest, QemuVersion};
 use common::{privileged_environment, which};
 
 /// Each guest takes 10.0.0.N from its MAC's last byte: A (10) sends, B (11) receives.
@@ -79,17 +79,12 @@ fn a_guest_on_the_daemons_vde_netdev_talks_to_a_guest_on_qemus_own() {
         .arg(&socket);
     let daemon = Daemon::start(cmd, 1);
 
-    let args_a = vec![
-        "-chardev".to_string(),
-        format!("socket,id=c0,path={}", socket.display()),
-        "-netdev".into(),
-        "vhost-user,id=v0,chardev=c0".into(),
-        "-device".into(),
-        format!(
-            "virtio-net-pci,netdev=v0,mac=52:54:00:00:00:0a,romfile={}",
-            virtio_vectors(QemuVersion::Installed, 1)
-        ),
-    ];
+    let args_a = vhost_user_nic(
+        QemuVersion::Installed,
+        socket.display().to_string(),
+        1,
+        "52:54:00:00:00:0a",
+    );
     let args_b = vec![
         "-netdev".to_string(),
         format!("vde,id=v0,sock={}", switch_dir.display()),

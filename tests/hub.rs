@@ -229,7 +229,7 @@ sleep 3
 fn two_guests_on_a_hub_joined_to_a_tap_one_on_a_port_added_at_run_time_reach_the_host_and_each_other(
 ) {
     use common::guest_traffic::{guest_done, prepare, BOOT, HOST_IP, STEP};
-    use common::qemu::{virtio_vectors, Guest, QemuVersion};
+    use common::qemu::{vhost_user_nic, Guest, QemuVersion};
     if !common::privileged_environment("hubport netdev=") {
         return;
     }
@@ -268,17 +268,7 @@ fn two_guests_on_a_hub_joined_to_a_tap_one_on_a_port_added_at_run_time_reach_the
     ns.ip(&["link", "set", "vuhtap0", "up"]);
 
     let boot = |socket: &std::path::Path, mac: &str| {
-        let args = vec![
-            "-chardev".to_string(),
-            format!("socket,id=c0,path={}", socket.display()),
-            "-netdev".into(),
-            "vhost-user,id=v0,chardev=c0,queues=1".into(),
-            "-device".into(),
-            format!(
-                "virtio-net-pci,netdev=v0,mac={mac},romfile={}",
-                virtio_vectors(QemuVersion::Installed, 1)
-            ),
-        ];
+        let args = vhost_user_nic(QemuVersion::Installed, socket.display().to_string(), 1, mac);
         Guest::boot_in(
             None,
             QemuVersion::Installed,

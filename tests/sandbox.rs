@@ -9,6 +9,7 @@
 
 mod common;
 
+#[cfg(feature = "sandbox-probe")]
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 

@@ -39,6 +39,34 @@ pub struct NicSpec<'a> {
     pub qemu_is_server: bool,
 }
 
+/// QEMU arguments for one vhost-user NIC (`c0`/`v0`) on the socket `chardev` describes (a
+/// bare path is taken as `path=`), with `queues` queue pairs and `mac`.
+pub fn vhost_user_nic(
+    version: QemuVersion,
+    chardev: String,
+    queues: u16,
+    mac: &str,
+) -> Vec<String> {
+    let chardev = if chardev.starts_with("socket,") {
+        chardev
+    } else {
+        format!("socket,id=c0,path={chardev}")
+    };
+    let mut device = format!("virtio-net-pci,netdev=v0,mac={mac},romfile=");
+    if queues > 1 {
+        device.push_str(",mq=on");
+    }
+    device.push_str(&virtio_vectors(version, queues));
+    vec![
+        "-chardev".to_string(),
+        chardev,
+        "-netdev".into(),
+        format!("vhost-user,id=v0,chardev=c0,queues={queues}"),
+        "-device".into(),
+        device,
+    ]
+}
+
 impl Guest {
     pub fn boot(kernel: &Path, initrd: &Path, nic: &NicSpec<'_>, smp: u16) -> Self {
         Self::boot_with_qmp(kernel, initrd, nic, smp, None)
@@ -71,19 +99,7 @@ impl Guest {
         if nic.qemu_is_server {
             chardev.push_str(",server=on,wait=off");
         }
-        let mut device = "virtio-net-pci,netdev=v0,mac=52:54:00:12:34:56,romfile=".to_string();
-        if nic.queues > 1 {
-            device.push_str(",mq=on");
-        }
-        device.push_str(&virtio_vectors(version, nic.queues));
-        let mut args = vec![
-            "-chardev".to_string(),
-            chardev,
-            "-netdev".into(),
-            format!("vhost-user,id=v0,chardev=c0,queues={}", nic.queues),
-            "-device".into(),
-            device,
-        ];
+        let mut args = vhost_user_nic(version, chardev, nic.queues, "52:54:00:12:34:56");
         if let Some(path) = qmp {
             args.push("-qmp".into());
             args.push(format!("unix:{},server=on,wait=off", path.display()));
