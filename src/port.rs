@@ -16,6 +16,7 @@ use vhost_user_netd_backends::{Backend, Capabilities};
 
 use crate::config::{Listen, PortConfig};
 use crate::device::lock;
+use crate::device::queue_claim::{QueueClaim, QueueOwners};
 use crate::device::queue_pair::MacWatch;
 use crate::device::worker::Workers;
 use crate::device::{DeviceConfig, DeviceError, NetDevice};
@@ -126,6 +127,8 @@ pub struct Port {
     /// Captures of this port's frames (kept across frontend connections).
     capture: Arc<crate::capture::CaptureSlot>,
     lifecycle: Arc<Lifecycle>,
+    /// Shared with the other ports: which one holds each netdev's queues.
+    queue_owners: Arc<QueueOwners>,
 }
 
 impl Port {
@@ -146,6 +149,7 @@ impl Port {
             workers: Arc::new(Workers::default()),
             capture: Arc::default(),
             lifecycle: Arc::default(),
+            queue_owners: Arc::default(),
         }
     }
 
@@ -231,6 +235,17 @@ impl Port {
         self
     }
 
+    /// Takes its netdev's queues only when `owners` says no other port's device holds them.
+    pub fn with_queue_owners(mut self, owners: Arc<QueueOwners>) -> Self {
+        self.queue_owners = owners;
+        self
+    }
+
+    /// Whether this port's device holds its netdev's queues (its frontend runs rings).
+    pub fn runs_rings(&self) -> bool {
+        self.queue_owners.holder(&self.config.netdev).as_deref() == Some(self.id())
+    }
+
     /// Sends this port's connect/disconnect events to `events`.
     pub fn with_events(mut self, events: Arc<EventBus>) -> Self {
         self.events = Some(events);
@@ -267,20 +282,7 @@ impl Port {
             return lock(&device).send_rarp(mac).is_ok();
         }
         let backend = self.binding().backend.clone();
-        let Some(backend) = backend else { return false };
-        let Ok(mut queue) = backend.queue(0) else {
-            return false;
-        };
-        let zero = [0u8; vhost_user_netd_backends::VNET_HDR_LEN];
-        let hdr: &[u8] = if backend.capabilities().vnet_hdr {
-            &zero
-        } else {
-            &[]
-        };
-        let frame = crate::device::announce::rarp_frame(mac);
-        queue
-            .send(&[std::io::IoSlice::new(hdr), std::io::IoSlice::new(&frame)])
-            .is_ok()
+        backend.is_some_and(|b| crate::device::announce::send_rarp_on(b.as_ref(), mac).is_ok())
     }
 
     fn mac_watch(&self) -> MacWatch {
@@ -402,7 +404,12 @@ impl Port {
                 &self.workers,
             );
             match device {
-                Ok(d) => {
+                Ok(mut d) => {
+                    d.set_queue_claim(QueueClaim::new(
+                        self.queue_owners.clone(),
+                        &self.config.netdev,
+                        &self.config.id,
+                    ));
                     d.set_mac_watch(self.mac_watch());
                     d.set_capture(&self.capture);
                     let d = Arc::new(Mutex::new(d));

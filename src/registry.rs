@@ -11,6 +11,7 @@ use vhost_user_netd_backends::FdSource;
 use vhost_user_netd_backends::{Backend, HostEnv, LinkEvent, LinkWatch, NetdevConfig, NetdevKind};
 
 use crate::capture::{Capture, FilterDump};
+use crate::device::queue_claim::QueueOwners;
 use crate::events::EventBus;
 use crate::port::{Port, Served};
 
@@ -92,6 +93,8 @@ pub struct Registry {
     served: Mutex<HashMap<String, Served>>,
     /// Where ports added later run their queue pairs.
     workers: Arc<crate::device::worker::Workers>,
+    /// Which port's device holds each netdev's queues (ports may share a netdev).
+    queue_owners: Arc<QueueOwners>,
     events: Option<Arc<EventBus>>,
 }
 
@@ -99,6 +102,11 @@ impl Registry {
     /// The registry over the command line's netdevs and ports; carrier changes of the netdevs
     /// reach their ports and, as QMP events, `events`.
     pub fn new(netdevs: Vec<Netdev>, ports: Vec<Port>, events: Option<Arc<EventBus>>) -> Self {
+        let queue_owners = Arc::new(QueueOwners::default());
+        let ports = ports
+            .into_iter()
+            .map(|p| p.with_queue_owners(queue_owners.clone()))
+            .collect();
         let registry = Registry {
             netdevs: Mutex::new(Vec::new()),
             captures: Mutex::new(Vec::new()),
@@ -106,6 +114,7 @@ impl Registry {
             ports: Arc::new(Mutex::new(ports)),
             served: Mutex::new(HashMap::new()),
             workers: Arc::default(),
+            queue_owners,
             events,
         };
         for n in &netdevs {
@@ -265,15 +274,16 @@ impl Registry {
                 )));
             }
             if let Some(p) = ports.iter().find(|p| p.config.netdev == config.netdev) {
-                return Err(RegistryError::Port(format!(
-                    "netdev '{}' serves port '{}' already",
+                log::info!(
+                    "port {} shares netdev {} with port {}: only one of them runs rings at a time",
+                    config.id,
                     config.netdev,
                     p.id()
-                )));
+                );
             }
         }
         let id = config.id.clone();
-        let port = make(config, backend);
+        let port = make(config, backend).with_queue_owners(self.queue_owners.clone());
         let served = port
             .serve()
             .map_err(|e| RegistryError::Port(e.to_string()))?;
@@ -468,8 +478,14 @@ impl Registry {
             .iter()
             .map(|n| {
                 let mut m = n.config.to_json();
-                if let Some(port) = self.ports_of(&n.config.id).first() {
-                    m.insert("peer-id".into(), Value::String(port.id().to_string()));
+                // The port running the netdev's rings, else the first one naming it.
+                let peer = self.queue_owners.holder(&n.config.id).or_else(|| {
+                    self.ports_of(&n.config.id)
+                        .first()
+                        .map(|p| p.id().to_string())
+                });
+                if let Some(peer) = peer {
+                    m.insert("peer-id".into(), Value::String(peer));
                 }
                 Value::Object(m)
             })

@@ -10,6 +10,7 @@ mod common;
 
 use common::daemon::Daemon;
 use common::frontend::{TestFrontend, BUF_LEN, F_EVENT_IDX};
+use common::guest_traffic::STEP;
 use common::qmp::Qmp;
 use common::TempDir;
 use serde_json::{json, Value};
@@ -145,13 +146,6 @@ fn ports_come_and_go_over_qmp_without_disturbing_the_others() {
         err(add(&mut qmp, "d", "nope")),
         ("DeviceNotFound".into(), "Device 'nope' not found".into())
     );
-    assert_eq!(
-        err(add(&mut qmp, "d", "h0")),
-        (
-            "GenericError".into(),
-            "netdev 'h0' serves port 'a' already".into()
-        )
-    );
     qmp.execute(
         "netdev_add",
         json!({"type": "hubport", "id": "h3", "hubid": 0}),
@@ -196,5 +190,139 @@ fn ports_come_and_go_over_qmp_without_disturbing_the_others() {
     // The ports still switch.
     broadcast(&mut c, 0, &mut [&mut a, &mut b], 0xc);
     drop((a, b, c));
+    assert!(daemon.terminate().success());
+}
+
+/// `query-ports`' `running` member of each port, by id.
+fn running(qmp: &mut Qmp) -> Vec<(String, bool)> {
+    let ports = qmp.execute("query-ports", json!({})).unwrap();
+    ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["running"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, bool)]) -> Vec<(String, bool)> {
+    list.iter().map(|(i, r)| (i.to_string(), *r)).collect()
+}
+
+/// A port's counter in `x-query-port-stats`.
+fn port_stat(qmp: &mut Qmp, port: &str, member: &str) -> u64 {
+    let stats = qmp.execute("x-query-port-stats", json!({})).unwrap();
+    let p = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port-id"] == port)
+        .unwrap()
+        .clone();
+    p[member]
+        .as_u64()
+        .or_else(|| p["queue-pairs"][0][member].as_u64())
+        .unwrap_or_else(|| panic!("{member} in {p}"))
+}
+
+#[test]
+fn two_ports_share_a_netdev_and_only_one_runs_its_rings() {
+    let dir = TempDir::new("shared");
+    let qmp_path = dir.path("qmp.sock");
+    let mut daemon = Daemon::start_until(
+        Daemon::command(&["--qmp", &format!("unix:{}", qmp_path.display())]),
+        "sandbox On",
+        1,
+    );
+    let mut qmp = Qmp::connect(&qmp_path);
+    for h in ["h0", "h1"] {
+        qmp.execute(
+            "netdev_add",
+            json!({"type": "hubport", "id": h, "hubid": 0}),
+        )
+        .unwrap();
+    }
+    let socket = |id: &str| dir.path(&format!("{id}.sock"));
+    // A migration on this host: the source's port and the destination's on one netdev.
+    for (id, netdev) in [("src", "h0"), ("dst", "h0"), ("peer", "h1")] {
+        qmp.execute(
+            "port-add",
+            json!({"id": id, "netdev": netdev, "socket-path": socket(id)}),
+        )
+        .unwrap();
+    }
+    let mut src = frontend(&socket("src"));
+    let mut peer = frontend(&socket("peer"));
+    assert_eq!(
+        running(&mut qmp),
+        pairs(&[("src", true), ("dst", false), ("peer", true)])
+    );
+    broadcast(&mut peer, 0, &mut [&mut src], 1);
+
+    // The destination starts its rings while the source runs: refused, and it carries nothing.
+    let mut dst = frontend(&socket("dst"));
+    dst.sync();
+    assert_eq!(
+        running(&mut qmp),
+        pairs(&[("src", true), ("dst", false), ("peer", true)])
+    );
+    assert!(port_stat(&mut qmp, "dst", "vhost-user-failed-requests") >= 1);
+    let refused = daemon
+        .log
+        .wait_for("netdev 'h0' runs the rings of port 'src'", STEP);
+    assert!(refused.contains("port 'dst'"), "{refused}");
+    let from_dst = ethernet([0xff; 6], [0x52, 0x54, 0, 0, 0, 0xd], 64);
+    dst.send(0, 0, &from_dst);
+    dst.wait_used(1, 1);
+    assert_eq!(port_stat(&mut qmp, "dst", "tx-dropped-link-down"), 1);
+    // What the peer gets next is the source's frame: the destination's never crossed.
+    broadcast(&mut src, 0, &mut [&mut peer], 0x5);
+    let got = peer.rings[0].buffer_addr(0, BUF_LEN);
+    assert_eq!(peer.ram.read(got + 12 + 11, 1)[0], 0x5, "source MAC");
+    assert!(dst.rings[0].take_used(&dst.ram).is_empty());
+
+    // Switch-over: the source stops its rings, the destination starts them and takes over.
+    let src_bases = src.stop_rings();
+    assert_eq!(
+        running(&mut qmp),
+        pairs(&[("src", false), ("dst", false), ("peer", true)])
+    );
+    let dst_bases = dst.stop_rings();
+    dst.restart_rings(&dst_bases);
+    assert_eq!(
+        running(&mut qmp),
+        pairs(&[("src", false), ("dst", true), ("peer", true)])
+    );
+    broadcast(&mut peer, 1, &mut [&mut dst], 2);
+    broadcast(&mut dst, 1, &mut [&mut peer], 0xd);
+    let netdevs = qmp.execute("query-netdev", json!({})).unwrap();
+    let h0 = netdevs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "h0")
+        .unwrap();
+    assert_eq!(h0["peer-id"], "dst", "{h0}");
+
+    // The source cannot take them back while the destination runs; once it is gone, it can.
+    src.restart_rings(&src_bases);
+    assert_eq!(
+        running(&mut qmp),
+        pairs(&[("src", false), ("dst", true), ("peer", true)])
+    );
+    drop(dst);
+    qmp.wait_event("VHOST_USER_PORT_DISCONNECTED", |d| d["port-id"] == "dst");
+    let src_bases = src.stop_rings();
+    src.restart_rings(&src_bases);
+    assert_eq!(
+        running(&mut qmp),
+        pairs(&[("src", true), ("dst", false), ("peer", true)])
+    );
+    broadcast(&mut peer, 2, &mut [&mut src], 3);
+    drop((src, peer));
     assert!(daemon.terminate().success());
 }

@@ -1,6 +1,10 @@
 //! Gratuitous announcement frames: the RARP QEMU sends after migration (`SEND_RARP`,
 //! `announce-self`), so that switches learn where the guest's MAC now lives.
 
+use std::io::{self, IoSlice};
+
+use vhost_user_netd_backends::Backend;
+
 use crate::mac::MacAddr;
 
 /// Ethertype of RARP.
@@ -21,6 +25,20 @@ pub fn rarp_frame(mac: MacAddr) -> [u8; 60] {
     f[22..28].copy_from_slice(&mac); // source hardware address
     f[32..38].copy_from_slice(&mac); // target hardware address
     f
+}
+
+/// Sends a RARP for `mac` through a queue of `backend`'s own, for a port whose device holds
+/// no queue (no frontend, or rings not started).
+pub fn send_rarp_on(backend: &dyn Backend, mac: MacAddr) -> io::Result<()> {
+    let mut queue = backend.queue(0).map_err(io::Error::other)?;
+    let zero = [0u8; vhost_user_netd_backends::VNET_HDR_LEN];
+    let hdr: &[u8] = if backend.capabilities().vnet_hdr {
+        &zero
+    } else {
+        &[]
+    };
+    queue.send(&[IoSlice::new(hdr), IoSlice::new(&rarp_frame(mac))])?;
+    Ok(())
 }
 
 #[cfg(test)]

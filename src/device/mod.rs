@@ -13,6 +13,7 @@ pub mod config_space;
 pub mod counters;
 pub mod ctrl_queue;
 pub mod features;
+pub mod queue_claim;
 pub mod queue_pair;
 pub mod role_filters;
 mod rx;
@@ -64,6 +65,15 @@ pub enum DeviceError {
         vnet_hdr: bool,
         offloads: Offloads,
     },
+    #[error(
+        "netdev '{netdev}' runs the rings of port '{holder}': port '{port}' may start its own \
+         once that port's frontend stopped them"
+    )]
+    QueuesBusy {
+        netdev: String,
+        holder: String,
+        port: String,
+    },
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -94,6 +104,11 @@ pub struct NetDevice {
     link_up: bool,
     /// The bound backend had a carrier (a connected peer) when it was last bound.
     carrier: bool,
+    /// Who else may want the netdev's queues (`None`: nobody, they are always ours).
+    claim: Option<queue_claim::QueueClaim>,
+    /// The frontend runs rings and this device holds the netdev's queues: the backend's queues
+    /// are only taken while this is true.
+    holds_queues: bool,
     /// The channel on which the frontend takes our notifications (`SET_BACKEND_REQ_FD`; the
     /// spec calls the daemon the vhost-user "backend", which here means the host netdev).
     notify_channel: Option<std::os::unix::net::UnixStream>,
@@ -142,6 +157,8 @@ impl NetDevice {
             mtu: config.mtu,
             link_up,
             carrier: false,
+            claim: None,
+            holds_queues: false,
             notify_channel: None,
             failed_requests: 0,
             mem,
@@ -154,9 +171,9 @@ impl NetDevice {
     }
 
     /// Binds another backend (or none) to the running device, without the frontend noticing
-    /// anything but a link change: the hot-swap behind `netdev_del`/`netdev_add`.
+    /// anything but a link change: the hot-swap behind `netdev_del`/`netdev_add`. Its queues are
+    /// taken at once if the frontend runs rings, else when it starts them.
     pub fn bind(&mut self, backend: Option<Arc<dyn Backend>>) -> Result<(), DeviceError> {
-        let mut queues = Vec::new();
         if let Some(b) = &backend {
             let c = b.capabilities();
             let offloads_kept = c.offloads.intersect(self.caps.offloads) == self.caps.offloads;
@@ -170,19 +187,36 @@ impl NetDevice {
                     offloads: self.caps.offloads,
                 });
             }
-            for index in 0..self.config.queue_pairs {
-                if !b.carrier() {
-                    // No peer yet (a stream netdev): the link is down until it comes.
-                    break;
-                }
-                queues.push(
-                    b.queue(index)
-                        .map_err(|e| DeviceError::Io(io::Error::other(e)))?,
-                );
-            }
         }
         let before = self.effective_link();
-        self.carrier = queues.len() == usize::from(self.config.queue_pairs);
+        // No peer yet (a stream netdev): the link is down until it comes.
+        self.carrier = backend.as_ref().is_some_and(|b| b.carrier());
+        self.backend = backend;
+        let attached = self.attach_queues();
+        self.apply_params();
+        if before != self.effective_link() {
+            self.notify_config_change();
+        }
+        attached
+    }
+
+    /// Gives each pair its queue of the backend while the device holds them and the backend
+    /// has a carrier; else takes them away.
+    fn attach_queues(&mut self) -> Result<(), DeviceError> {
+        let mut queues = Vec::new();
+        let mut failed = None;
+        if let (true, true, Some(b)) = (self.holds_queues, self.carrier, &self.backend) {
+            for index in 0..self.config.queue_pairs {
+                match b.queue(index) {
+                    Ok(q) => queues.push(q),
+                    Err(e) => {
+                        failed = Some(DeviceError::Io(io::Error::other(e)));
+                        queues.clear();
+                        break;
+                    }
+                }
+            }
+        }
         let mut queues = queues.into_iter();
         for pair in &self.pairs {
             let mut queue = queues.next();
@@ -191,12 +225,72 @@ impl NetDevice {
             }
             pair.lock().set_backend(queue);
         }
-        self.backend = backend;
-        self.apply_params();
-        if before != self.effective_link() {
-            self.notify_config_change();
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Lets the device take its netdev's queues only through `claim`, shared with the other
+    /// ports of the netdev.
+    pub fn set_queue_claim(&mut self, claim: queue_claim::QueueClaim) {
+        self.claim = Some(claim);
+    }
+
+    /// Whether this device holds the backend's queues (its frontend runs rings).
+    pub fn holds_queues(&self) -> bool {
+        self.holds_queues
+    }
+
+    /// A ring started or stopped: the device takes the netdev's queues when its frontend
+    /// starts the first ring, and gives them back when it has stopped the last. Taking fails,
+    /// and leaves the rings without a backend, while another port's device holds them.
+    pub fn rings_changed(&mut self) -> Result<(), DeviceError> {
+        let running = self.pairs.iter().any(|p| {
+            let p = p.lock();
+            p.rx.ring.started || p.tx.ring.started
+        });
+        match (running, self.holds_queues) {
+            (true, false) => {
+                if let Some(claim) = &self.claim {
+                    claim.take().map_err(|holder| DeviceError::QueuesBusy {
+                        netdev: claim.netdev.clone(),
+                        holder,
+                        port: claim.port.clone(),
+                    })?;
+                }
+                self.holds_queues = true;
+                if let Some(claim) = &self.claim {
+                    info!(
+                        "port {}: its frontend started its rings; it runs netdev {}",
+                        claim.port, claim.netdev
+                    );
+                }
+                let attached = self.attach_queues();
+                if attached.is_err() {
+                    self.release_queues();
+                }
+                self.apply_params();
+                attached
+            }
+            (false, true) => {
+                if let Some(claim) = &self.claim {
+                    info!(
+                        "port {}: its frontend stopped its rings; netdev {} is free",
+                        claim.port, claim.netdev
+                    );
+                }
+                self.release_queues();
+                self.apply_params();
+                Ok(())
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    fn release_queues(&mut self) {
+        self.holds_queues = false;
+        let _ = self.attach_queues();
+        if let Some(claim) = &self.claim {
+            claim.release();
+        }
     }
 
     /// `set_link`: the administrative link state.
@@ -406,20 +500,27 @@ impl NetDevice {
     /// Sends a RARP for `mac` out of the backend (`SEND_RARP`, `announce-self`).
     pub fn send_rarp(&self, mac: MacAddr) -> io::Result<()> {
         let frame = announce::rarp_frame(mac);
-        let Some(pair) = self.pairs.first() else {
-            return Ok(());
-        };
-        let mut p = pair.lock();
-        let hdr_len = p.params.hdr_len;
-        let vnet = p.params.backend_vnet_hdr;
-        let Some(backend) = p.backend.as_mut() else {
-            return Ok(());
-        };
-        let zero = [0u8; features::HDR_LEN];
-        let hdr: &[u8] = if vnet { &zero[..hdr_len] } else { &[] };
-        backend.send(&[IoSlice::new(hdr), IoSlice::new(&frame)])?;
-        info!("sent RARP for {mac}");
-        Ok(())
+        if let Some(pair) = self.pairs.first() {
+            let mut p = pair.lock();
+            let hdr_len = p.params.hdr_len;
+            let vnet = p.params.backend_vnet_hdr;
+            if let Some(backend) = p.backend.as_mut() {
+                let zero = [0u8; features::HDR_LEN];
+                let hdr: &[u8] = if vnet { &zero[..hdr_len] } else { &[] };
+                backend.send(&[IoSlice::new(hdr), IoSlice::new(&frame)])?;
+                info!("sent RARP for {mac}");
+                return Ok(());
+            }
+        }
+        // No rings running yet (a migration's destination may announce before it starts them).
+        match &self.backend {
+            Some(b) if self.carrier => {
+                announce::send_rarp_on(b.as_ref(), mac)?;
+                info!("sent RARP for {mac}");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Counters summed over all pairs.
@@ -462,6 +563,11 @@ impl Drop for NetDevice {
                 c.rx_max_frame,
                 c.tx_max_frame
             );
+        }
+        if self.holds_queues {
+            if let Some(claim) = &self.claim {
+                claim.release();
+            }
         }
     }
 }

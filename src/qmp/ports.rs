@@ -120,6 +120,8 @@ pub fn query_ports(
             m.insert("client".into(), json!(c.client));
             let device = p.device();
             m.insert("connected".into(), json!(device.is_some()));
+            // Ports sharing a netdev (a migration on this host): which one has its queues.
+            m.insert("running".into(), json!(p.runs_rings()));
             if let Some(d) = device {
                 let features = crate::device::lock(&d).acked_features();
                 m.insert("features".into(), json!(features));

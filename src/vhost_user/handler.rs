@@ -348,6 +348,7 @@ impl Handler {
         // negotiated (QEMU resets right after negotiating and keeps using REPLY_ACK).
         self.enable_requested.iter_mut().for_each(|e| *e = false);
         self.features_set = false;
+        dev.rings_changed()?;
         dev.set_features(0)?;
         Ok(())
     }
@@ -523,6 +524,9 @@ impl Handler {
         } else {
             let (pair, rx) = dev.vring(s.index)?;
             let base = pair.lock().stop_ring(rx);
+            // The last ring stopped gives the netdev's queues back (a migration's source at
+            // switch-over), before the frontend hears the base.
+            dev.rings_changed()?;
             base
         };
         let state = VhostUserVringState::new(s.index, u32::from(base));
@@ -681,7 +685,7 @@ impl Handler {
 
     fn set_vring_fd(
         &mut self,
-        dev: &NetDevice,
+        dev: &mut NetDevice,
         request: FrontendReq,
         index: usize,
         fd: Option<OwnedFd>,
@@ -702,9 +706,13 @@ impl Handler {
                     dev.ctrl().lock().set_kick(kick)?;
                 } else {
                     let (pair, rx) = dev.vring(index)?;
-                    let mut q = pair.lock();
-                    q.set_kick(rx, kick)?;
-                    q.update_interest();
+                    {
+                        let mut q = pair.lock();
+                        q.set_kick(rx, kick)?;
+                        q.update_interest();
+                    }
+                    // The first ring started takes the netdev's queues.
+                    dev.rings_changed()?;
                 }
             }
             FrontendReq::SET_VRING_CALL => Self::with_ring(dev, index, |ring| {

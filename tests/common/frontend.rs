@@ -254,6 +254,26 @@ impl TestFrontend {
         self.sync();
     }
 
+    /// Stops every ring set up (`GET_VRING_BASE`), as QEMU does when its VM stops (a
+    /// migration's switch-over); returns where each stopped.
+    pub fn stop_rings(&mut self) -> Vec<u32> {
+        (0..self.rings.len())
+            .map(|q| self.fe.get_vring_base(q).expect("get_vring_base"))
+            .collect()
+    }
+
+    /// Starts the rings again from `bases`, with new kick descriptors, as QEMU does when its
+    /// VM runs again.
+    pub fn restart_rings(&mut self, bases: &[u32]) {
+        for (q, base) in bases.iter().enumerate() {
+            self.fe.set_vring_base(q, *base as u16).expect("vring base");
+            let kick = EventFd::new(EFD_NONBLOCK).expect("kick");
+            self.fe.set_vring_kick(q, &kick).expect("vring kick");
+            self.kicks[q] = kick;
+        }
+        self.sync();
+    }
+
     /// Header length the device uses with the acked features.
     pub fn hdr_len(&self) -> usize {
         12
