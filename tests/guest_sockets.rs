@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::netns::Netns;
-use common::qemu::{qemu_72_root, virtio_vectors, Guest, QemuVersion};
+use common::qemu::{qemu_72_root, vhost_user_nic_at, virtio_vectors, Guest, QemuVersion};
 use common::{guest_kernel, initramfs, privileged_environment, which, TempDir};
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -227,17 +227,13 @@ fn guests_talk_across_every_socket_netdev_and_passt_leases() {
     initramfs::build(&initrd_a, &modules, &script_a());
     let mut args_a = Vec::new();
     for i in 0..netdevs.len() {
-        args_a.extend([
-            "-chardev".to_string(),
-            format!("socket,id=c{i},path={d}/a{i}.sock"),
-            "-netdev".into(),
-            format!("vhost-user,id=v{i},chardev=c{i}"),
-            "-device".into(),
-            format!(
-                "virtio-net-pci,netdev=v{i},mac=52:54:00:aa:00:{i:02x},romfile={}",
-                virtio_vectors(QemuVersion::Installed, 1)
-            ),
-        ]);
+        args_a.extend(vhost_user_nic_at(
+            QemuVersion::Installed,
+            i,
+            format!("{d}/a{i}.sock"),
+            1,
+            &format!("52:54:00:aa:00:{i:02x}"),
+        ));
     }
     let mut guest_a = Guest::boot_in(
         Some(&ns),

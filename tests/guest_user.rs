@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::netns::Netns;
-use common::qemu::{virtio_vectors, Guest, QemuVersion};
+use common::qemu::{vhost_user_nic_at, Guest, QemuVersion};
 use common::{guest_kernel, initramfs, privileged_environment, TempDir};
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -239,17 +239,13 @@ fn guest_gets_network_from_the_default_user_stack() {
     initramfs::build(&initrd, &modules, &guest_script());
     let mut args = Vec::new();
     for (i, name) in ["default", "restricted"].iter().enumerate() {
-        args.extend([
-            "-chardev".to_string(),
-            format!("socket,id=c{i},path={d}/{name}.sock"),
-            "-netdev".into(),
-            format!("vhost-user,id=v{i},chardev=c{i}"),
-            "-device".into(),
-            format!(
-                "virtio-net-pci,netdev=v{i},mac=52:54:00:cc:00:0{i},romfile={}",
-                virtio_vectors(QemuVersion::Installed, 1)
-            ),
-        ]);
+        args.extend(vhost_user_nic_at(
+            QemuVersion::Installed,
+            i,
+            format!("{d}/{name}.sock"),
+            1,
+            &format!("52:54:00:cc:00:0{i}"),
+        ));
     }
     let mut guest = Guest::boot_in(
         Some(&ns),

@@ -47,12 +47,23 @@ pub fn vhost_user_nic(
     queues: u16,
     mac: &str,
 ) -> Vec<String> {
+    vhost_user_nic_at(version, 0, chardev, queues, mac)
+}
+
+/// As [`vhost_user_nic`], for the guest's NIC number `index` (`c<index>`/`v<index>`).
+pub fn vhost_user_nic_at(
+    version: QemuVersion,
+    index: usize,
+    chardev: String,
+    queues: u16,
+    mac: &str,
+) -> Vec<String> {
     let chardev = if chardev.starts_with("socket,") {
         chardev
     } else {
-        format!("socket,id=c0,path={chardev}")
+        format!("socket,id=c{index},path={chardev}")
     };
-    let mut device = format!("virtio-net-pci,netdev=v0,mac={mac},romfile=");
+    let mut device = format!("virtio-net-pci,netdev=v{index},mac={mac},romfile=");
     if queues > 1 {
         device.push_str(",mq=on");
     }
@@ -61,7 +72,7 @@ pub fn vhost_user_nic(
         "-chardev".to_string(),
         chardev,
         "-netdev".into(),
-        format!("vhost-user,id=v0,chardev=c0,queues={queues}"),
+        format!("vhost-user,id=v{index},chardev=c{index},queues={queues}"),
         "-device".into(),
         device,
     ]
