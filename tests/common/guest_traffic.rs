@@ -206,11 +206,21 @@ if ping -c 3 -W 5 10.0.0.1 | grep -q " 0% packet loss"; then echo "RESULT ping-a
 /// The host's word to a guest waiting in [`phase`]: connects to its listener on `port` from
 /// inside `ns`, retried for up to a minute (the path may be coming back), and sends `word`.
 pub fn tell_guest(ns: &Netns, port: u16, word: &'static str) -> Result<(), String> {
+    tell_guest_at(ns, GUEST_IP, port, word)
+}
+
+/// As [`tell_guest`], to the guest at `ip`.
+pub fn tell_guest_at(
+    ns: &Netns,
+    ip: &'static str,
+    port: u16,
+    word: &'static str,
+) -> Result<(), String> {
     ns.spawn(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             match std::net::TcpStream::connect_timeout(
-                &(GUEST_IP, port).into_addr(),
+                &(ip, port).into_addr(),
                 Duration::from_secs(2),
             ) {
                 Ok(mut s) => {

@@ -5,6 +5,11 @@ use std::path::Path;
 /// Runs `tests/python/SCRIPT SOCKET`; panics with its output if it fails. Returns false (skip)
 /// only outside the full suite when python3 has no `qemu.qmp`.
 pub fn run_qmp_script(script: &str, socket: &Path) -> bool {
+    run_qmp_script_with(script, socket, &[])
+}
+
+/// As [`run_qmp_script`], with more arguments after the socket.
+pub fn run_qmp_script_with(script: &str, socket: &Path, args: &[&str]) -> bool {
     let available = std::process::Command::new("python3")
         .args(["-c", "import qemu.qmp"])
         .status()
@@ -22,6 +27,7 @@ pub fn run_qmp_script(script: &str, socket: &Path) -> bool {
     let out = std::process::Command::new("python3")
         .arg(path)
         .arg(socket)
+        .args(args)
         .output()
         .expect("run python3");
     assert!(
