@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use common::{
     cpu_seconds, process_cpu_seconds, runs_and_window, summary, wait_for_file, Proc, Qmp,
 };
-use frontend::{RawDescriptor, TestFrontend, F_EVENT_IDX, F_VERSION_1, QUEUE_SIZE};
+use frontend::{RawDescriptor, TestFrontend, F_EVENT_IDX, F_MRG_RXBUF, F_VERSION_1, QUEUE_SIZE};
 use netns::Netns;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
@@ -79,14 +79,28 @@ enum Stack {
     Plain,
     /// QEMU's `-netdev user`.
     Libslirp,
+    /// passt `--vhost-user` (`PASST`, or what `scripts/build-passt.sh` built), on the same
+    /// frontend and tap.
+    Passt,
 }
 
 impl Stack {
+    /// Its name in `BENCH_STACKS`.
+    fn key(self) -> &'static str {
+        match self {
+            Stack::Offloads => "offloads",
+            Stack::Plain => "plain",
+            Stack::Libslirp => "libslirp",
+            Stack::Passt => "passt",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Stack::Offloads => "vhost-user-netd",
             Stack::Plain => "vhost-user-netd (no offloads)",
             Stack::Libslirp => "libslirp (QEMU)",
+            Stack::Passt => "passt --vhost-user",
         }
     }
 }
@@ -121,27 +135,29 @@ struct Bridge {
 }
 
 impl Bridge {
-    fn start(socket: &Path, tap: OwnedFd, offloads: bool) -> Self {
+    fn start(socket: &Path, tap: OwnedFd, stack: Stack) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let tid = Arc::new(AtomicI32::new(0));
-        let wanted = if offloads {
-            F_VERSION_1 | F_EVENT_IDX | OFFLOAD_FEATURES
-        } else {
-            F_VERSION_1 | F_EVENT_IDX
+        let mut fe = match stack {
+            Stack::Offloads => {
+                let fe =
+                    TestFrontend::connect(socket, 1, F_VERSION_1 | F_EVENT_IDX | OFFLOAD_FEATURES);
+                assert_eq!(
+                    fe.acked & OFFLOAD_FEATURES,
+                    OFFLOAD_FEATURES,
+                    "offloads offered"
+                );
+                fe
+            }
+            Stack::Plain => TestFrontend::connect(socket, 1, F_VERSION_1 | F_EVENT_IDX),
+            // passt offers VERSION_1 and MRG_RXBUF only (same 12-byte header).
+            _ => TestFrontend::connect_other(socket, 1, F_VERSION_1 | F_MRG_RXBUF),
         };
-        let mut fe = TestFrontend::connect(socket, 1, wanted);
-        if offloads {
-            assert_eq!(
-                fe.acked & OFFLOAD_FEATURES,
-                OFFLOAD_FEATURES,
-                "offloads offered"
-            );
-        }
         let (flag, tid_out) = (stop.clone(), tid.clone());
         let thread = std::thread::spawn(move || {
             // SAFETY: gettid has no arguments and cannot fail.
             tid_out.store(unsafe { libc::gettid() }, Ordering::SeqCst);
-            bridge_loop(&mut fe, &tap, offloads, &flag);
+            bridge_loop(&mut fe, &tap, stack, &flag);
         });
         Bridge {
             stop,
@@ -175,12 +191,59 @@ fn host_ptr(fe: &TestFrontend, addr: u64) -> *mut u8 {
         .expect("buffer inside guest RAM")
 }
 
-/// With `vnet` the tap carries the virtio-net header itself (same layout, 12 bytes): buffers go
-/// to and from it whole. Without, the header is all zero and stays out of the tap.
-fn bridge_loop(fe: &mut TestFrontend, tap: &OwnedFd, vnet: bool, stop: &AtomicBool) {
+/// passt's frames toward the guest carry TCP with a zero checksum and `DATA_VALID`, which a
+/// tap cannot take (the kernel would verify the zero): they become partial checksums, as a
+/// virtio-net guest's driver would treat them (the pseudo-header sum, `NEEDS_CSUM`).
+fn data_valid_to_partial(buf: &mut [u8]) {
+    const F_NEEDS_CSUM: u8 = 1;
+    const F_DATA_VALID: u8 = 2;
+    if buf.len() < VNET_HDR + 14 + 40 || buf[0] & F_DATA_VALID == 0 {
+        return;
+    }
+    let frame = &buf[VNET_HDR..];
+    let (ip_hdr, tcp_len, sum) = match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 if frame[14 + 9] == 6 => {
+            let hl = usize::from(frame[14] & 0xf) * 4;
+            let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+            let tcp_len = total.saturating_sub(hl);
+            (hl, tcp_len, pseudo_sum(&frame[26..34], tcp_len))
+        }
+        0x86dd if frame[14 + 6] == 6 => {
+            let tcp_len = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+            (40, tcp_len, pseudo_sum(&frame[22..54], tcp_len))
+        }
+        _ => return,
+    };
+    let start = 14 + ip_hdr;
+    if VNET_HDR + start + 18 > buf.len() || tcp_len < 20 {
+        return;
+    }
+    buf[0] = F_NEEDS_CSUM;
+    buf[6..8].copy_from_slice(&(start as u16).to_le_bytes());
+    buf[8..10].copy_from_slice(&16u16.to_le_bytes());
+    buf[VNET_HDR + start + 16..VNET_HDR + start + 18].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The folded (not complemented) TCP pseudo-header sum over `addresses` (source then
+/// destination) and `tcp_len`.
+fn pseudo_sum(addresses: &[u8], tcp_len: usize) -> u16 {
+    let mut sum: u32 = 6 + tcp_len as u32;
+    for pair in addresses.chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// With a vnet-header tap (every stack but "no offloads") the tap carries the virtio-net header
+/// itself (same layout, 12 bytes): buffers go to and from it whole. Without, the header is all
+/// zero and stays out of the tap.
+fn bridge_loop(fe: &mut TestFrontend, tap: &OwnedFd, stack: Stack, stop: &AtomicBool) {
     const RX: usize = 0;
     const TX: usize = 1;
-    let skip = if vnet { 0 } else { VNET_HDR };
+    let skip = if stack == Stack::Plain { VNET_HDR } else { 0 };
     // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no pointers involved.
     unsafe {
         let flags = libc::fcntl(tap.as_raw_fd(), libc::F_GETFL);
@@ -220,6 +283,11 @@ fn bridge_loop(fe: &mut TestFrontend, tap: &OwnedFd, vnet: bool, stop: &AtomicBo
             let addr = fe.rings[RX].buffer_addr(slot, BUF);
             let frame_len = (len as usize).saturating_sub(skip);
             let ptr = host_ptr(fe, addr + skip as u64);
+            if stack == Stack::Passt {
+                // SAFETY: the buffer lies inside the mapped guest RAM, the device has filled
+                // `len` bytes of it and handed it back (it is off the ring until reposted).
+                data_valid_to_partial(unsafe { std::slice::from_raw_parts_mut(ptr, frame_len) });
+            }
             // SAFETY: the buffer lies inside the mapped guest RAM and the device has filled
             // `len` bytes of it; write only reads from it.
             unsafe { libc::write(tap.as_raw_fd(), ptr.cast(), frame_len) };
@@ -308,11 +376,36 @@ fn start_stack(stack: Stack, tap: OwnedFd, scratch: &Path) -> Running {
             );
             let qmp = Qmp::connect(&qmp);
             wait_for_file(&socket);
-            let bridge = Bridge::start(&socket, tap, stack == Stack::Offloads);
+            let bridge = Bridge::start(&socket, tap, stack);
             Running {
                 process,
                 bridge: Some(bridge),
                 qmp: Some(qmp),
+            }
+        }
+        Stack::Passt => {
+            let socket = scratch.join("passt.sock");
+            let passt = passt_binary().expect("passt binary");
+            // The bench's guest: QEMU's user-mode addresses, the gateway mapped to the host's
+            // loopback as both other stacks do.
+            let process = Proc(
+                Command::new(passt)
+                    .args(["--vhost-user", "--foreground", "--quiet", "--socket"])
+                    .arg(&socket)
+                    .args(["-a", "10.0.2.15", "-n", "24", "-g", "10.0.2.2"])
+                    .args(["-a", "fec0::15", "-g", "fec0::2"])
+                    .args(["--map-host-loopback", "10.0.2.2"])
+                    .args(["--map-host-loopback", "fec0::2"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("spawn passt"),
+            );
+            wait_for_file(&socket);
+            let bridge = Bridge::start(&socket, tap, stack);
+            Running {
+                process,
+                bridge: Some(bridge),
+                qmp: None,
             }
         }
         Stack::Libslirp => {
@@ -434,10 +527,12 @@ struct Sample {
 fn run_once(stack: Stack, dir: Direction, window: Duration, scratch: &Path) -> Sample {
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch).unwrap();
-    let tap = if stack == Stack::Offloads {
-        tap::open_offload_tap(TAP)
-    } else {
-        tap::open_plain_tap(TAP)
+    let tap = match stack {
+        Stack::Offloads => tap::open_offload_tap(TAP),
+        // A vnet header (to present passt's checksums to the tap), no offloads from the kernel:
+        // passt negotiates none.
+        Stack::Passt => tap::open_vnet_tap(TAP, 0),
+        Stack::Plain | Stack::Libslirp => tap::open_plain_tap(TAP),
     };
     let ns = guest_namespace(&tap);
     let mut running = start_stack(stack, tap, scratch);
@@ -471,6 +566,15 @@ fn run_once(stack: Stack, dir: Direction, window: Duration, scratch: &Path) -> S
     }
 }
 
+/// passt with vhost-user support: `PASST`, else the one `scripts/build-passt.sh` builds.
+fn passt_binary() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PASST").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/.work/passt/passt"),
+        std::path::PathBuf::from,
+    );
+    path.exists().then_some(path)
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -481,6 +585,17 @@ fn main() {
         "{:<30} {:<14} {:>9} {:>15} {:>6} {:>10}",
         "stack", "direction", "Gbit/s", "min-max", "cpu%", "frame B"
     );
+    let mut stacks = vec![Stack::Offloads, Stack::Plain, Stack::Libslirp];
+    if passt_binary().is_some() {
+        stacks.push(Stack::Passt);
+    } else {
+        println!(
+            "passt: skipped (no passt with vhost-user: set PASST, or run scripts/build-passt.sh)"
+        );
+    }
+    // BENCH_STACKS=offloads,plain,libslirp,passt picks stacks (all by default).
+    let picked = std::env::var("BENCH_STACKS").unwrap_or_default();
+    stacks.retain(|s| picked.is_empty() || picked.split(',').any(|p| p == s.key()));
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |name: String| only.is_empty() || only.split(',').any(|o| o == name);
     for dir in [Direction::GuestToHost, Direction::HostToGuest] {
@@ -488,7 +603,7 @@ fn main() {
             continue;
         }
         let mut medians = Vec::new();
-        for stack in [Stack::Offloads, Stack::Plain, Stack::Libslirp] {
+        for &stack in &stacks {
             let samples: Vec<Sample> = (0..runs)
                 .map(|_| run_once(stack, dir, window, &scratch))
                 .collect();
@@ -507,13 +622,19 @@ fn main() {
             );
             medians.push(m);
         }
-        println!(
-            "{:<30} {:<14} {:>8.2}x (no offloads: {:.2}x)",
-            "vhost-user-netd / libslirp",
-            format!("{dir:?}"),
-            medians[0] / medians[2].max(1e-9),
-            medians[1] / medians[2].max(1e-9)
-        );
+        let median = |s: Stack| stacks.iter().position(|&x| x == s).map(|i| medians[i]);
+        for reference in [Stack::Libslirp, Stack::Passt] {
+            let Some(r) = median(reference) else { continue };
+            let ratio =
+                |s| median(s).map_or("-".to_string(), |m| format!("{:.2}x", m / r.max(1e-9)));
+            println!(
+                "{:<30} {:<14} {:>9} (no offloads: {})",
+                format!("vhost-user-netd / {}", reference.key()),
+                format!("{dir:?}"),
+                ratio(Stack::Offloads),
+                ratio(Stack::Plain)
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -108,8 +108,18 @@ impl TestFrontend {
         Self::over_frontend(fe, queue_pairs, wanted)
     }
 
-    fn over_frontend(fe: Frontend, queue_pairs: u16, wanted: u64) -> Self {
-        let mut t = TestFrontend {
+    /// Connects to another vhost-user net backend (passt, in the benches) and starts every
+    /// ring: none of this daemon's own answers is checked (its control queue, say).
+    pub fn connect_other(path: &std::path::Path, queue_pairs: u16, wanted: u64) -> Self {
+        let fe =
+            Frontend::connect(path, u64::from(queue_pairs) * 2 + 1).expect("connect to backend");
+        let mut t = Self::unstarted(fe);
+        t.handshake_with(queue_pairs, wanted, false);
+        t
+    }
+
+    fn unstarted(fe: Frontend) -> Self {
+        TestFrontend {
             fe,
             ram: GuestRam::with_size(RAM_SIZE),
             rings: Vec::new(),
@@ -119,7 +129,11 @@ impl TestFrontend {
             server: None,
             acked: 0,
             port: None,
-        };
+        }
+    }
+
+    fn over_frontend(fe: Frontend, queue_pairs: u16, wanted: u64) -> Self {
+        let mut t = Self::unstarted(fe);
         t.handshake(queue_pairs, wanted);
         t
     }
@@ -150,6 +164,11 @@ impl TestFrontend {
     }
 
     fn handshake(&mut self, queue_pairs: u16, wanted: u64) {
+        self.handshake_with(queue_pairs, wanted, true);
+    }
+
+    /// `daemon`: the backend is this daemon, whose answers are checked on the way.
+    fn handshake_with(&mut self, queue_pairs: u16, wanted: u64, daemon: bool) {
         let fe = &mut self.fe;
         fe.set_owner().expect("set_owner");
         let offered = fe.get_features().expect("get_features");
@@ -163,11 +182,13 @@ impl TestFrontend {
                 | VhostUserProtocolFeatures::BACKEND_REQ),
         )
         .expect("set_protocol_features");
-        assert_eq!(
-            fe.get_queue_num().expect("queue num"),
-            u64::from(queue_pairs) * 2 + 1,
-            "two vrings per pair and the control queue"
-        );
+        if daemon {
+            assert_eq!(
+                fe.get_queue_num().expect("queue num"),
+                u64::from(queue_pairs) * 2 + 1,
+                "two vrings per pair and the control queue"
+            );
+        }
         self.acked = offered & (wanted | F_PROTOCOL | F_VERSION_1);
         fe.set_features(self.acked).expect("set_features");
         let region = VhostUserMemoryRegionInfo {

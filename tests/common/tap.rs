@@ -20,10 +20,16 @@ pub fn open_plain_tap(name: &str) -> std::os::fd::OwnedFd {
 /// Opens (creating it if needed) a tap whose frames carry a 12-byte virtio-net header with
 /// checksum and TSO offloads on, as a virtio-net guest's frames do.
 pub fn open_offload_tap(name: &str) -> std::os::fd::OwnedFd {
+    const TUN_F_CSUM_TSO4_TSO6: libc::c_uint = 0x01 | 0x02 | 0x04;
+    open_vnet_tap(name, TUN_F_CSUM_TSO4_TSO6)
+}
+
+/// Opens (creating it if needed) a tap whose frames carry a 12-byte virtio-net header, with
+/// the `TUN_F_*` offloads in `offloads` (what the kernel may hand us: partial checksums, GSO).
+pub fn open_vnet_tap(name: &str, offloads: libc::c_uint) -> std::os::fd::OwnedFd {
     use std::os::fd::AsRawFd;
     const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
     const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-    const TUN_F_CSUM_TSO4_TSO6: libc::c_uint = 0x01 | 0x02 | 0x04;
     let fd = tunsetiff(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
     let hdr_len: libc::c_int = 12;
     // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which is valid for the call.
@@ -35,7 +41,7 @@ pub fn open_offload_tap(name: &str) -> std::os::fd::OwnedFd {
         std::io::Error::last_os_error()
     );
     // SAFETY: TUNSETOFFLOAD takes its argument by value.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, TUN_F_CSUM_TSO4_TSO6) };
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, offloads) };
     assert_eq!(ret, 0, "TUNSETOFFLOAD: {}", std::io::Error::last_os_error());
     fd
 }

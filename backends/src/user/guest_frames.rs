@@ -105,6 +105,18 @@ impl GuestFrames {
 
     /// Appends a frame of `len` bytes written by `fill` (with an all-zero virtio-net header).
     pub fn push_with<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.push_zeroed(len, len, fill)
+    }
+
+    /// As [`Self::push_with`], for a `fill` that writes every byte past the first `zeroed`
+    /// (a TCP segment's payload): only those are cleared first, not a whole 64 KiB frame (a
+    /// reused buffer holds an earlier frame for this same guest).
+    pub fn push_zeroed<R>(
+        &mut self,
+        len: usize,
+        zeroed: usize,
+        fill: impl FnOnce(&mut [u8]) -> R,
+    ) -> R {
         if self.queued.len() >= QUEUE_LIMIT {
             if let Some(oldest) = self.queued.pop_front() {
                 self.queued_bytes -= oldest.len();
@@ -119,8 +131,14 @@ impl GuestFrames {
             }
             None => Vec::with_capacity(HDR_ROOM + ETH_HDR + MTU),
         };
-        buf.clear();
-        buf.resize(HDR_ROOM + len, 0);
+        let total = HDR_ROOM + len;
+        // Growing zero-fills only the new bytes; shrinking writes nothing.
+        if buf.len() > total {
+            buf.truncate(total);
+        } else {
+            buf.resize(total, 0);
+        }
+        buf[..HDR_ROOM + zeroed.min(len)].fill(0);
         // num_buffers: one buffer per frame unless the device merges (it rewrites the field).
         buf[10] = 1;
         let r = fill(&mut buf[HDR_ROOM..]);
@@ -176,7 +194,19 @@ impl GuestFrames {
         ip_len: usize,
         fill: impl FnOnce(&mut [u8]) -> R,
     ) -> R {
-        self.push_with(ETH_HDR + ip_len, |buf| {
+        self.push_ip_zeroed(link, ip_len, ip_len, fill)
+    }
+
+    /// As [`Self::push_ip`], clearing only the first `zeroed` bytes of the IP packet (see
+    /// [`Self::push_zeroed`]).
+    pub fn push_ip_zeroed<R>(
+        &mut self,
+        link: &LinkAddrs,
+        ip_len: usize,
+        zeroed: usize,
+        fill: impl FnOnce(&mut [u8]) -> R,
+    ) -> R {
+        self.push_zeroed(ETH_HDR + ip_len, ETH_HDR + zeroed, |buf| {
             let r = fill(&mut buf[ETH_HDR..]);
             let ethertype = if buf[ETH_HDR] >> 4 == 6 {
                 EthernetProtocol::Ipv6

@@ -25,7 +25,7 @@ use super::neighbors::{answer_arp, answer_ndp, ROUTER_LINK_LOCAL};
 use super::options::UserOptions;
 use super::poller::{Poller, Ready, Token};
 use super::resolver::host_resolver;
-use super::tcp_device::TcpDevice;
+use super::tcp_device::{self, TcpDevice};
 use super::tcp_flows::{FlowFate, TcpFlows};
 use super::tftp::{self, TftpServer};
 use super::udp_flows::UdpFlows;
@@ -95,16 +95,16 @@ impl std::fmt::Debug for Stack {
 
 /// smoltcp's interface for the stack's TCP: any IP (it answers for every remote address), the
 /// host addresses of `options`, default routes through them.
-fn interface(options: &UserOptions, link: &LinkAddrs) -> Interface {
+fn interface(options: &UserOptions, out: &mut GuestFrames, link: &LinkAddrs) -> Interface {
     let mut config = Config::new(HardwareAddress::Ip);
     config.random_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0x5eed);
-    let mut scratch_frames = GuestFrames::default();
+    // Only its capabilities are read here; nothing is sent.
     let mut device = TcpDevice {
         ingress: None,
-        out: &mut scratch_frames,
+        out,
         link,
     };
     let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
@@ -137,7 +137,8 @@ impl Stack {
         let poller = Poller::new().map_err(|e| Error::io("epoll", e))?;
         let link = LinkAddrs::new(options.ipv4.map(|n| n.host));
         let epoch = Instant::now();
-        let iface = interface(&options, &link);
+        let mut out = GuestFrames::default();
+        let iface = interface(&options, &mut out, &link);
         let forwards = forwarding::open_host_forwards(&options, &poller)?;
         let guest_forwards = forwarding::resolve_guest_forwards(&options)?;
         let dhcp = options.ipv4.map(|n| DhcpServer::new(n, &options));
@@ -146,7 +147,7 @@ impl Stack {
             options,
             resolv_conf,
             link,
-            out: GuestFrames::default(),
+            out,
             poller,
             ready: Vec::new(),
             iface,
@@ -634,8 +635,18 @@ impl Stack {
     }
 
     /// What the guest's virtio-net driver accepts (TCP goes to it as GSO frames if it can).
+    /// smoltcp reads the device's capabilities when its interface is made: a guest that takes
+    /// other segment sizes gets a new interface (the sockets, and so the flows, stay).
     pub fn set_guest_offloads(&mut self, offloads: crate::Offloads) {
+        let segments = |o| {
+            let s = tcp_device::capabilities(o).segmentation;
+            (s.tcpv4, s.tcpv6)
+        };
+        let before = segments(self.out.offloads);
         self.out.offloads = offloads;
+        if segments(offloads) != before {
+            self.iface = interface(&self.options, &mut self.out, &self.link);
+        }
     }
 
     /// The guest's virtio-net header length (10 or 12).
@@ -688,7 +699,7 @@ impl Stack {
 mod tests {
     use super::*;
     use crate::options::Opts;
-    use smoltcp::wire::{IpAddress, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+    use smoltcp::wire::{IpAddress, Ipv4Repr, Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber};
     use std::net::TcpListener;
 
     fn stack(extra: &str) -> Stack {
@@ -802,7 +813,114 @@ mod tests {
         let frames = wait_frames(&mut s);
         assert_eq!(frames.len(), 1);
         assert_eq!(tcp_flags(&frames[0]), (true, true, false), "SYN+ACK");
+        // smoltcp is told a segment-sized MTU; the guest hears the link's MSS, with a valid
+        // checksum over the rewritten option.
+        let ip = Ipv4Packet::new_checked(&frames[0][14..]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        let repr = TcpRepr::parse(
+            &tcp,
+            &ip.src_addr().into(),
+            &ip.dst_addr().into(),
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        )
+        .unwrap();
+        assert_eq!(repr.max_seg_size, Some(1460));
         assert!(listener.accept().is_ok(), "the host side connected");
+    }
+
+    /// A TCP segment from the guest at fec0::15 to `dst` (IPv6), as Ethernet.
+    fn tcp6_frame(dst: Ipv6Addr, repr: &TcpRepr<'_>) -> Vec<u8> {
+        let src: Ipv6Addr = "fec0::15".parse().unwrap();
+        let ip = Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: repr.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut frame = vec![0u8; 14 + ip.buffer_len() + repr.buffer_len()];
+        super::super::guest_frames::write_eth(
+            &mut frame,
+            smoltcp::wire::EthernetAddress(GUEST_MAC),
+            smoltcp::wire::EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
+            EthernetProtocol::Ipv6,
+        );
+        let mut packet = Ipv6Packet::new_unchecked(&mut frame[14..]);
+        ip.emit(&mut packet);
+        repr.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &IpAddress::Ipv6(src),
+            &IpAddress::Ipv6(dst),
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        );
+        frame
+    }
+
+    #[test]
+    fn an_ipv6_download_reaches_a_tso_guest_as_gso_frames() {
+        let mut s = stack("");
+        s.set_guest_offloads(crate::Offloads {
+            csum: true,
+            tso4: true,
+            tso6: true,
+            ..Default::default()
+        });
+        let listener = TcpListener::bind("[::1]:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let gateway: Ipv6Addr = "fec0::2".parse().unwrap();
+        let mut repr = TcpRepr {
+            src_port: 40000,
+            dst_port: port,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: None,
+            window_len: 65535,
+            window_scale: Some(7),
+            max_seg_size: Some(1440),
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        s.guest_frame(&tcp6_frame(gateway, &repr));
+        s.guest_frames_done();
+        let (mut host, _) = listener.accept().unwrap();
+        let synack = wait_frames(&mut s);
+        let ip = Ipv6Packet::new_checked(&synack[0][14..]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.syn() && tcp.ack());
+        // The handshake's last ACK, then 256 KiB from the host.
+        repr.control = TcpControl::None;
+        repr.seq_number = TcpSeqNumber(1001);
+        repr.ack_number = Some(tcp.seq_number() + 1);
+        repr.window_scale = None;
+        repr.max_seg_size = None;
+        repr.window_len = 4096; // 512 KiB with the scale
+        s.guest_frame(&tcp6_frame(gateway, &repr));
+        s.guest_frames_done();
+        std::io::Write::write_all(&mut host, &vec![7u8; 256 << 10]).unwrap();
+        let mut largest = (0, 0u8, 0u16);
+        for _ in 0..20 {
+            let mut buf = vec![0u8; 70_000];
+            while let Ok(n) = s.next_frame(&mut [IoSliceMut::new(&mut buf)]) {
+                if n > largest.0 {
+                    largest = (n, buf[1], u16::from_le_bytes([buf[4], buf[5]]));
+                }
+            }
+            if largest.0 > 12 + 1514 {
+                break;
+            }
+            let mut pfd = [libc::pollfd {
+                fd: s.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            sys::poll(&mut pfd, 100).unwrap();
+        }
+        // VIRTIO_NET_HDR_GSO_TCPV6 (4), cut at the MSS the guest announced.
+        assert!(largest.0 > 12 + 1514, "largest frame {} bytes", largest.0);
+        assert_eq!((largest.1, largest.2), (4, 1440));
+        s.shutdown();
     }
 
     #[test]

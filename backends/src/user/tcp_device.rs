@@ -6,8 +6,9 @@ use std::num::{NonZeroU16, NonZeroUsize};
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-use super::guest_frames::{GuestFrames, LinkAddrs, MTU};
+use super::guest_frames::{GuestFrames, LinkAddrs};
 use super::tcp_offload;
+use crate::Offloads;
 
 /// A device over one ingress packet (or none) and the guest queue.
 pub struct TcpDevice<'a> {
@@ -25,16 +26,28 @@ impl std::fmt::Debug for TcpDevice<'_> {
     }
 }
 
-/// The capabilities every [`TcpDevice`] reports.
-pub fn capabilities() -> DeviceCapabilities {
+/// The largest IP packet smoltcp is told the device takes: one TCP segment of up to 64 KiB,
+/// which `tcp_offload` hands to the guest whole (TSO) or cuts at the MSS. smoltcp 0.14 drops an
+/// IPv6 packet over the MTU even when the device segments it (`dispatch_ip` checks the MTU
+/// before the segmentation request), so the MTU it sees is this size, not the link's; the MSS
+/// it announces in its SYNs is clamped back to the link's by `tcp_offload`.
+pub const SEGMENT_MAX: usize = u16::MAX as usize;
+
+/// The capabilities of a [`TcpDevice`] toward a guest that accepts `offloads`. smoltcp hands
+/// over segments of up to 64 KiB (with the MSS to cut them at) only for an IP version the guest
+/// takes as TSO frames; for the others it writes MSS-sized segments itself, straight into their
+/// frames, instead of `tcp_offload` cutting a large one with a second copy.
+pub fn capabilities(offloads: Offloads) -> DeviceCapabilities {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ip;
-    caps.max_transmission_unit = MTU;
-    // IPv4 segments of up to 64 KiB: `tcp_offload` hands them to the guest whole (TSO) or cuts
-    // them. Not IPv6: smoltcp 0.14 drops an IPv6 packet over the MTU even when the device
-    // segments (`dispatch_ip` checks the MTU before looking at the segmentation request), so
-    // IPv6 segments stay at the MSS.
-    caps.segmentation.tcpv4 = NonZeroUsize::new(usize::from(u16::MAX));
+    caps.max_transmission_unit = SEGMENT_MAX;
+    let gso = |tso: bool| {
+        (tso && offloads.csum)
+            .then(|| NonZeroUsize::new(SEGMENT_MAX))
+            .flatten()
+    };
+    caps.segmentation.tcpv4 = gso(offloads.tso4);
+    caps.segmentation.tcpv6 = gso(offloads.tso6);
     // Guest memory does not corrupt frames: checksums are written, not verified. TCP's are
     // written by `tcp_offload` (partial when the guest offloads them).
     let mut checksum = ChecksumCapabilities::default();
@@ -66,7 +79,9 @@ pub struct Egress<'a> {
 
 impl smoltcp::phy::TxToken for Egress<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let r = self.out.push_ip(self.link, len, f);
+        // smoltcp writes every header byte it means and the whole payload: only the headers
+        // (IP's up to 60 bytes and TCP's up to 60) are cleared first.
+        let r = self.out.push_ip_zeroed(self.link, len, 60 + 60, f);
         tcp_offload::finish_last(self.out, self.mss);
         r
     }
@@ -108,6 +123,6 @@ impl Device for TcpDevice<'_> {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        capabilities()
+        capabilities(self.out.offloads)
     }
 }

@@ -7,7 +7,7 @@
 
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
 
-use super::guest_frames::{GuestFrames, ETH_HDR, HDR_ROOM};
+use super::guest_frames::{GuestFrames, ETH_HDR, HDR_ROOM, MTU};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
 const F_NEEDS_CSUM: u8 = 1;
@@ -98,7 +98,14 @@ pub fn finish_last(out: &mut GuestFrames, mss: Option<u16>) {
         let Some(l) = Layout::of(frame) else {
             return;
         };
+        clamp_mss(frame, &l);
         let payload = l.tcp_len - l.tcp_hdr;
+        // smoltcp 0.14 passes no segmentation request with an IPv6 packet (its `dispatch_ip`
+        // sets the metadata on the IPv4 path only): a segment over the link's MTU is cut at
+        // the link's MSS, which is what smoltcp would have asked for from a guest on it.
+        let mss = mss.or_else(|| {
+            (l.v6 && l.ip_hdr + l.tcp_len > MTU).then(|| (MTU - l.ip_hdr - l.tcp_hdr) as u16)
+        });
         let oversize = mss.filter(|&m| m > 0 && payload > usize::from(m));
         let tso = if l.v6 { offloads.tso6 } else { offloads.tso4 };
         match oversize {
@@ -115,6 +122,42 @@ pub fn finish_last(out: &mut GuestFrames, mss: Option<u16>) {
     };
     if let Some((l, mss)) = cut {
         segment(out, &l, usize::from(mss));
+    }
+}
+
+/// Announces the link's MSS in a SYN: smoltcp computes it from the MTU it is told, which is a
+/// whole segment (`tcp_device::SEGMENT_MAX`). Runs before the checksum is written.
+fn clamp_mss(frame: &mut [u8], l: &Layout) {
+    const KIND_END: u8 = 0;
+    const KIND_NOP: u8 = 1;
+    const KIND_MSS: u8 = 2;
+    let link_mss = (MTU - l.ip_hdr - 20) as u16;
+    let start = ETH_HDR + l.ip_hdr;
+    let Some(tcp) = frame.get_mut(start..start + l.tcp_hdr) else {
+        return;
+    };
+    if !TcpPacket::new_unchecked(&*tcp).syn() {
+        return;
+    }
+    let mut i = 20;
+    while i < tcp.len() {
+        match tcp[i] {
+            KIND_END => return,
+            KIND_NOP => i += 1,
+            kind => {
+                let Some(&len) = tcp.get(i + 1) else { return };
+                let len = usize::from(len);
+                if len < 2 || i + len > tcp.len() {
+                    return;
+                }
+                if kind == KIND_MSS && len == 4 {
+                    let mss = u16::from_be_bytes([tcp[i + 2], tcp[i + 3]]);
+                    tcp[i + 2..i + 4].copy_from_slice(&mss.min(link_mss).to_be_bytes());
+                    return;
+                }
+                i += len;
+            }
+        }
     }
 }
 
@@ -136,7 +179,8 @@ fn segment(out: &mut GuestFrames, l: &Layout, mss: usize) {
             tcp_len: l.tcp_hdr + chunk.len(),
             ..*l
         };
-        out.push_with(headers.len() + chunk.len(), |f| {
+        // Every byte is written: headers, then the chunk.
+        out.push_zeroed(headers.len() + chunk.len(), 0, |f| {
             f[..headers.len()].copy_from_slice(headers);
             f[headers.len()..].copy_from_slice(chunk);
             let ip = &mut f[ETH_HDR..];
