@@ -524,7 +524,7 @@ struct Sample {
     mean_frame: f64,
 }
 
-fn run_once(stack: Stack, dir: Direction, window: Duration, scratch: &Path) -> Sample {
+fn run_once(stack: Stack, dir: Direction, v6: bool, window: Duration, scratch: &Path) -> Sample {
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch).unwrap();
     let tap = match stack {
@@ -536,7 +536,7 @@ fn run_once(stack: Stack, dir: Direction, window: Duration, scratch: &Path) -> S
     };
     let ns = guest_namespace(&tap);
     let mut running = start_stack(stack, tap, scratch);
-    let transfer = start_transfer(&ns, dir, std::env::var_os("BENCH_IPV6").is_some());
+    let transfer = start_transfer(&ns, dir, v6);
     // Warm-up: TCP's slow start and the first buffers (timing, not synchronisation).
     std::thread::sleep(Duration::from_millis(500));
     let (b0, c0, t0) = (
@@ -566,6 +566,32 @@ fn run_once(stack: Stack, dir: Direction, window: Duration, scratch: &Path) -> S
     }
 }
 
+/// The daemon's CPU while its guest holds an established TCP connection that carries nothing
+/// (a frontend attached, rings running): it should sleep.
+fn idle(window: Duration, scratch: &Path) {
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch).unwrap();
+    let tap = tap::open_offload_tap(TAP);
+    let ns = guest_namespace(&tap);
+    let running = start_stack(Stack::Offloads, tap, scratch);
+    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let guest = ns.spawn(move || TcpStream::connect(("10.0.2.2", port)).unwrap());
+    let (host, _) = listener.accept().unwrap();
+    let guest = guest.join().unwrap();
+    // Let the handshake's last timers run out (timing, not synchronisation).
+    std::thread::sleep(Duration::from_secs(1));
+    let daemon = running.process.0.id();
+    let c0 = process_cpu_seconds(daemon);
+    std::thread::sleep(window);
+    let cpu = (process_cpu_seconds(daemon) - c0) / window.as_secs_f64() * 100.0;
+    println!(
+        "{:<30} {:<16} {:>9} {:>15} {:>6.1}",
+        "vhost-user-netd", "idle, 1 flow", "-", "-", cpu
+    );
+    drop((host, guest, running, ns));
+}
+
 /// passt with vhost-user support: `PASST`, else the one `scripts/build-passt.sh` builds.
 fn passt_binary() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PASST").map_or_else(
@@ -582,7 +608,7 @@ fn main() {
     let (runs, window) = runs_and_window(3, 3.0);
     let scratch = std::env::temp_dir().join(format!("vunetd-bench-user-{}", std::process::id()));
     println!(
-        "{:<30} {:<14} {:>9} {:>15} {:>6} {:>10}",
+        "{:<30} {:<16} {:>9} {:>15} {:>6} {:>10}",
         "stack", "direction", "Gbit/s", "min-max", "cpu%", "frame B"
     );
     let mut stacks = vec![Stack::Offloads, Stack::Plain, Stack::Libslirp];
@@ -598,41 +624,75 @@ fn main() {
     stacks.retain(|s| picked.is_empty() || picked.split(',').any(|p| p == s.key()));
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |name: String| only.is_empty() || only.split(',').any(|o| o == name);
-    for dir in [Direction::GuestToHost, Direction::HostToGuest] {
-        if !wanted(format!("{dir:?}").to_lowercase()) {
+    // BENCH_IP=4 (the default), 6, or 4,6 for both in one run (BENCH_IPV6=1 means 6).
+    let families = std::env::var("BENCH_IP").unwrap_or_else(|_| {
+        if std::env::var_os("BENCH_IPV6").is_some() {
+            "6".into()
+        } else {
+            "4".into()
+        }
+    });
+    let mut by_family: Vec<(bool, Direction, Stack, f64)> = Vec::new();
+    for v6 in [false, true] {
+        if !families.split(',').any(|f| f == if v6 { "6" } else { "4" }) {
             continue;
         }
-        let mut medians = Vec::new();
-        for &stack in &stacks {
-            let samples: Vec<Sample> = (0..runs)
-                .map(|_| run_once(stack, dir, window, &scratch))
-                .collect();
-            let rates: Vec<f64> = samples.iter().map(|s| s.gbit_per_sec).collect();
-            let cpu: Vec<f64> = samples.iter().map(|s| s.cpu_percent).collect();
-            let frame: Vec<f64> = samples.iter().map(|s| s.mean_frame).collect();
-            let (m, lo, hi) = summary(&rates);
+        let family = if v6 { "v6" } else { "v4" };
+        for dir in [Direction::GuestToHost, Direction::HostToGuest] {
+            if !wanted(format!("{dir:?}").to_lowercase()) {
+                continue;
+            }
+            let label = format!("{dir:?}/{family}");
+            let mut medians = Vec::new();
+            for &stack in &stacks {
+                let samples: Vec<Sample> = (0..runs)
+                    .map(|_| run_once(stack, dir, v6, window, &scratch))
+                    .collect();
+                let rates: Vec<f64> = samples.iter().map(|s| s.gbit_per_sec).collect();
+                let cpu: Vec<f64> = samples.iter().map(|s| s.cpu_percent).collect();
+                let frame: Vec<f64> = samples.iter().map(|s| s.mean_frame).collect();
+                let (m, lo, hi) = summary(&rates);
+                println!(
+                    "{:<30} {:<16} {:>9.3} {:>15} {:>6.0} {:>10.0}",
+                    stack.label(),
+                    label,
+                    m,
+                    format!("{lo:.2}-{hi:.2}"),
+                    summary(&cpu).0,
+                    summary(&frame).0
+                );
+                medians.push(m);
+                by_family.push((v6, dir, stack, m));
+            }
+            let median = |s: Stack| stacks.iter().position(|&x| x == s).map(|i| medians[i]);
+            for reference in [Stack::Libslirp, Stack::Passt] {
+                let Some(r) = median(reference) else { continue };
+                let ratio =
+                    |s| median(s).map_or("-".to_string(), |m| format!("{:.2}x", m / r.max(1e-9)));
+                println!(
+                    "{:<30} {:<16} {:>9} (no offloads: {})",
+                    format!("vhost-user-netd / {}", reference.key()),
+                    label,
+                    ratio(Stack::Offloads),
+                    ratio(Stack::Plain)
+                );
+            }
+        }
+    }
+    if wanted("idle".into()) {
+        idle(window, &scratch);
+    }
+    // Both families in one run: IPv6 against IPv4, per stack and direction.
+    for &(_, dir, stack, m6) in by_family.iter().filter(|f| f.0) {
+        if let Some(&(_, _, _, m4)) = by_family
+            .iter()
+            .find(|f| !f.0 && f.1 == dir && f.2 == stack)
+        {
             println!(
-                "{:<30} {:<14} {:>9.3} {:>15} {:>6.0} {:>10.0}",
+                "{:<30} {:<16} {:>8.2}x  IPv6 / IPv4",
                 stack.label(),
                 format!("{dir:?}"),
-                m,
-                format!("{lo:.2}-{hi:.2}"),
-                summary(&cpu).0,
-                summary(&frame).0
-            );
-            medians.push(m);
-        }
-        let median = |s: Stack| stacks.iter().position(|&x| x == s).map(|i| medians[i]);
-        for reference in [Stack::Libslirp, Stack::Passt] {
-            let Some(r) = median(reference) else { continue };
-            let ratio =
-                |s| median(s).map_or("-".to_string(), |m| format!("{:.2}x", m / r.max(1e-9)));
-            println!(
-                "{:<30} {:<14} {:>9} (no offloads: {})",
-                format!("vhost-user-netd / {}", reference.key()),
-                format!("{dir:?}"),
-                ratio(Stack::Offloads),
-                ratio(Stack::Plain)
+                m6 / m4.max(1e-9)
             );
         }
     }

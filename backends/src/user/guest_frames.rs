@@ -208,14 +208,14 @@ impl GuestFrames {
     ) -> R {
         self.push_zeroed(ETH_HDR + ip_len, ETH_HDR + zeroed, |buf| {
             let r = fill(&mut buf[ETH_HDR..]);
-            let ethertype = if buf[ETH_HDR] >> 4 == 6 {
-                EthernetProtocol::Ipv6
-            } else {
-                EthernetProtocol::Ipv4
-            };
-            write_eth(buf, link.ours, link.guest, ethertype);
+            write_eth_for_ip(buf, link);
             r
         })
+    }
+
+    /// The guest's virtio-net header length.
+    pub fn header_len(&self) -> usize {
+        self.header_len
     }
 
     /// Appends a UDP datagram from `src` to `dst` (same family). Returns false, queuing nothing,
@@ -267,6 +267,17 @@ impl GuestFrames {
         });
         true
     }
+}
+
+/// Writes the Ethernet header, from the stack to the guest, in front of the IP packet that
+/// follows it in `buf`.
+pub fn write_eth_for_ip(buf: &mut [u8], link: &LinkAddrs) {
+    let ethertype = if buf.get(ETH_HDR).is_some_and(|b| b >> 4 == 6) {
+        EthernetProtocol::Ipv6
+    } else {
+        EthernetProtocol::Ipv4
+    };
+    write_eth(buf, link.ours, link.guest, ethertype);
 }
 
 /// Writes an Ethernet header at the front of `buf`.

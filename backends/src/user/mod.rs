@@ -13,6 +13,7 @@
 //! - `tcp_offload`: TCP segments to the guest as GSO frames with partial checksums, or cut.
 //! - `poller`: the one epoll set for all host sockets and the TCP timer.
 
+mod checksum;
 mod dhcp;
 mod guest_frames;
 mod icmp_echo;

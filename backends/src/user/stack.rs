@@ -76,6 +76,8 @@ pub struct Stack {
     scratch: Vec<u8>,
     dirty: Vec<u64>,
     dead: Vec<(u64, bool)>,
+    /// smoltcp may have segments to send: the next read from the device lends a buffer.
+    egress_due: bool,
     next_port: u16,
     epoch: Instant,
     next_maintenance: Option<Instant>,
@@ -102,11 +104,7 @@ fn interface(options: &UserOptions, out: &mut GuestFrames, link: &LinkAddrs) -> 
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0x5eed);
     // Only its capabilities are read here; nothing is sent.
-    let mut device = TcpDevice {
-        ingress: None,
-        out,
-        link,
-    };
+    let mut device = TcpDevice::new(None, out, link);
     let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
     iface.set_any_ip(true);
     iface.update_ip_addrs(|addrs| {
@@ -165,6 +163,7 @@ impl Stack {
             scratch: vec![0; 65536],
             dirty: Vec::new(),
             dead: Vec::new(),
+            egress_due: false,
             next_port: forwarding::FIRST_FORWARD_PORT,
             epoch,
             next_maintenance: None,
@@ -180,7 +179,7 @@ impl Stack {
 
     /// Whether frames wait for the guest.
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || self.egress_due
     }
 
     fn now(&self) -> smoltcp::time::Instant {
@@ -393,11 +392,7 @@ impl Stack {
 
     fn feed_tcp(&mut self, packet: &[u8]) {
         let now = self.now();
-        let mut device = TcpDevice {
-            ingress: Some(packet),
-            out: &mut self.out,
-            link: &self.link,
-        };
+        let mut device = TcpDevice::new(Some(packet), &mut self.out, &self.link);
         self.iface
             .poll_ingress_single(now, &mut device, &mut self.sockets);
     }
@@ -517,7 +512,8 @@ impl Stack {
         }
     }
 
-    /// Ends a batch of guest frames: moves data, sends what smoltcp has, re-arms the timer.
+    /// Ends a batch of guest frames: moves data and re-arms the timer. What smoltcp has to send
+    /// waits for the device's next read, which lends a guest buffer to write it into.
     pub fn guest_frames_done(&mut self) {
         self.settle();
     }
@@ -532,22 +528,37 @@ impl Stack {
                 FlowFate::Aborted => self.dead.push((id, true)),
             }
         }
-        let now = self.now();
-        let mut device = TcpDevice {
-            ingress: None,
-            out: &mut self.out,
-            link: &self.link,
-        };
-        // smoltcp sends at most one segment per socket per pass: pass again while it has more
-        // and the guest queue has room.
-        while !device.out.is_full()
-            && self.iface.poll_egress(now, &mut device, &mut self.sockets)
-                == smoltcp::iface::PollResult::SocketStateChanged
-        {}
-        for (id, reset) in std::mem::take(&mut self.dead) {
-            self.remove_flow(id, reset);
+        if !self.dead.is_empty() {
+            // A flow's last segments (its final ACK) go out before its socket goes.
+            self.egress(None);
+            for (id, reset) in std::mem::take(&mut self.dead) {
+                self.remove_flow(id, reset);
+            }
         }
+        self.egress_due = self.tcp.len() > 0;
         self.arm_timer();
+    }
+
+    /// Lets smoltcp send: its first frame into `direct` (a guest buffer, header first) if given
+    /// and the frame fits there, the others into the guest queue, one pass over its sockets
+    /// (or, without a buffer, passes while it has more and the queue has room). Returns the
+    /// bytes written into `direct`.
+    fn egress(&mut self, direct: Option<&mut [u8]>) -> Option<usize> {
+        let now = self.now();
+        let lend = direct.is_some();
+        let mut device = TcpDevice::new(None, &mut self.out, &self.link);
+        device.direct = direct;
+        let mut result = self.iface.poll_egress(now, &mut device, &mut self.sockets);
+        // smoltcp sends at most one segment per socket per pass.
+        while !lend
+            && result == smoltcp::iface::PollResult::SocketStateChanged
+            && !device.out.is_full()
+        {
+            result = self.iface.poll_egress(now, &mut device, &mut self.sockets);
+        }
+        let written = device.written;
+        self.egress_due = result == smoltcp::iface::PollResult::SocketStateChanged;
+        written
     }
 
     fn arm_timer(&mut self) {
@@ -558,7 +569,7 @@ impl Stack {
         let tcp_deadline = self
             .iface
             .poll_delay(now, &self.sockets)
-            .filter(|d| *d > smoltcp::time::Duration::ZERO || self.out.is_empty())
+            .filter(|d| *d > smoltcp::time::Duration::ZERO || !self.has_output())
             .map(|d| self.epoch + Duration::from_micros((now + d).total_micros() as u64));
         let busy = self.tcp.len() > 0 || self.udp.len() > 0 || !self.children.is_empty();
         if busy && self.next_maintenance.is_none() {
@@ -654,15 +665,32 @@ impl Stack {
         self.out.set_header_len(len);
     }
 
-    /// The next frame for the guest (virtio-net header first), servicing the host first if none
-    /// is waiting.
+    /// The next frame for the guest (virtio-net header first) into `bufs`: a queued one, else
+    /// what smoltcp sends (written straight into the first buffer if it fits), else what the
+    /// host sockets and the timer bring.
     pub fn next_frame(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        if self.out.is_empty() {
-            self.service();
+        for serviced in [false, true] {
+            if serviced {
+                self.service();
+            }
+            if let Some(n) = self.out.pop_into(bufs) {
+                return Ok(n);
+            }
+            if self.egress_due {
+                let first = bufs.first_mut().map(|b| &mut **b);
+                let written = self.egress(first);
+                // While smoltcp has more, the device is back for it at once (the worker reads
+                // until the backend is empty, and a batch cut short leaves `has_output` set):
+                // its timers are armed when it runs out.
+                if !self.egress_due {
+                    self.arm_timer();
+                }
+                if let Some(n) = written.or_else(|| self.out.pop_into(bufs)) {
+                    return Ok(n);
+                }
+            }
         }
-        self.out
-            .pop_into(bufs)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))
+        Err(io::Error::from(io::ErrorKind::WouldBlock))
     }
 
     /// The counters, named for the stats query.
@@ -856,15 +884,9 @@ mod tests {
         frame
     }
 
-    #[test]
-    fn an_ipv6_download_reaches_a_tso_guest_as_gso_frames() {
-        let mut s = stack("");
-        s.set_guest_offloads(crate::Offloads {
-            csum: true,
-            tso4: true,
-            tso6: true,
-            ..Default::default()
-        });
+    /// Opens a flow from the guest to the host's `[::1]` through fec0::2 and completes the
+    /// handshake; returns the host's end.
+    fn open_v6_flow(s: &mut Stack) -> std::net::TcpStream {
         let listener = TcpListener::bind("[::1]:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let gateway: Ipv6Addr = "fec0::2".parse().unwrap();
@@ -884,20 +906,33 @@ mod tests {
         };
         s.guest_frame(&tcp6_frame(gateway, &repr));
         s.guest_frames_done();
-        let (mut host, _) = listener.accept().unwrap();
-        let synack = wait_frames(&mut s);
+        let (host, _) = listener.accept().unwrap();
+        let synack = wait_frames(s);
         let ip = Ipv6Packet::new_checked(&synack[0][14..]).unwrap();
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
         assert!(tcp.syn() && tcp.ack());
-        // The handshake's last ACK, then 256 KiB from the host.
+        // The handshake's last ACK, opening a 512 KiB window.
         repr.control = TcpControl::None;
         repr.seq_number = TcpSeqNumber(1001);
         repr.ack_number = Some(tcp.seq_number() + 1);
         repr.window_scale = None;
         repr.max_seg_size = None;
-        repr.window_len = 4096; // 512 KiB with the scale
+        repr.window_len = 4096;
         s.guest_frame(&tcp6_frame(gateway, &repr));
         s.guest_frames_done();
+        host
+    }
+
+    #[test]
+    fn an_ipv6_download_reaches_a_tso_guest_as_gso_frames() {
+        let mut s = stack("");
+        s.set_guest_offloads(crate::Offloads {
+            csum: true,
+            tso4: true,
+            tso6: true,
+            ..Default::default()
+        });
+        let mut host = open_v6_flow(&mut s);
         std::io::Write::write_all(&mut host, &vec![7u8; 256 << 10]).unwrap();
         let mut largest = (0, 0u8, 0u16);
         for _ in 0..20 {
@@ -920,6 +955,57 @@ mod tests {
         // VIRTIO_NET_HDR_GSO_TCPV6 (4), cut at the MSS the guest announced.
         assert!(largest.0 > 12 + 1514, "largest frame {} bytes", largest.0);
         assert_eq!((largest.1, largest.2), (4, 1440));
+        s.shutdown();
+    }
+
+    /// A guest without offloads gets MSS-sized segments with full checksums, the same whether
+    /// smoltcp writes them straight into its buffer or, when the first buffer is too small for
+    /// a frame, through the queue.
+    #[test]
+    fn segments_are_whole_through_the_guest_buffer_and_through_the_queue() {
+        let mut s = stack("");
+        let mut host = open_v6_flow(&mut s);
+        let sent: Vec<u8> = (0..64 << 10).map(|i: u32| (i % 251) as u8).collect();
+        std::io::Write::write_all(&mut host, &sent).unwrap();
+        let mut got = Vec::new();
+        let (mut small, mut big) = (vec![0u8; 100], vec![0u8; 70_000]);
+        for round in 0..200 {
+            // Alternate a roomy buffer and a header-sized one followed by room.
+            let n = if round % 2 == 0 {
+                s.next_frame(&mut [IoSliceMut::new(&mut big)])
+            } else {
+                let n = s.next_frame(&mut [IoSliceMut::new(&mut small), IoSliceMut::new(&mut big)]);
+                if let Ok(n) = n {
+                    let mut joined = small.clone();
+                    joined.extend_from_slice(&big[..n.saturating_sub(100)]);
+                    big[..n].copy_from_slice(&joined[..n]);
+                }
+                n
+            };
+            let Ok(n) = n else {
+                if got.len() == sent.len() {
+                    break;
+                }
+                let mut pfd = [libc::pollfd {
+                    fd: s.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                sys::poll(&mut pfd, 100).unwrap();
+                continue;
+            };
+            let frame = &big[12..n];
+            assert!(frame.len() <= 1514, "{} bytes", frame.len());
+            let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+            let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(
+                tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()),
+                "round {round}"
+            );
+            got.extend_from_slice(tcp.payload());
+        }
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "payload differs");
         s.shutdown();
     }
 

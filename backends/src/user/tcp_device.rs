@@ -1,20 +1,43 @@
 //! The `smoltcp` device the TCP engine runs on: IP packets in (one at a time, straight from the
-//! guest's frame), IP packets out (wrapped in Ethernet into the guest queue).
+//! guest's frame), IP packets out: wrapped in Ethernet straight into the guest's receive buffer
+//! when the device lends one that holds the frame, else into the guest queue.
 
 use std::num::{NonZeroU16, NonZeroUsize};
 
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-use super::guest_frames::{GuestFrames, LinkAddrs};
+use super::guest_frames::{write_eth_for_ip, GuestFrames, LinkAddrs, ETH_HDR};
 use super::tcp_offload;
 use crate::Offloads;
+
+/// Bytes cleared in front of a TCP segment before smoltcp writes it: IP's header (up to 60)
+/// and TCP's (up to 60). smoltcp writes every header byte it means and the whole payload.
+const HEADERS_MAX: usize = 60 + 60;
 
 /// A device over one ingress packet (or none) and the guest queue.
 pub struct TcpDevice<'a> {
     pub ingress: Option<&'a [u8]>,
     pub out: &'a mut GuestFrames,
     pub link: &'a LinkAddrs,
+    /// The guest's next receive buffer, for the first frame smoltcp sends (its virtio-net
+    /// header, then the frame), if the frame fits in it.
+    pub direct: Option<&'a mut [u8]>,
+    /// The bytes written there (header included), once a frame went there.
+    pub written: Option<usize>,
+}
+
+impl<'a> TcpDevice<'a> {
+    /// A device writing into the guest queue only.
+    pub fn new(ingress: Option<&'a [u8]>, out: &'a mut GuestFrames, link: &'a LinkAddrs) -> Self {
+        TcpDevice {
+            ingress,
+            out,
+            link,
+            direct: None,
+            written: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for TcpDevice<'_> {
@@ -75,13 +98,59 @@ pub struct Egress<'a> {
     link: &'a LinkAddrs,
     /// The segment size `smoltcp` asked for, when the payload exceeds it.
     mss: Option<u16>,
+    /// The guest's buffer, and where to say how much went there.
+    direct: Option<(&'a mut [u8], &'a mut Option<usize>)>,
+}
+
+impl Egress<'_> {
+    /// Writes the frame straight into the guest's buffer `buf` if it fits (`None` if not):
+    /// the one copy of its payload, from smoltcp's buffer into guest memory.
+    fn write_to_guest<R, F: FnOnce(&mut [u8]) -> R>(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        f: F,
+    ) -> Result<(R, usize), F> {
+        let hdr_len = self.out.header_len();
+        let total = hdr_len + ETH_HDR + len;
+        let Some(target) = buf.get_mut(..total) else {
+            return Err(f);
+        };
+        let (hdr, frame) = target.split_at_mut(hdr_len);
+        hdr.fill(0);
+        if let Some(num_buffers) = hdr.get_mut(10) {
+            // One buffer unless the device merges (it rewrites the field then).
+            *num_buffers = 1;
+        }
+        let clear = (ETH_HDR + HEADERS_MAX).min(frame.len());
+        frame[..clear].fill(0);
+        let r = f(&mut frame[ETH_HDR..]);
+        write_eth_for_ip(frame, self.link);
+        match tcp_offload::finish(hdr, frame, self.mss, self.out.offloads) {
+            None => Ok((r, total)),
+            Some(cut) => {
+                // A guest without TSO got a segment smoltcp meant to be cut: the pieces go
+                // through the queue (the buffer is written over when one is taken).
+                tcp_offload::queue_cut(self.out, frame, cut);
+                Ok((r, 0))
+            }
+        }
+    }
 }
 
 impl smoltcp::phy::TxToken for Egress<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        // smoltcp writes every header byte it means and the whole payload: only the headers
-        // (IP's up to 60 bytes and TCP's up to 60) are cleared first.
-        let r = self.out.push_ip_zeroed(self.link, len, 60 + 60, f);
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(mut self, len: usize, f: F) -> R {
+        let f = match self.direct.take() {
+            Some((buf, written)) => match self.write_to_guest(buf, len, f) {
+                Ok((r, n)) => {
+                    *written = (n > 0).then_some(n);
+                    return r;
+                }
+                Err(f) => f,
+            },
+            None => f,
+        };
+        let r = self.out.push_ip_zeroed(self.link, len, HEADERS_MAX, f);
         tcp_offload::finish_last(self.out, self.mss);
         r
     }
@@ -109,16 +178,22 @@ impl Device for TcpDevice<'_> {
                 out: self.out,
                 link: self.link,
                 mss: None,
+                direct: None,
             },
         ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
+        let direct = self.direct.take();
         // A full queue holds smoltcp back; it retries on the next poll.
-        (!self.out.is_full()).then_some(Egress {
+        if direct.is_none() && self.out.is_full() {
+            return None;
+        }
+        Some(Egress {
             out: self.out,
             link: self.link,
             mss: None,
+            direct: direct.map(|buf| (buf, &mut self.written)),
         })
     }
 

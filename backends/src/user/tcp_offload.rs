@@ -7,7 +7,9 @@
 
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
 
+use super::checksum;
 use super::guest_frames::{GuestFrames, ETH_HDR, HDR_ROOM, MTU};
+use crate::Offloads;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
 const F_NEEDS_CSUM: u8 = 1;
@@ -86,43 +88,63 @@ impl Layout {
     }
 }
 
+/// A segment the guest cannot take whole: where to cut it.
+#[derive(Debug, Clone, Copy)]
+pub struct Cut {
+    layout: Layout,
+    mss: u16,
+}
+
 /// Finishes the TCP segment just queued. `mss` is what `smoltcp` asked the device to cut the
 /// payload at (only given when the payload exceeds it).
 pub fn finish_last(out: &mut GuestFrames, mss: Option<u16>) {
     let offloads = out.offloads;
-    let cut = {
-        let Some((hdr, frame)) = out.last_mut() else {
-            return;
-        };
-        // Not TCP: smoltcp wrote the checksum itself.
-        let Some(l) = Layout::of(frame) else {
-            return;
-        };
-        clamp_mss(frame, &l);
-        let payload = l.tcp_len - l.tcp_hdr;
-        // smoltcp 0.14 passes no segmentation request with an IPv6 packet (its `dispatch_ip`
-        // sets the metadata on the IPv4 path only): a segment over the link's MTU is cut at
-        // the link's MSS, which is what smoltcp would have asked for from a guest on it.
-        let mss = mss.or_else(|| {
-            (l.v6 && l.ip_hdr + l.tcp_len > MTU).then(|| (MTU - l.ip_hdr - l.tcp_hdr) as u16)
-        });
-        let oversize = mss.filter(|&m| m > 0 && payload > usize::from(m));
-        let tso = if l.v6 { offloads.tso6 } else { offloads.tso4 };
-        match oversize {
-            Some(m) if !(tso && offloads.csum) => Some((l, m)),
-            _ => {
-                if offloads.csum {
-                    partial_checksum(hdr, frame, &l, oversize);
-                } else {
-                    full_checksum(frame, &l);
-                }
-                None
-            }
-        }
-    };
-    if let Some((l, mss)) = cut {
-        segment(out, &l, usize::from(mss));
+    let cut = out
+        .last_mut()
+        .and_then(|(hdr, frame)| finish(hdr, frame, mss, offloads));
+    if let Some(cut) = cut {
+        segment(out, &cut.layout, usize::from(cut.mss));
     }
+}
+
+/// Finishes a TCP segment smoltcp wrote into `frame` (its virtio-net header `hdr` in front):
+/// the MSS option of a SYN, the checksum (partial, or full for a guest without checksum
+/// offload) and the GSO fields. Returns where to cut it if the guest cannot take it whole.
+/// Anything but TCP is left alone (smoltcp wrote its checksum).
+pub fn finish(
+    hdr: &mut [u8],
+    frame: &mut [u8],
+    mss: Option<u16>,
+    offloads: Offloads,
+) -> Option<Cut> {
+    let l = Layout::of(frame)?;
+    clamp_mss(frame, &l);
+    let payload = l.tcp_len - l.tcp_hdr;
+    // smoltcp 0.14 passes no segmentation request with an IPv6 packet (its `dispatch_ip`
+    // sets the metadata on the IPv4 path only): a segment over the link's MTU is cut at
+    // the link's MSS, which is what smoltcp would have asked for from a guest on it.
+    let mss = mss.or_else(|| {
+        (l.v6 && l.ip_hdr + l.tcp_len > MTU).then(|| (MTU - l.ip_hdr - l.tcp_hdr) as u16)
+    });
+    let oversize = mss.filter(|&m| m > 0 && payload > usize::from(m));
+    let tso = if l.v6 { offloads.tso6 } else { offloads.tso4 };
+    match oversize {
+        Some(mss) if !(tso && offloads.csum) => Some(Cut { layout: l, mss }),
+        _ => {
+            if offloads.csum {
+                partial_checksum(hdr, frame, &l, oversize);
+            } else {
+                full_checksum(frame, &l);
+            }
+            None
+        }
+    }
+}
+
+/// Queues `frame`, a segment [`finish`] says must be cut, as its MSS-sized pieces.
+pub fn queue_cut(out: &mut GuestFrames, frame: &[u8], cut: Cut) {
+    out.push_zeroed(frame.len(), 0, |f| f.copy_from_slice(frame));
+    segment(out, &cut.layout, usize::from(cut.mss));
 }
 
 /// Announces the link's MSS in a SYN: smoltcp computes it from the MTU it is told, which is a
@@ -226,7 +248,13 @@ fn partial_checksum(hdr: &mut [u8], frame: &mut [u8], l: &Layout, gso: Option<u1
 }
 
 fn full_checksum(frame: &mut [u8], l: &Layout) {
-    TcpPacket::new_unchecked(&mut frame[l.tcp_range()]).fill_checksum(&l.src, &l.dst);
+    let mut tcp = TcpPacket::new_unchecked(&mut frame[l.tcp_range()]);
+    tcp.set_checksum(0);
+    let sum = checksum::combine(
+        pseudo_header_sum(&l.src, &l.dst, l.tcp_len as u32),
+        checksum::sum(tcp.into_inner()),
+    );
+    TcpPacket::new_unchecked(&mut frame[l.tcp_range()]).set_checksum(!sum);
 }
 
 /// The RFC 1071 sum (not complemented) of the TCP pseudo-header: what a partial checksum holds.
