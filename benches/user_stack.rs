@@ -333,15 +333,21 @@ struct Running {
 }
 
 impl Running {
-    /// The daemon's frames and bytes toward the guest (`rx`) or from it (`tx`).
-    fn frames_and_bytes(&mut self, dir: Direction) -> Option<(u64, u64)> {
+    /// The daemon's frames and bytes toward the guest (`rx`) or from it (`tx`), and the kicks
+    /// it took and the interrupts it sent.
+    fn counters(&mut self, dir: Direction) -> Option<[u64; 4]> {
         let stats = self.qmp.as_mut()?.execute("x-query-port-stats");
         let pair = &stats[0]["queue-pairs"][0];
         let (f, b) = match dir {
             Direction::HostToGuest => ("rx-frames", "rx-bytes"),
             Direction::GuestToHost => ("tx-frames", "tx-bytes"),
         };
-        Some((pair[f].as_u64()?, pair[b].as_u64()?))
+        Some([
+            pair[f].as_u64()?,
+            pair[b].as_u64()?,
+            pair["kicks"].as_u64()?,
+            pair["interrupts"].as_u64()?,
+        ])
     }
 
     fn cpu_seconds(&self) -> f64 {
@@ -522,6 +528,8 @@ struct Sample {
     cpu_percent: f64,
     /// Mean frame size the daemon moved in the data direction (0 for libslirp).
     mean_frame: f64,
+    kicks_per_mb: f64,
+    irqs_per_mb: f64,
 }
 
 fn run_once(stack: Stack, dir: Direction, v6: bool, window: Duration, scratch: &Path) -> Sample {
@@ -544,16 +552,24 @@ fn run_once(stack: Stack, dir: Direction, v6: bool, window: Duration, scratch: &
         running.cpu_seconds(),
         Instant::now(),
     );
-    let d0 = running.frames_and_bytes(dir);
+    let d0 = running.counters(dir);
     std::thread::sleep(window);
     let (b1, c1, t1) = (
         transfer.received.load(Ordering::Relaxed),
         running.cpu_seconds(),
         Instant::now(),
     );
-    let mean_frame = match (d0, running.frames_and_bytes(dir)) {
-        (Some((f0, y0)), Some((f1, y1))) if f1 > f0 => (y1 - y0) as f64 / (f1 - f0) as f64,
-        _ => 0.0,
+    // Mean frame size, and kicks and interrupts per MB moved (what polling saves).
+    let (mean_frame, kicks_per_mb, irqs_per_mb) = match (d0, running.counters(dir)) {
+        (Some(a), Some(b)) if b[0] > a[0] => {
+            let mb = (b[1] - a[1]) as f64 / 1e6;
+            (
+                (b[1] - a[1]) as f64 / (b[0] - a[0]) as f64,
+                (b[2] - a[2]) as f64 / mb,
+                (b[3] - a[3]) as f64 / mb,
+            )
+        }
+        _ => (0.0, 0.0, 0.0),
     };
     drop(transfer);
     drop(running);
@@ -563,6 +579,8 @@ fn run_once(stack: Stack, dir: Direction, v6: bool, window: Duration, scratch: &
         gbit_per_sec: (b1 - b0) as f64 * 8.0 / secs / 1e9,
         cpu_percent: (c1 - c0) / secs * 100.0,
         mean_frame,
+        kicks_per_mb,
+        irqs_per_mb,
     }
 }
 
@@ -608,8 +626,8 @@ fn main() {
     let (runs, window) = runs_and_window(3, 3.0);
     let scratch = std::env::temp_dir().join(format!("vunetd-bench-user-{}", std::process::id()));
     println!(
-        "{:<30} {:<16} {:>9} {:>15} {:>6} {:>10}",
-        "stack", "direction", "Gbit/s", "min-max", "cpu%", "frame B"
+        "{:<30} {:<16} {:>9} {:>15} {:>6} {:>10} {:>8} {:>8}",
+        "stack", "direction", "Gbit/s", "min-max", "cpu%", "frame B", "kicks/MB", "irqs/MB"
     );
     let mut stacks = vec![Stack::Offloads, Stack::Plain, Stack::Libslirp];
     if passt_binary().is_some() {
@@ -651,15 +669,19 @@ fn main() {
                 let rates: Vec<f64> = samples.iter().map(|s| s.gbit_per_sec).collect();
                 let cpu: Vec<f64> = samples.iter().map(|s| s.cpu_percent).collect();
                 let frame: Vec<f64> = samples.iter().map(|s| s.mean_frame).collect();
+                let kicks: Vec<f64> = samples.iter().map(|s| s.kicks_per_mb).collect();
+                let irqs: Vec<f64> = samples.iter().map(|s| s.irqs_per_mb).collect();
                 let (m, lo, hi) = summary(&rates);
                 println!(
-                    "{:<30} {:<16} {:>9.3} {:>15} {:>6.0} {:>10.0}",
+                    "{:<30} {:<16} {:>9.3} {:>15} {:>6.0} {:>10.0} {:>8.1} {:>8.1}",
                     stack.label(),
                     label,
                     m,
                     format!("{lo:.2}-{hi:.2}"),
                     summary(&cpu).0,
-                    summary(&frame).0
+                    summary(&frame).0,
+                    summary(&kicks).0,
+                    summary(&irqs).0
                 );
                 medians.push(m);
                 by_family.push((v6, dir, stack, m));
