@@ -99,24 +99,6 @@ fn serve_stream(listener: TcpListener, migrated: Receiver<()>) -> StreamReport {
     report
 }
 
-/// `query-ports`' `running` member, by port id.
-fn running(qmp: &mut Qmp) -> Vec<(String, bool)> {
-    let ports = qmp.execute("query-ports", json!({})).unwrap();
-    let mut list: Vec<(String, bool)> = ports
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["id"].as_str().unwrap().to_string(),
-                p["running"].as_bool().unwrap(),
-            )
-        })
-        .collect();
-    list.sort();
-    list
-}
-
 /// Busybox ping's `RESULT` line: (duplicates, transmitted, received).
 fn ping_counts(line: &str) -> (u64, u64, u64) {
     let n = |i| field(line, i).parse::<u64>().unwrap_or(0);
@@ -204,7 +186,7 @@ fn guest_migrates_between_two_ports_of_one_daemon_keeping_tap_and_user_traffic()
         assert!(line.ends_with(" ok"), "{line}");
     }
     assert_eq!(
-        running(&mut ports),
+        ports.ports_running(),
         [
             ("dst-tap".to_string(), false),
             ("dst-user".to_string(), false),
@@ -254,7 +236,7 @@ fn guest_migrates_between_two_ports_of_one_daemon_keeping_tap_and_user_traffic()
     }
     // The queues moved: the destination's ports run the rings, the stopped source's do not.
     assert_eq!(
-        running(&mut ports),
+        ports.ports_running(),
         [
             ("dst-tap".to_string(), true),
             ("dst-user".to_string(), true),

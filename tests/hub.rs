@@ -184,13 +184,7 @@ fn switch_and_swap(tag: &str, extra: &[&str], threads: impl FnOnce(&[String])) {
     assert_eq!(hub_counter(&mut qmp, 0, "hub-ports"), 2);
     assert_eq!(hub_counter(&mut qmp, 0, "hub-unicast"), 2);
     assert_eq!(hub_counter(&mut qmp, 0, "hub-flooded"), 2);
-    let netdevs = qmp.execute("query-netdev", json!({})).unwrap();
-    let h0 = netdevs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == "h0")
-        .unwrap();
+    let h0 = qmp.netdev("h0");
     assert_eq!(h0["type"], "hubport");
     assert_eq!(h0["hubid"], 0);
 

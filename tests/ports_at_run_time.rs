@@ -193,22 +193,6 @@ fn ports_come_and_go_over_qmp_without_disturbing_the_others() {
     assert!(daemon.terminate().success());
 }
 
-/// `query-ports`' `running` member of each port, by id.
-fn running(qmp: &mut Qmp) -> Vec<(String, bool)> {
-    let ports = qmp.execute("query-ports", json!({})).unwrap();
-    ports
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["id"].as_str().unwrap().to_string(),
-                p["running"].as_bool().unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn pairs(list: &[(&str, bool)]) -> Vec<(String, bool)> {
     list.iter().map(|(i, r)| (i.to_string(), *r)).collect()
 }
@@ -258,8 +242,8 @@ fn two_ports_share_a_netdev_and_only_one_runs_its_rings() {
     let mut src = frontend(&socket("src"));
     let mut peer = frontend(&socket("peer"));
     assert_eq!(
-        running(&mut qmp),
-        pairs(&[("src", true), ("dst", false), ("peer", true)])
+        qmp.ports_running(),
+        pairs(&[("dst", false), ("peer", true), ("src", true)])
     );
     broadcast(&mut peer, 0, &mut [&mut src], 1);
 
@@ -267,8 +251,8 @@ fn two_ports_share_a_netdev_and_only_one_runs_its_rings() {
     let mut dst = frontend(&socket("dst"));
     dst.sync();
     assert_eq!(
-        running(&mut qmp),
-        pairs(&[("src", true), ("dst", false), ("peer", true)])
+        qmp.ports_running(),
+        pairs(&[("dst", false), ("peer", true), ("src", true)])
     );
     assert!(port_stat(&mut qmp, "dst", "vhost-user-failed-requests") >= 1);
     let refused = daemon
@@ -288,39 +272,33 @@ fn two_ports_share_a_netdev_and_only_one_runs_its_rings() {
     // Switch-over: the source stops its rings, the destination starts them and takes over.
     let src_bases = src.stop_rings();
     assert_eq!(
-        running(&mut qmp),
-        pairs(&[("src", false), ("dst", false), ("peer", true)])
+        qmp.ports_running(),
+        pairs(&[("dst", false), ("peer", true), ("src", false)])
     );
     let dst_bases = dst.stop_rings();
     dst.restart_rings(&dst_bases);
     assert_eq!(
-        running(&mut qmp),
-        pairs(&[("src", false), ("dst", true), ("peer", true)])
+        qmp.ports_running(),
+        pairs(&[("dst", true), ("peer", true), ("src", false)])
     );
     broadcast(&mut peer, 1, &mut [&mut dst], 2);
     broadcast(&mut dst, 1, &mut [&mut peer], 0xd);
-    let netdevs = qmp.execute("query-netdev", json!({})).unwrap();
-    let h0 = netdevs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == "h0")
-        .unwrap();
+    let h0 = qmp.netdev("h0");
     assert_eq!(h0["peer-id"], "dst", "{h0}");
 
     // The source cannot take them back while the destination runs; once it is gone, it can.
     src.restart_rings(&src_bases);
     assert_eq!(
-        running(&mut qmp),
-        pairs(&[("src", false), ("dst", true), ("peer", true)])
+        qmp.ports_running(),
+        pairs(&[("dst", true), ("peer", true), ("src", false)])
     );
     drop(dst);
     qmp.wait_event("VHOST_USER_PORT_DISCONNECTED", |d| d["port-id"] == "dst");
     let src_bases = src.stop_rings();
     src.restart_rings(&src_bases);
     assert_eq!(
-        running(&mut qmp),
-        pairs(&[("src", true), ("dst", false), ("peer", true)])
+        qmp.ports_running(),
+        pairs(&[("dst", false), ("peer", true), ("src", true)])
     );
     broadcast(&mut peer, 2, &mut [&mut src], 3);
     drop((src, peer));

@@ -77,6 +77,34 @@ impl Qmp {
         }
     }
 
+    /// `query-netdev`'s entry for netdev `id`.
+    pub fn netdev(&mut self, id: &str) -> Value {
+        let netdevs = self
+            .execute("query-netdev", json!({}))
+            .expect("query-netdev");
+        netdevs
+            .as_array()
+            .and_then(|list| list.iter().find(|n| n["id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no netdev {id} in {netdevs}"))
+    }
+
+    /// `query-ports`' `running` member of each port, sorted by port id.
+    pub fn ports_running(&mut self) -> Vec<(String, bool)> {
+        let ports = self.execute("query-ports", json!({})).expect("query-ports");
+        let mut list: Vec<(String, bool)> = ports
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| {
+                let id = p["id"].as_str().expect("id").to_string();
+                (id, p["running"].as_bool().expect("running"))
+            })
+            .collect();
+        list.sort();
+        list
+    }
+
     /// Waits for an event named `name` whose data satisfies `pred`.
     pub fn wait_event(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
         if let Some(pos) = self

@@ -727,7 +727,7 @@ impl Stack {
 mod tests {
     use super::*;
     use crate::options::Opts;
-    use smoltcp::wire::{IpAddress, Ipv4Repr, Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber};
+    use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
     use std::net::TcpListener;
 
     fn stack(extra: &str) -> Stack {
@@ -744,7 +744,6 @@ mod tests {
     const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
     fn syn_frame(dst: Ipv4Addr, port: u16) -> Vec<u8> {
-        let src = Ipv4Addr::new(10, 0, 2, 15);
         let tcp = TcpRepr {
             src_port: 40000,
             dst_port: port,
@@ -759,27 +758,43 @@ mod tests {
             timestamp: None,
             payload: &[],
         };
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
+        tcp_frame(Ipv4Addr::new(10, 0, 2, 15).into(), dst.into(), &tcp)
+    }
+
+    /// A TCP segment from the guest at `src` to `dst` (one family), as Ethernet.
+    fn tcp_frame(src: IpAddr, dst: IpAddr, tcp: &TcpRepr<'_>) -> Vec<u8> {
+        let (ip_len, ethertype) = match src {
+            IpAddr::V4(_) => (20, EthernetProtocol::Ipv4),
+            IpAddr::V6(_) => (40, EthernetProtocol::Ipv6),
         };
-        let mut frame = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
+        let mut frame = vec![0u8; 14 + ip_len + tcp.buffer_len()];
         super::super::guest_frames::write_eth(
             &mut frame,
             smoltcp::wire::EthernetAddress(GUEST_MAC),
             smoltcp::wire::EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
-            EthernetProtocol::Ipv4,
+            ethertype,
         );
         let caps = smoltcp::phy::ChecksumCapabilities::default();
-        let mut packet = Ipv4Packet::new_unchecked(&mut frame[14..]);
-        ip.emit(&mut packet, &caps);
+        let payload_len = tcp.buffer_len();
+        let segment = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut packet = Ipv4Packet::new_unchecked(&mut frame[14..]);
+                super::super::guest_frames::ipv4_repr(s, d, IpProtocol::Tcp, payload_len)
+                    .emit(&mut packet, &caps);
+                &mut frame[14 + 20..]
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut packet = Ipv6Packet::new_unchecked(&mut frame[14..]);
+                super::super::guest_frames::ipv6_repr(s, d, IpProtocol::Tcp, payload_len)
+                    .emit(&mut packet);
+                &mut frame[14 + 40..]
+            }
+            _ => panic!("one family"),
+        };
         tcp.emit(
-            &mut TcpPacket::new_unchecked(packet.payload_mut()),
-            &IpAddress::Ipv4(src),
-            &IpAddress::Ipv4(dst),
+            &mut TcpPacket::new_unchecked(segment),
+            &src.into(),
+            &dst.into(),
             &caps,
         );
         frame
@@ -800,6 +815,16 @@ mod tests {
         (tcp.syn(), tcp.ack(), tcp.rst())
     }
 
+    /// Waits up to 100 ms for the stack's descriptor (host sockets, timer) to be readable.
+    fn wait_readable(s: &Stack) {
+        let mut pfd = [libc::pollfd {
+            fd: s.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        sys::poll(&mut pfd, 100).unwrap();
+    }
+
     /// Services the stack until it has a frame for the guest (waiting on its descriptor).
     fn wait_frames(s: &mut Stack) -> Vec<Vec<u8>> {
         for _ in 0..50 {
@@ -807,12 +832,7 @@ mod tests {
             if !frames.is_empty() {
                 return frames;
             }
-            let mut pfd = [libc::pollfd {
-                fd: s.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            sys::poll(&mut pfd, 100).unwrap();
+            wait_readable(s);
         }
         Vec::new()
     }
@@ -856,40 +876,13 @@ mod tests {
         assert!(listener.accept().is_ok(), "the host side connected");
     }
 
-    /// A TCP segment from the guest at fec0::15 to `dst` (IPv6), as Ethernet.
-    fn tcp6_frame(dst: Ipv6Addr, repr: &TcpRepr<'_>) -> Vec<u8> {
-        let src: Ipv6Addr = "fec0::15".parse().unwrap();
-        let ip = Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: repr.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut frame = vec![0u8; 14 + ip.buffer_len() + repr.buffer_len()];
-        super::super::guest_frames::write_eth(
-            &mut frame,
-            smoltcp::wire::EthernetAddress(GUEST_MAC),
-            smoltcp::wire::EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
-            EthernetProtocol::Ipv6,
-        );
-        let mut packet = Ipv6Packet::new_unchecked(&mut frame[14..]);
-        ip.emit(&mut packet);
-        repr.emit(
-            &mut TcpPacket::new_unchecked(packet.payload_mut()),
-            &IpAddress::Ipv6(src),
-            &IpAddress::Ipv6(dst),
-            &smoltcp::phy::ChecksumCapabilities::default(),
-        );
-        frame
-    }
-
     /// Opens a flow from the guest to the host's `[::1]` through fec0::2 and completes the
     /// handshake; returns the host's end.
     fn open_v6_flow(s: &mut Stack) -> std::net::TcpStream {
         let listener = TcpListener::bind("[::1]:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let gateway: Ipv6Addr = "fec0::2".parse().unwrap();
+        let guest: IpAddr = "fec0::15".parse().unwrap();
         let mut repr = TcpRepr {
             src_port: 40000,
             dst_port: port,
@@ -904,7 +897,7 @@ mod tests {
             timestamp: None,
             payload: &[],
         };
-        s.guest_frame(&tcp6_frame(gateway, &repr));
+        s.guest_frame(&tcp_frame(guest, gateway.into(), &repr));
         s.guest_frames_done();
         let (host, _) = listener.accept().unwrap();
         let synack = wait_frames(s);
@@ -918,7 +911,7 @@ mod tests {
         repr.window_scale = None;
         repr.max_seg_size = None;
         repr.window_len = 4096;
-        s.guest_frame(&tcp6_frame(gateway, &repr));
+        s.guest_frame(&tcp_frame(guest, gateway.into(), &repr));
         s.guest_frames_done();
         host
     }
@@ -945,12 +938,7 @@ mod tests {
             if largest.0 > 12 + 1514 {
                 break;
             }
-            let mut pfd = [libc::pollfd {
-                fd: s.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            sys::poll(&mut pfd, 100).unwrap();
+            wait_readable(&s);
         }
         // VIRTIO_NET_HDR_GSO_TCPV6 (4), cut at the MSS the guest announced.
         assert!(largest.0 > 12 + 1514, "largest frame {} bytes", largest.0);
@@ -986,12 +974,7 @@ mod tests {
                 if got.len() == sent.len() {
                     break;
                 }
-                let mut pfd = [libc::pollfd {
-                    fd: s.fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
-                sys::poll(&mut pfd, 100).unwrap();
+                wait_readable(&s);
                 continue;
             };
             let frame = &big[12..n];
