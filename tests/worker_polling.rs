@@ -1,7 +1,8 @@
 //! A worker that just had work keeps reading the pair's rings for `--poll-us` instead of asking
 //! the guest to kick: a driver that honours `VIRTIO_RING_F_EVENT_IDX` (kicks only when the
 //! device's `avail_event` asks) sends a stream of frames with a handful of kicks, not one each;
-//! and when the worker stops polling it asks for kicks again, so nothing is left behind.
+//! and when the worker stops polling it asks for kicks again, so nothing is left behind. A pair
+//! on the user-mode stack, for which polling does not pay, never polls.
 
 #![allow(clippy::unwrap_used)]
 
@@ -46,20 +47,26 @@ fn send_honouring_event_idx(fe: &mut TestFrontend, first: u16) -> u64 {
     kicks
 }
 
-#[test]
-fn a_hot_worker_reads_the_ring_without_kicks_and_asks_for_them_again_before_sleeping() {
-    let dir = TempDir::new("polling");
+/// A daemon on `netdev` polling 10 ms after work (the frames below follow each other within
+/// microseconds), its QMP session and a frontend with `EVENT_IDX`.
+fn polling_daemon(dir: &TempDir, netdev: &str) -> (Daemon, Qmp, TestFrontend) {
     let (socket, qmp_path) = (dir.path("vm.sock"), dir.path("qmp.sock"));
-    // A 10 ms window: the frames below follow each other within microseconds.
-    let mut cmd = Daemon::command(&["--netdev", "hubport,id=h0,hubid=0", "--poll-us", "10000"]);
+    let mut cmd = Daemon::command(&["--netdev", netdev, "--poll-us", "10000"]);
     cmd.arg("--socket-path")
         .arg(&socket)
         .arg("--qmp")
         .arg(&qmp_path);
-    let _daemon = Daemon::start(cmd, 2);
-    let mut qmp = Qmp::connect(&qmp_path);
-    let mut fe = TestFrontend::connect(&socket, 1, F_EVENT_IDX);
+    let daemon = Daemon::start(cmd, 2);
+    let qmp = Qmp::connect(&qmp_path);
+    let fe = TestFrontend::connect(&socket, 1, F_EVENT_IDX);
     assert_eq!(fe.acked & F_EVENT_IDX, F_EVENT_IDX);
+    (daemon, qmp, fe)
+}
+
+#[test]
+fn a_hot_worker_reads_the_ring_without_kicks_and_asks_for_them_again_before_sleeping() {
+    let dir = TempDir::new("polling");
+    let (_daemon, mut qmp, mut fe) = polling_daemon(&dir, "hubport,id=h0,hubid=0");
 
     let kicks = send_honouring_event_idx(&mut fe, 0);
     assert_eq!(counter(&mut qmp, "tx-frames"), u64::from(FRAMES));
@@ -81,4 +88,15 @@ fn a_hot_worker_reads_the_ring_without_kicks_and_asks_for_them_again_before_slee
     let kicks = send_honouring_event_idx(&mut fe, FRAMES);
     assert!(kicks >= 1, "the first frame after a pause is kicked");
     assert_eq!(counter(&mut qmp, "tx-frames"), 2 * u64::from(FRAMES));
+}
+
+/// The user-mode stack's queues say polling does not pay: whatever `--poll-us` says, its worker
+/// sleeps after work and the guest kicks for every frame.
+#[test]
+fn a_user_stack_pair_never_polls() {
+    let dir = TempDir::new("nopoll");
+    let (_daemon, mut qmp, mut fe) = polling_daemon(&dir, "user,id=u0");
+    let kicks = send_honouring_event_idx(&mut fe, 0);
+    assert_eq!(counter(&mut qmp, "tx-frames"), u64::from(FRAMES));
+    assert_eq!(kicks, u64::from(FRAMES), "every frame was kicked");
 }

@@ -408,6 +408,12 @@ impl QueuePair {
     }
 
     /// Whether the backend holds frames the guest could take now.
+    /// Whether polling its rings after work pays: its backend says (without one there is
+    /// nothing to poll for).
+    pub(super) fn polling_pays(&self) -> bool {
+        self.backend.as_ref().is_some_and(|b| b.polling_pays())
+    }
+
     pub(super) fn rx_buffered_in_backend(&self) -> bool {
         !self.backend_closed
             && !self.rx.starved

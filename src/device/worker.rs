@@ -388,6 +388,10 @@ impl<'a> WorkerLoop<'a> {
             }
             self.serve_buffered();
             self.settle_touched();
+            if self.hot.is_empty() {
+                // Nothing that worked is worth polling for: sleep until the next event.
+                self.poll_until = None;
+            }
         }
     }
 
@@ -545,7 +549,7 @@ fn settle(
 ) {
     for &index in worked {
         let (still, heat) = with_pair(shared, index, |pair, _| {
-            let heat = !budget.is_zero() && !pair.hot;
+            let heat = !budget.is_zero() && !pair.hot && pair.polling_pays();
             if heat {
                 pair.hot = true;
             }
