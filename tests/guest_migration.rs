@@ -141,7 +141,8 @@ fn guest_migrates_between_two_ports_of_one_daemon_keeping_tap_and_user_traffic()
     let daemon = Daemon::start(cmd, 4);
     ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
     ns.ip(&["link", "set", TAP, "up"]);
-    let mut ports = Qmp::connect(&daemon_qmp);
+    // The daemon opens its QMP socket after its ports.
+    let mut ports = Qmp::connect_when_created(&daemon_qmp, STEP);
 
     let (ready_tx, ready) = channel();
     let mut streams = Vec::new();
@@ -179,7 +180,7 @@ fn guest_migrates_between_two_ports_of_one_daemon_keeping_tap_and_user_traffic()
     };
     let boot =
         |args: &[String]| Guest::boot_in(None, QemuVersion::Installed, &kernel, &initrd, 1, args);
-    let source = boot(&nics("src"));
+    let mut source = boot(&nics("src"));
     let c = &source.console;
     for _ in 0..2 {
         let line = c.wait_for("RESULT ping-before", BOOT);
@@ -203,14 +204,19 @@ fn guest_migrates_between_two_ports_of_one_daemon_keeping_tap_and_user_traffic()
     let mut dst_args = nics("dst");
     dst_args.extend(["-incoming".into(), format!("tcp:127.0.0.1:{incoming}")]);
     let mut destination = boot(&dst_args);
-    for port in ["dst-tap", "dst-user"] {
-        daemon
-            .log
-            .wait_for(&format!("port {port}: frontend connected"), STEP);
+    // Both its NICs connect (the daemon's port threads log in either order).
+    let mut connected = Vec::new();
+    while connected.len() < 2 {
+        let line = daemon.log.wait_for(": frontend connected", STEP);
+        connected.extend(
+            ["dst-tap", "dst-user"]
+                .into_iter()
+                .filter(|p| line.contains(&format!("port {p}:"))),
+        );
     }
-    // Its QMP socket exists since before it connected to the ports; it answers once QEMU's main
-    // loop runs, by which time the incoming listener is up.
-    let mut dst_qmp = Qmp::connect(&dir.path("dst-qmp.sock"));
+    // QEMU creates its QMP socket after its netdevs; it answers once QEMU's main loop runs, by
+    // which time the incoming listener is up.
+    let mut dst_qmp = Qmp::connect_when_created(&dir.path("dst-qmp.sock"), STEP);
     let status = dst_qmp.execute("query-status", json!({})).unwrap();
     assert_eq!(status["status"], "inmigrate", "{status}");
     c.wait_for("PHASE migrate", STEP);
@@ -234,7 +240,15 @@ fn guest_migrates_between_two_ports_of_one_daemon_keeping_tap_and_user_traffic()
     for tx in &migrated {
         tx.send(()).unwrap();
     }
-    // The queues moved: the destination's ports run the rings, the stopped source's do not.
+    // The queues moved: the destination's ports run the rings (QEMU starts its vhost devices
+    // as the VM runs, around its RESUME event), the stopped source's do not. The daemon has no
+    // event for it: its state is looked at every 20 ms.
+    let deadline = std::time::Instant::now() + STEP;
+    while ports.ports_running().iter().filter(|(_, r)| *r).count() < 2
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         ports.ports_running(),
         [
@@ -244,7 +258,20 @@ fn guest_migrates_between_two_ports_of_one_daemon_keeping_tap_and_user_traffic()
             ("src-user".to_string(), false)
         ]
     );
-    // The source is done; its frontend's going changes nothing for the destination.
+    // The source is done (stopped after migrating); its frontend's going changes nothing for
+    // the destination.
+    if let Some(exit) = source.exit_status() {
+        panic!(
+            "the source QEMU exited after migrating ({exit}); daemon log:\n{}",
+            daemon.log.transcript()
+        );
+    }
+    let status = src_qmp.execute("query-status", json!({}));
+    assert_eq!(
+        status.as_ref().map(|s| s["status"].clone()),
+        Ok(json!("postmigrate")),
+        "source after migrating: {status:?}"
+    );
     src_qmp.execute("quit", json!({})).unwrap();
     drop(source);
 

@@ -197,6 +197,11 @@ impl Guest {
         Guest { child, console }
     }
 
+    /// QEMU's exit status if it has exited.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits for QEMU to exit (the guest powers off at the end of its script).
     pub fn wait_exit(&mut self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;

@@ -16,6 +16,22 @@ pub struct Qmp {
 }
 
 impl Qmp {
+    /// Connects to a QMP socket a starting QEMU has yet to create (it does so after its
+    /// netdevs, with no event to wait for: the path is looked at every 20 ms, for up to
+    /// `timeout`).
+    pub fn connect_when_created(path: &Path, timeout: Duration) -> Self {
+        let deadline = std::time::Instant::now() + timeout;
+        while !path.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never appeared",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self::connect(path)
+    }
+
     /// Connects (QEMU creates the socket before it starts the guest) and negotiates.
     pub fn connect(path: &Path) -> Self {
         let stream = UnixStream::connect(path).expect("connect QMP");
