@@ -91,12 +91,20 @@ fn a_hot_worker_reads_the_ring_without_kicks_and_asks_for_them_again_before_slee
 }
 
 /// The user-mode stack's queues say polling does not pay: whatever `--poll-us` says, its worker
-/// sleeps after work and the guest kicks for every frame.
+/// sleeps after work and the guest kicks for (nearly) every frame.
 #[test]
 fn a_user_stack_pair_never_polls() {
     let dir = TempDir::new("nopoll");
     let (_daemon, mut qmp, mut fe) = polling_daemon(&dir, "user,id=u0");
     let kicks = send_honouring_event_idx(&mut fe, 0);
     assert_eq!(counter(&mut qmp, "tx-frames"), u64::from(FRAMES));
-    assert_eq!(kicks, u64::from(FRAMES), "every frame was kicked");
+    // A hot (polling) pair takes these with at most 5 kicks (the test above). A pair that is
+    // not polled asks for a kick after every frame; a frame posted while the device is
+    // re-enabling kicks is still taken without one (virtio's race check), which a loaded
+    // machine makes common (26 and 42 of 50 kicked were seen), so only "far more than a
+    // polled pair's" is certain.
+    assert!(
+        kicks > 10,
+        "{kicks} kicks for {FRAMES} frames: the pair was polled"
+    );
 }
