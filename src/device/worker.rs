@@ -645,6 +645,72 @@ mod tests {
         assert_eq!(c, a, "the free slot is reused");
     }
 
+    /// A backend queue with nothing to read, taking every frame, polling as it is told.
+    #[derive(Debug)]
+    struct Quiet {
+        pays: bool,
+        never: EventFd,
+    }
+
+    impl vhost_user_netd_backends::BackendQueue for Quiet {
+        fn fd(&self) -> std::os::fd::RawFd {
+            std::os::fd::AsRawFd::as_raw_fd(&self.never)
+        }
+        fn recv(&mut self, _: &mut [std::io::IoSliceMut<'_>]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn send(&mut self, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+            Ok(bufs.iter().map(|b| b.len()).sum())
+        }
+        fn set_offloads(&mut self, _: vhost_user_netd_backends::Offloads) -> io::Result<()> {
+            Ok(())
+        }
+        fn polling_pays(&self) -> bool {
+            self.pays
+        }
+    }
+
+    #[test]
+    fn only_pairs_whose_backend_says_polling_pays_get_hot() {
+        let worker = Worker::spawn(
+            "test-worker".into(),
+            DEFAULT_POLL_BUDGET,
+            WorkerFilter::default(),
+        )
+        .unwrap();
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let (tap_like, tap_pair, _) = new_pair(&worker, &mem);
+        let (user_like, user_pair, _) = new_pair(&worker, &mem);
+        let (unbound, _, _) = new_pair(&worker, &mem);
+        for (pair, pays) in [(&tap_pair, true), (&user_pair, false)] {
+            let never = EventFd::new(EFD_NONBLOCK).unwrap();
+            lock_pair(pair).set_backend(Some(Box::new(Quiet { pays, never })));
+        }
+        let worked = [tap_like, user_like, unbound];
+        let (mut buffered, mut hot) = (Vec::new(), Vec::new());
+        settle(
+            &worker.shared,
+            &worked,
+            Duration::ZERO,
+            &mut buffered,
+            &mut hot,
+        );
+        assert!(hot.is_empty(), "--poll-us 0: nothing polls");
+        settle(
+            &worker.shared,
+            &worked,
+            DEFAULT_POLL_BUDGET,
+            &mut buffered,
+            &mut hot,
+        );
+        assert_eq!(
+            hot,
+            [tap_like],
+            "only the pair whose backend says polling pays"
+        );
+        assert!(lock_pair(&tap_pair).hot && !lock_pair(&user_pair).hot);
+    }
+
     fn lock_pair(pair: &Mutex<QueuePair>) -> std::sync::MutexGuard<'_, QueuePair> {
         pair.lock().unwrap_or_else(|p| p.into_inner())
     }
