@@ -190,14 +190,23 @@ impl NetDevice {
         }
         let before = self.effective_link();
         // No peer yet (a stream netdev): the link is down until it comes.
-        self.carrier = backend.as_ref().is_some_and(|b| b.carrier());
-        self.backend = backend;
-        let attached = self.attach_queues();
+        let carrier = backend.as_ref().is_some_and(|b| b.carrier());
+        let old = (
+            std::mem::replace(&mut self.backend, backend),
+            std::mem::replace(&mut self.carrier, carrier),
+        );
+        if let Err(e) = self.attach_queues() {
+            // A backend that cannot hand out its queues is not bound: the old one stays.
+            (self.backend, self.carrier) = old;
+            let _ = self.attach_queues();
+            self.apply_params();
+            return Err(e);
+        }
         self.apply_params();
         if before != self.effective_link() {
             self.notify_config_change();
         }
-        attached
+        Ok(())
     }
 
     /// Gives each pair its queue of the backend while the device holds them and the backend
@@ -232,11 +241,6 @@ impl NetDevice {
     /// ports of the netdev.
     pub fn set_queue_claim(&mut self, claim: queue_claim::QueueClaim) {
         self.claim = Some(claim);
-    }
-
-    /// Whether this device holds the backend's queues (its frontend runs rings).
-    pub fn holds_queues(&self) -> bool {
-        self.holds_queues
     }
 
     /// A ring started or stopped: the device takes the netdev's queues when its frontend
