@@ -582,6 +582,17 @@ mod tests {
         (slot, pair, counters)
     }
 
+    /// A worker with the default polling window, and empty guest memory for its pairs.
+    fn test_worker() -> (Arc<Worker>, GuestMemoryAtomic<GuestMemoryMmap>) {
+        let worker = Worker::spawn(
+            "test-worker".into(),
+            DEFAULT_POLL_BUDGET,
+            WorkerFilter::default(),
+        )
+        .unwrap();
+        (worker, GuestMemoryAtomic::new(GuestMemoryMmap::new()))
+    }
+
     /// Waits (bounded) until `counters` saw `kicks` kicks.
     fn await_kicks(counters: &SharedCounters, kicks: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -607,13 +618,7 @@ mod tests {
 
     #[test]
     fn pairs_on_one_worker_get_their_own_events_and_leave_cleanly() {
-        let worker = Worker::spawn(
-            "test-worker".into(),
-            DEFAULT_POLL_BUDGET,
-            WorkerFilter::default(),
-        )
-        .unwrap();
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let (worker, mem) = test_worker();
         let (a, pair_a, count_a) = new_pair(&worker, &mem);
         let (b, pair_b, count_b) = new_pair(&worker, &mem);
         assert_ne!(a, b);
@@ -672,13 +677,7 @@ mod tests {
 
     #[test]
     fn only_pairs_whose_backend_says_polling_pays_get_hot() {
-        let worker = Worker::spawn(
-            "test-worker".into(),
-            DEFAULT_POLL_BUDGET,
-            WorkerFilter::default(),
-        )
-        .unwrap();
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let (worker, mem) = test_worker();
         let (tap_like, tap_pair, _) = new_pair(&worker, &mem);
         let (user_like, user_pair, _) = new_pair(&worker, &mem);
         let (unbound, _, _) = new_pair(&worker, &mem);
