@@ -52,6 +52,76 @@ pub fn writev(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
+/// Copies the bytes a stream socket holds from its peek offset into `bufs` without consuming
+/// them (`recvmsg` with `MSG_PEEK`, never blocking); with `SO_PEEK_OFF` set, the offset moves
+/// past what was copied. `Ok(0)` is the peer's end of stream.
+pub fn peek(fd: RawFd, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid msghdr (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = bufs.as_mut_ptr().cast::<libc::iovec>();
+    msg.msg_iovlen = bufs.len();
+    loop {
+        // SAFETY: IoSliceMut is ABI-compatible with iovec; each entry points at memory the caller
+        // lent us mutably for the call, and `msg` names only those iovecs.
+        let ret = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        match check_size(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Drops the first `len` bytes a TCP socket holds without copying them (`MSG_TRUNC`); returns
+/// how many went.
+pub fn discard(fd: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: with MSG_TRUNC on a TCP socket the kernel copies nothing; the null buffer is
+        // never written.
+        let ret = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::null_mut(),
+                len,
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            )
+        };
+        match check_size(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Sets a socket's peek offset (`SO_PEEK_OFF`): where the next [`peek`] starts, relative to the
+/// first byte not yet consumed. TCP sockets take it from Linux 6.9 on.
+pub fn set_peek_offset(fd: RawFd, offset: usize) -> io::Result<()> {
+    let offset = libc::c_int::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset)
+}
+
+/// The smoothed round-trip time of a TCP socket (`TCP_INFO`).
+pub fn tcp_rtt(fd: RawFd) -> io::Result<std::time::Duration> {
+    // SAFETY: all-zero is a valid tcp_info (plain integers).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are live and describe a tcp_info-sized buffer.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
+}
+
+/// A socket's receive buffer size as the kernel keeps it (`SO_RCVBUF`, twice what was set).
+pub fn receive_buffer(fd: RawFd) -> io::Result<usize> {
+    Ok(usize::try_from(getsockopt_int(fd, libc::SO_RCVBUF)?).unwrap_or(0))
+}
+
 /// Sets or clears `O_NONBLOCK`.
 pub fn set_nonblocking(fd: RawFd, nonblocking: bool) -> io::Result<()> {
     // SAFETY: F_GETFL takes no pointer argument; an invalid fd only yields EBADF.

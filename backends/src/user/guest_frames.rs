@@ -147,18 +147,6 @@ impl GuestFrames {
         r
     }
 
-    /// The virtio-net header and frame of the most recently queued frame.
-    pub fn last_mut(&mut self) -> Option<(&mut [u8], &mut [u8])> {
-        self.queued.back_mut().map(|b| b.split_at_mut(HDR_ROOM))
-    }
-
-    /// Takes the most recently queued frame back out (header room included).
-    pub fn take_last(&mut self) -> Option<Vec<u8>> {
-        let b = self.queued.pop_back()?;
-        self.queued_bytes -= b.len();
-        Some(b)
-    }
-
     /// Returns a buffer for reuse.
     pub fn recycle(&mut self, buf: Vec<u8>) {
         if self.free_bytes + buf.capacity() <= FREE_BYTES_KEPT {

@@ -9,22 +9,29 @@
 //! - `dhcp`: the DHCPv4 server.
 //! - `tftp`: the read-only TFTP server (`tftp=ROOT`).
 //! - `resolver`: which host resolver the virtual name server relays to.
-//! - `tcp_flows` (on `tcp_device`, a `smoltcp` device), `udp_flows`, `icmp_echo`: the flows.
-//! - `tcp_offload`: TCP segments to the guest as GSO frames with partial checksums, or cut.
+//! - `tcp_flows` (the stack's own TCP, on `host_stream` and `tcp_frame`), `udp_flows`,
+//!   `icmp_echo`: the flows.
+//! - `host_stream`: a TCP flow's host socket; data toward the guest stays in it until acknowledged.
+//! - `tcp_seq`: sequence-number arithmetic.
+//! - `tcp_reassembly`: guest data past a gap, held until the gap is filled (SACK blocks).
+//! - `tcp_frame`: TCP frames to the guest, data written straight into its buffers (GSO frames
+//!   with partial checksums when it takes them).
 //! - `poller`: the one epoll set for all host sockets and the TCP timer.
 
 mod checksum;
 mod dhcp;
 mod guest_frames;
+mod host_stream;
 mod icmp_echo;
 mod neighbors;
 pub mod options;
 mod poller;
 mod resolver;
 mod stack;
-mod tcp_device;
 mod tcp_flows;
-mod tcp_offload;
+mod tcp_frame;
+mod tcp_reassembly;
+mod tcp_seq;
 mod tftp;
 mod udp_flows;
 

@@ -77,6 +77,8 @@ impl Interest {
 #[derive(Debug, Clone, Copy)]
 pub struct Ready {
     pub token: Token,
+    /// Data or the peer's end of stream.
+    pub readable: bool,
     pub writable: bool,
     /// Error or hang-up.
     pub failed: bool,
@@ -128,8 +130,12 @@ impl Poller {
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.ctl_events(op, fd, token, interest.events())
+    }
+
+    fn ctl_events(&self, op: libc::c_int, fd: RawFd, token: Token, events: u32) -> io::Result<()> {
         let mut event = libc::epoll_event {
-            events: interest.events(),
+            events,
             u64: token.encode(),
         };
         // SAFETY: `event` is a valid epoll_event for the duration of the call.
@@ -141,8 +147,12 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token, interest)
     }
 
-    pub fn modify(&self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
+    /// Watches a stream socket for every change, edge-triggered: readable (new data or the
+    /// peer's end of stream), writable, failed. Its owner reads until it would block or keeps
+    /// track of what it left.
+    pub fn add_edge(&self, fd: RawFd, token: Token) -> io::Result<()> {
+        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        self.ctl_events(libc::EPOLL_CTL_ADD, fd, token, events as u32)
     }
 
     /// Arms the timer to fire once at `deadline` (`None` disarms it). Re-arming for the
@@ -202,6 +212,7 @@ impl Poller {
             let bits = e.events;
             out.push(Ready {
                 token,
+                readable: bits & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0,
                 writable: bits & libc::EPOLLOUT as u32 != 0,
                 failed: bits & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0,
             });

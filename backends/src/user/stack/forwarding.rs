@@ -160,24 +160,16 @@ impl Stack {
             }
             let port = self.forward_port(guest, net.host.into());
             let remote = SocketAddr::new(net.host.into(), port);
-            let id =
-                match self
-                    .tcp
-                    .insert(&self.poller, OwnedFd::from(stream), guest, remote, false)
-                {
-                    Ok(id) => id,
-                    Err(_) => continue,
-                };
-            let mut socket = self.tcp.new_socket();
-            if socket.connect(self.iface.context(), guest, remote).is_err() {
-                self.remove_flow(id, true);
-                continue;
+            if let Err(e) = self.tcp.open_inbound(
+                &self.poller,
+                OwnedFd::from(stream),
+                guest,
+                remote,
+                &mut self.out,
+                &self.link,
+            ) {
+                log::warn!("hostfwd to {guest}: {e}");
             }
-            let handle = self.sockets.add(socket);
-            if let Some(flow) = self.tcp.get_mut(id) {
-                flow.handle = Some(handle);
-            }
-            self.dirty.push(id);
         }
     }
 
