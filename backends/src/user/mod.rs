@@ -134,20 +134,31 @@ pub struct UserQueue {
     header_len: usize,
 }
 
-/// Hands one frame from the guest (a `hdr`-byte virtio-net header first) to the stack, putting
-/// it together in `gather` if it is scattered. The header needs no reading: partial checksums are
-/// never verified and a TSO frame is one large segment.
+/// Bytes of a scattered frame copied out to find its headers: the virtio-net header,
+/// Ethernet, and IP and TCP headers of up to 60 bytes each.
+const HEAD_COPY: usize = crate::VNET_HDR_LEN + 14 + 60 + 60;
+
+/// Hands one frame from the guest (a `hdr`-byte virtio-net header first) to the stack. A frame
+/// spread over several buffers (a Linux guest's TSO frame: headers, then page fragments) has its
+/// headers copied out, and a TCP payload is used where it lies; anything else is put together in
+/// `gather`. The header needs no reading: partial checksums are never verified and a TSO frame is
+/// one large segment.
 fn take(stack: &mut Stack, gather: &mut Vec<u8>, hdr: usize, bufs: &[IoSlice<'_>]) -> usize {
     let total = bufs.iter().map(|b| b.len()).sum();
     match bufs {
         [one] if one.len() >= hdr => stack.guest_frame(&one[hdr..]),
         [head, frame] if head.len() == hdr => stack.guest_frame(frame),
         _ => {
-            gather.clear();
-            for b in bufs {
-                gather.extend_from_slice(b);
+            let mut head = [0u8; HEAD_COPY];
+            let n = crate::copy_prefix(bufs, &mut head);
+            let head = head.get(hdr..n).unwrap_or_default();
+            if !stack.guest_frame_scattered(head, bufs, hdr) {
+                gather.clear();
+                for b in bufs {
+                    gather.extend_from_slice(b);
+                }
+                stack.guest_frame(gather.get(hdr..).unwrap_or_default());
             }
-            stack.guest_frame(gather.get(hdr..).unwrap_or_default());
         }
     }
     total

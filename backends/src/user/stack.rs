@@ -7,7 +7,7 @@
 //! frames are written straight into the guest's buffers.
 
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use smoltcp::wire::{
 };
 
 use super::dhcp::DhcpServer;
-use super::guest_frames::{GuestFrames, LinkAddrs};
+use super::guest_frames::{GuestFrames, LinkAddrs, ETH_HDR};
 use super::icmp_echo::{push_echo_reply, EchoFlows};
 use super::neighbors::{answer_arp, answer_ndp, ROUTER_LINK_LOCAL};
 use super::options::UserOptions;
@@ -37,6 +37,63 @@ use crate::{sys, Error};
 
 /// How often idle UDP/ICMP flows and stuck handshakes are looked for while any exist.
 const MAINTENANCE: Duration = Duration::from_secs(5);
+
+/// Guest buffers a TCP payload may span and still be used where it lies.
+const SCATTERED_PIECES: usize = 64;
+
+/// Where the parts of a TCP segment are in a frame whose first bytes are `head`.
+#[derive(Debug)]
+struct ScatteredTcp {
+    src: IpAddr,
+    dst: IpAddr,
+    /// The TCP header, within `head`.
+    tcp: std::ops::Range<usize>,
+    /// Where the payload starts in the frame, and its length.
+    payload_start: usize,
+    payload_len: usize,
+}
+
+/// Finds the TCP header of an unfragmented IPv4 or IPv6 (no extension headers) TCP segment in
+/// `head`, the frame's first bytes; `None` for anything else or a header `head` does not hold.
+fn scattered_tcp(head: &[u8]) -> Option<ScatteredTcp> {
+    let ip = head.get(ETH_HDR..)?;
+    let ethertype = u16::from_be_bytes([head[12], head[13]]);
+    let (src, dst, ip_hdr, ip_payload) = match (ethertype, ip.first()? >> 4) {
+        (0x0800, 4) => {
+            let ihl = usize::from(ip.first()? & 0xf) * 4;
+            let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff != 0;
+            if ihl < 20 || *ip.get(9)? != 6 || fragment {
+                return None;
+            }
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            (src.into(), dst.into(), ihl, total.checked_sub(ihl)?)
+        }
+        (0x86dd, 6) => {
+            if *ip.get(6)? != 6 {
+                return None;
+            }
+            let payload = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            (src.into(), dst.into(), 40, payload)
+        }
+        _ => return None,
+    };
+    let tcp_at = ETH_HDR + ip_hdr;
+    let tcp_hdr = usize::from(head.get(tcp_at + 12)? >> 4) * 4;
+    if tcp_hdr < 20 || head.len() < tcp_at + tcp_hdr {
+        return None;
+    }
+    Some(ScatteredTcp {
+        src,
+        dst,
+        tcp: tcp_at..tcp_at + tcp_hdr,
+        payload_start: tcp_at + tcp_hdr,
+        payload_len: ip_payload.checked_sub(tcp_hdr)?,
+    })
+}
 
 /// Frames and flows the stack refused, by reason (the netdev's `backend` counters).
 #[derive(Debug, Default, Clone, Copy)]
@@ -357,12 +414,82 @@ impl Stack {
             self.counters.malformed += 1;
             return;
         };
+        self.tcp_segment(src, dst, &repr, &[repr.payload]);
+    }
+
+    /// Takes a frame from the guest spread over `bufs` (its first `skip` bytes the virtio-net
+    /// header) whose first bytes `head` holds, if it is a TCP segment whose headers `head`
+    /// covers: its payload is used where it lies in guest memory, not put together first.
+    /// Returns false, taking nothing, for any other frame.
+    pub fn guest_frame_scattered(
+        &mut self,
+        head: &[u8],
+        bufs: &[IoSlice<'_>],
+        skip: usize,
+    ) -> bool {
+        let Some(at) = scattered_tcp(head) else {
+            return false;
+        };
+        let enabled = match at.src {
+            IpAddr::V4(_) => self.options.ipv4.is_some(),
+            IpAddr::V6(_) => self.options.ipv6.is_some(),
+        };
+        let frame_len = bufs
+            .iter()
+            .map(|b| b.len())
+            .sum::<usize>()
+            .saturating_sub(skip);
+        if !enabled || frame_len < at.payload_start + at.payload_len {
+            return false;
+        }
+        let Ok(repr) = TcpPacket::new_checked(&head[at.tcp.clone()]).and_then(|segment| {
+            TcpRepr::parse(
+                &segment,
+                &at.src.into(),
+                &at.dst.into(),
+                &ChecksumCapabilities::ignored(),
+            )
+        }) else {
+            return false;
+        };
+        let mut parts: [&[u8]; SCATTERED_PIECES] = [&[]; SCATTERED_PIECES];
+        let mut count = 0;
+        let mut skip = skip + at.payload_start;
+        let mut left = at.payload_len;
+        for buf in bufs {
+            if left == 0 {
+                break;
+            }
+            if skip >= buf.len() {
+                skip -= buf.len();
+                continue;
+            }
+            if count == SCATTERED_PIECES {
+                return false;
+            }
+            let take = (buf.len() - skip).min(left);
+            parts[count] = &buf[skip..skip + take];
+            count += 1;
+            left -= take;
+            skip = 0;
+        }
+        if let Ok(eth) = EthernetFrame::new_checked(head) {
+            if eth.src_addr().is_unicast() {
+                self.link.guest = eth.src_addr();
+            }
+        }
+        self.tcp_segment(at.src, at.dst, &repr, &parts[..count]);
+        true
+    }
+
+    /// A TCP segment from the guest, its payload in `payload`'s pieces.
+    fn tcp_segment(&mut self, src: IpAddr, dst: IpAddr, repr: &TcpRepr<'_>, payload: &[&[u8]]) {
         let guest = SocketAddr::new(src, repr.src_port);
         let remote = SocketAddr::new(dst, repr.dst_port);
         if let Some(id) = self.tcp.find(guest, remote) {
             match self
                 .tcp
-                .on_guest_segment(id, &repr, &mut self.out, &self.link)
+                .on_guest_segment(id, repr, payload, &mut self.out, &self.link)
             {
                 FlowFate::Alive => {}
                 FlowFate::Finished => self.dead.push((id, false)),
@@ -371,15 +498,16 @@ impl Stack {
             return;
         }
         if repr.control == TcpControl::Syn && repr.ack_number.is_none() {
-            self.tcp_open(guest, remote, &repr);
+            self.tcp_open(guest, remote, repr);
         } else {
-            self.reset(&repr, guest, remote);
+            let len = payload.iter().map(|p| p.len()).sum();
+            self.reset(repr, len, guest, remote);
         }
     }
 
     /// Answers a segment of no connection with a reset.
-    fn reset(&mut self, repr: &TcpRepr<'_>, guest: SocketAddr, remote: SocketAddr) {
-        if let Some(seg) = tcp_flows::reset_for(repr, guest, remote) {
+    fn reset(&mut self, repr: &TcpRepr<'_>, len: usize, guest: SocketAddr, remote: SocketAddr) {
+        if let Some(seg) = tcp_flows::reset_for(repr, len, guest, remote) {
             tcp_frame::push_control(&mut self.out, &self.link, &seg);
         }
     }
@@ -389,7 +517,7 @@ impl Stack {
         if self.tcp.is_full() {
             self.counters.flow_limit += 1;
             self.note(2, "TCP flow limit reached; refusing connections");
-            self.reset(syn, guest, remote);
+            self.reset(syn, 0, guest, remote);
             return;
         }
         let peer = self
@@ -419,7 +547,7 @@ impl Stack {
             Err(e) => {
                 log::debug!("tcp {guest} -> {remote}: {e}");
                 self.counters.tcp_refused += 1;
-                self.reset(syn, guest, remote);
+                self.reset(syn, 0, guest, remote);
                 return;
             }
         };
@@ -1035,6 +1163,47 @@ mod tests {
         let seqs: Vec<u32> = next.iter().map(|f| tcp_of(f).0).collect();
         assert_eq!(seqs, [all], "only the new bytes follow");
         assert_eq!(tcp_of(&next[0]).3, vec![7u8; 100]);
+        s.shutdown();
+    }
+
+    /// A guest frame spread over buffers (a Linux guest's TSO frame: headers, then page
+    /// fragments; here the first buffer even ends inside the TCP header) reaches the host from
+    /// where its payload lies: nothing is put together.
+    #[test]
+    fn a_scattered_upload_is_written_from_the_guests_buffers() {
+        let mut s = stack("");
+        let (mut host, end) = open_flow(&mut s, false);
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 239) as u8).collect();
+        let mut frame = vec![0u8; 12];
+        frame.extend(guest_segment(
+            end.port,
+            end.seq,
+            end.ack,
+            TcpControl::Fin,
+            &data,
+        ));
+        let cut = 12 + 14 + 40 + 13;
+        let (a, rest) = frame.split_at(cut);
+        let (b, c) = rest.split_at(1000);
+        let bufs = [IoSlice::new(a), IoSlice::new(b), IoSlice::new(c)];
+        let mut gather = Vec::new();
+        assert_eq!(
+            super::super::take(&mut s, &mut gather, 12, &bufs),
+            frame.len()
+        );
+        s.guest_frames_done();
+        assert_eq!(gather.capacity(), 0, "the frame was not put together");
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut host, &mut read).unwrap();
+        assert!(read == data, "the host read {} bytes", read.len());
+        // Anything else is put together as before: a frame too short for its headers.
+        let short = [
+            IoSlice::new(&frame[..12]),
+            IoSlice::new(&frame[12..40]),
+            IoSlice::new(&[]),
+        ];
+        super::super::take(&mut s, &mut gather, 12, &short);
+        assert!(gather.capacity() > 0);
         s.shutdown();
     }
 

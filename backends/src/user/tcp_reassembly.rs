@@ -37,12 +37,13 @@ impl OutOfOrder {
     }
 
     /// Holds a segment at `seq`, past `rcv_nxt`, if the held bytes stay within `limit`.
-    pub fn hold(&mut self, rcv_nxt: u32, seq: u32, data: &[u8], fin: bool, limit: usize) {
-        if self.bytes + data.len() > limit || self.held.len() >= HELD_MAX {
+    pub fn hold(&mut self, rcv_nxt: u32, seq: u32, parts: &[&[u8]], fin: bool, limit: usize) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.bytes + len > limit || self.held.len() >= HELD_MAX {
             return;
         }
         let offset = |s: u32| s.wrapping_sub(rcv_nxt);
-        let end = offset(seq) + data.len() as u32 + u32::from(fin);
+        let end = offset(seq) + len as u32 + u32::from(fin);
         if self
             .held
             .iter()
@@ -56,12 +57,12 @@ impl OutOfOrder {
             .iter()
             .position(|h| offset(h.seq) > offset(seq))
             .unwrap_or(self.held.len());
-        self.bytes += data.len();
+        self.bytes += len;
         self.held.insert(
             at,
             Held {
                 seq,
-                data: data.to_vec(),
+                data: parts.concat(),
                 fin,
             },
         );
@@ -109,11 +110,11 @@ mod tests {
     fn held_segments_come_back_in_order_and_merge_into_blocks() {
         let mut o = OutOfOrder::default();
         let base = u32::MAX - 100; // across the wrap
-        o.hold(base, base.wrapping_add(300), &[3; 100], false, 1 << 20);
-        o.hold(base, base.wrapping_add(100), &[1; 100], false, 1 << 20);
-        o.hold(base, base.wrapping_add(200), &[2; 100], false, 1 << 20);
-        o.hold(base, base.wrapping_add(100), &[1; 50], false, 1 << 20);
-        o.hold(base, base.wrapping_add(500), &[5; 10], true, 1 << 20);
+        o.hold(base, base.wrapping_add(300), &[&[3; 100]], false, 1 << 20);
+        o.hold(base, base.wrapping_add(100), &[&[1; 100]], false, 1 << 20);
+        o.hold(base, base.wrapping_add(200), &[&[2; 100]], false, 1 << 20);
+        o.hold(base, base.wrapping_add(100), &[&[1; 50]], false, 1 << 20);
+        o.hold(base, base.wrapping_add(500), &[&[5; 10]], true, 1 << 20);
         let (blocks, n) = o.blocks();
         assert_eq!(
             &blocks[..n],
@@ -129,7 +130,7 @@ mod tests {
         assert_eq!(o.take_next(base.wrapping_add(300)).unwrap().data[0], 3);
         assert!(o.take_next(base.wrapping_add(400)).is_none());
         // Past the limit nothing more is held.
-        o.hold(base, base.wrapping_add(600), &[6; 100], false, 50);
+        o.hold(base, base.wrapping_add(600), &[&[6; 100]], false, 50);
         assert_eq!(o.blocks().1, 1);
     }
 }
