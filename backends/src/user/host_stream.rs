@@ -75,8 +75,9 @@ pub struct HostStream {
 
 impl HostStream {
     /// Wraps a connected (or connecting) nonblocking stream socket. Unacknowledged bytes stay
-    /// in the kernel if it is TCP and takes `SO_PEEK_OFF`, unless `ring` asks for a ring of
-    /// this size whatever the kernel offers (for tests of both ways).
+    /// in the kernel if it is TCP and takes `SO_PEEK_OFF`, unless `force_ring` asks for a ring
+    /// whatever the kernel offers (for tests of both ways). `ring_size` is the flow's window:
+    /// the ring's size, and the most bytes peeked ahead at once.
     pub fn new(fd: OwnedFd, ring_size: usize, force_ring: bool) -> HostStream {
         let tcp = sys::socket_protocol(fd.as_raw_fd()).is_ok_and(|p| p == libc::IPPROTO_TCP);
         let in_socket = !force_ring && tcp && sys::set_peek_offset(fd.as_raw_fd(), 0).is_ok();
@@ -84,7 +85,10 @@ impl HostStream {
             fd,
             unacked: if in_socket {
                 Unacked::InSocket {
-                    ahead: Prefetch::default(),
+                    ahead: Prefetch {
+                        size: ring_size.min(PREFETCH),
+                        ..Prefetch::default()
+                    },
                 }
             } else {
                 Unacked::Ring(Ring::new(ring_size))
@@ -314,6 +318,8 @@ impl HostStream {
 /// Bytes peeked past those in flight, not sent yet: `buf[start..len]`.
 #[derive(Debug, Default)]
 struct Prefetch {
+    /// Bytes peeked at once (at most the flow's window; allocated on first use).
+    size: usize,
     buf: Vec<u8>,
     start: usize,
     len: usize,
@@ -332,7 +338,7 @@ impl Prefetch {
     /// Peeks the next bytes (`Ok` with none at the end of stream).
     fn fill(&mut self, fd: RawFd) -> io::Result<()> {
         if self.buf.is_empty() {
-            self.buf = vec![0; PREFETCH];
+            self.buf = vec![0; self.size.max(1)];
         }
         self.clear();
         self.len = sys::peek(fd, &mut [IoSliceMut::new(&mut self.buf)])?;
