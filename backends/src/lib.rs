@@ -139,6 +139,32 @@ pub(crate) fn only_queue_zero(index: u16) -> Result<(), Error> {
     }
 }
 
+/// The pieces of `bufs` (taken as one run of bytes) that hold `len` bytes from byte `skip` on,
+/// in order; fewer bytes if the buffers end first.
+pub(crate) fn byte_spans<B: std::ops::Deref<Target = [u8]>>(
+    bufs: &[B],
+    skip: usize,
+    len: usize,
+) -> impl Iterator<Item = &[u8]> {
+    let mut skip = skip;
+    let mut left = len;
+    bufs.iter().filter_map(move |buf| {
+        let buf: &[u8] = buf;
+        if left == 0 {
+            return None;
+        }
+        if skip >= buf.len() {
+            skip -= buf.len();
+            return None;
+        }
+        let take = (buf.len() - skip).min(left);
+        let span = &buf[skip..skip + take];
+        skip = 0;
+        left -= take;
+        Some(span)
+    })
+}
+
 /// Copies one frame into the caller's buffers; returns the bytes copied (all of them unless the
 /// buffers are too small).
 pub(crate) fn copy_frame(frame: &[u8], bufs: &mut [IoSliceMut<'_>]) -> usize {
@@ -353,6 +379,15 @@ pub trait BackendQueue: Send + std::fmt::Debug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_spans_skip_and_stop_across_buffers() {
+        let bufs: [&[u8]; 3] = [b"abc", b"", b"defgh"];
+        let spans: Vec<&[u8]> = byte_spans(&bufs, 2, 4).collect();
+        assert_eq!(spans, [&b"c"[..], &b"def"[..]]);
+        assert_eq!(byte_spans(&bufs, 8, 9).count(), 0);
+        assert_eq!(byte_spans(&bufs, 0, 100).map(<[u8]>::len).sum::<usize>(), 8);
+    }
 
     #[test]
     fn copy_parts_spans_buffers_and_stops_when_they_are_full() {

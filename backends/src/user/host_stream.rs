@@ -221,28 +221,20 @@ impl HostStream {
     pub fn write(&mut self, parts: &[&[u8]], skip: usize, limit: usize) -> io::Result<usize> {
         let mut iovecs: [IoSlice<'_>; WRITE_IOVECS] = [IoSlice::new(&[]); WRITE_IOVECS];
         let mut count = 0;
-        let mut len = 0;
-        let mut left = skip;
-        for part in parts {
-            if left >= part.len() {
-                left -= part.len();
-                continue;
-            }
-            if count == WRITE_IOVECS {
-                // More pieces than one call takes: the rest is taken as kept bytes below.
-                break;
-            }
-            iovecs[count] = IoSlice::new(&part[left..]);
-            len += part.len() - left;
+        // More pieces than one call takes: the rest is kept below.
+        for (slot, span) in iovecs
+            .iter_mut()
+            .zip(crate::byte_spans(parts, skip, usize::MAX))
+        {
+            *slot = IoSlice::new(span);
             count += 1;
-            left = 0;
         }
         let total = parts
             .iter()
             .map(|p| p.len())
             .sum::<usize>()
             .saturating_sub(skip);
-        let written = if self.staged() == 0 && len > 0 {
+        let written = if self.staged() == 0 && total > 0 {
             match sys::writev(self.fd.as_raw_fd(), &iovecs[..count]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -252,20 +244,8 @@ impl HostStream {
             0
         };
         let kept = (total - written).min(limit);
-        let mut from = skip + written;
-        let mut to_keep = kept;
-        for part in parts {
-            if to_keep == 0 {
-                break;
-            }
-            if from >= part.len() {
-                from -= part.len();
-                continue;
-            }
-            let take = (part.len() - from).min(to_keep);
-            self.stage(&part[from..from + take]);
-            to_keep -= take;
-            from = 0;
+        for span in crate::byte_spans(parts, skip + written, kept) {
+            self.stage(span);
         }
         Ok(written + kept)
     }

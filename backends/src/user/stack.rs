@@ -454,24 +454,12 @@ impl Stack {
         };
         let mut parts: [&[u8]; SCATTERED_PIECES] = [&[]; SCATTERED_PIECES];
         let mut count = 0;
-        let mut skip = skip + at.payload_start;
-        let mut left = at.payload_len;
-        for buf in bufs {
-            if left == 0 {
-                break;
-            }
-            if skip >= buf.len() {
-                skip -= buf.len();
-                continue;
-            }
-            if count == SCATTERED_PIECES {
+        for span in crate::byte_spans(bufs, skip + at.payload_start, at.payload_len) {
+            let Some(slot) = parts.get_mut(count) else {
                 return false;
-            }
-            let take = (buf.len() - skip).min(left);
-            parts[count] = &buf[skip..skip + take];
+            };
+            *slot = span;
             count += 1;
-            left -= take;
-            skip = 0;
         }
         if let Ok(eth) = EthernetFrame::new_checked(head) {
             if eth.src_addr().is_unicast() {
@@ -941,6 +929,11 @@ mod tests {
         tcp_frame(GUEST6.parse().unwrap(), gateway.into(), &repr)
     }
 
+    /// A bare acknowledgement from the guest's end of a flow.
+    fn guest_ack(end: &GuestEnd) -> Vec<u8> {
+        guest_segment(end.port, end.seq, end.ack, TcpControl::None, &[])
+    }
+
     /// Opens a flow from the guest to the host's `[::1]` through fec0::2 and completes the
     /// handshake (offering SACK if `sack`); returns the host's end and the guest's.
     fn open_flow(s: &mut Stack, sack: bool) -> (std::net::TcpStream, GuestEnd) {
@@ -1078,13 +1071,7 @@ mod tests {
                     held.retain(|&at, (p, _)| {
                         super::super::tcp_seq::after(at.wrapping_add(p.len() as u32), end.ack)
                     });
-                    s.guest_frame(&guest_segment(
-                        end.port,
-                        end.seq,
-                        end.ack,
-                        TcpControl::None,
-                        &[],
-                    ));
+                    s.guest_frame(&guest_ack(&end));
                 }
                 s.guest_frames_done();
                 if fin {
@@ -1132,13 +1119,7 @@ mod tests {
         );
         // The first frame is lost: three duplicate acknowledgements.
         for _ in 0..3 {
-            s.guest_frame(&guest_segment(
-                end.port,
-                end.seq,
-                end.ack,
-                TcpControl::None,
-                &[],
-            ));
+            s.guest_frame(&guest_ack(&end));
         }
         s.guest_frames_done();
         let mut buf = vec![0u8; 70_000];

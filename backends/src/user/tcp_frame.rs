@@ -315,24 +315,14 @@ fn payload_iovecs<'a>(
 
 /// The one's-complement sum of `len` bytes of `bufs` from byte `skip` on, as if they were one
 /// slice starting at an even offset.
-fn sum_of(bufs: &[IoSliceMut<'_>], mut skip: usize, mut len: usize) -> u16 {
+fn sum_of(bufs: &[IoSliceMut<'_>], skip: usize, len: usize) -> u16 {
     let mut total = 0u16;
     let mut odd = false;
-    for buf in bufs {
-        if len == 0 {
-            break;
-        }
-        if skip >= buf.len() {
-            skip -= buf.len();
-            continue;
-        }
-        let take = (buf.len() - skip).min(len);
-        let s = checksum::sum(&buf[skip..skip + take]);
+    for span in crate::byte_spans(bufs, skip, len) {
+        let s = checksum::sum(span);
         // A span starting at an odd offset has its bytes in the other halves of the words.
         total = checksum::combine(total, if odd { s.swap_bytes() } else { s });
-        odd ^= take % 2 == 1;
-        skip = 0;
-        len -= take;
+        odd ^= span.len() % 2 == 1;
     }
     total
 }
