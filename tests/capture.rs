@@ -183,7 +183,7 @@ fn filter_dump_over_qmp_captures_both_ways_as_tshark_reads_it() {
     let e = qmp.execute("object-del", json!({"id": "f0"})).unwrap_err();
     assert_eq!(e["desc"], "object 'f0' not found");
     drop(guest);
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -241,7 +241,7 @@ fn pcap_option_records_from_the_start_and_a_stuck_writer_drops_records_not_frame
     );
     // Shutdown does not hang on the stuck writer.
     drop(guest);
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
     drop(reader);
 }
 
@@ -294,7 +294,7 @@ fn a_dump_netdev_records_every_frame_crossing_its_hub_unicast_included() {
     b.wait_used(0, 1);
     drop((a, b));
     // Shutdown closes the file with every record written.
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
     let seen: Vec<(usize, usize, String)> = frames_in(&file)
         .into_iter()
         .map(|f| (f.0, f.1, f.2))

@@ -177,7 +177,7 @@ fn the_qemu_example_connects_to_the_port_with_two_queue_pairs() {
     assert_eq!(status["status"], "prelaunch", "{status}");
     let _ = monitor.execute("quit", json!({}));
     assert!(qemu.wait().unwrap().success());
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
 }
 
 #[test]

@@ -198,7 +198,7 @@ fn testpmd_virtio_user_exchanges_frames_with_the_tap() {
         format!("up {TAP}\n")
     );
     exchange_through_testpmd(&ns, TAP, &socket, &daemon);
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         format!("up {TAP}\ndown {TAP}\n")
@@ -328,7 +328,7 @@ fn testpmd_virtio_user_exchanges_frames_through_af_xdp() {
         .arg("af-xdp,id=n0,ifname=vxsk1");
     let mut daemon = Daemon::start(cmd, 1);
     exchange_through_testpmd(&ns, "vpeer1", &socket, &daemon);
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
 }
 
 /// `map-path` for a daemon without CAP_NET_ADMIN: the helper attaches the program and pins its
@@ -380,5 +380,5 @@ fn testpmd_through_af_xdp_map_path_without_cap_net_admin() {
     assert_eq!(status_line(pid, "CapBnd:"), "CapBnd:\t0000008000002000");
     assert_eq!(status_line(pid, "CapEff:"), "CapEff:\t0000000000000000");
     exchange_through_testpmd(&ns, "vpeer2", &socket, &daemon);
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
 }

@@ -190,7 +190,7 @@ fn ports_come_and_go_over_qmp_without_disturbing_the_others() {
     // The ports still switch.
     broadcast(&mut c, 0, &mut [&mut a, &mut b], 0xc);
     drop((a, b, c));
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
 }
 
 fn pairs(list: &[(&str, bool)]) -> Vec<(String, bool)> {
@@ -302,5 +302,5 @@ fn two_ports_share_a_netdev_and_only_one_runs_its_rings() {
     );
     broadcast(&mut peer, 2, &mut [&mut src], 3);
     drop((src, peer));
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
 }

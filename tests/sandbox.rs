@@ -286,7 +286,7 @@ fn scripts_run_in_the_launcher_and_only_those_its_policy_names() {
     qmp.execute("netdev_del", json!({"id": "n2"})).unwrap();
 
     // At the end the downscript runs through the launcher, which then ends too.
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
     assert_eq!(lines(&log)[2], format!("down vusbx0 {launcher} {caps}"));
     assert!(
         wait_gone(launcher, Duration::from_secs(5)),
@@ -333,7 +333,7 @@ fn user_and_group_switch_every_thread_and_drop_every_capability() {
         "Groups:\t65534"
     );
     drop(guest);
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
     assert!(!socket.exists(), "socket file removed as the new user");
 }
 
@@ -396,7 +396,7 @@ fn sockets_only_go_where_landlock_allows() {
         assert!(path.exists(), "{}", path.display());
         qmp.execute("netdev_del", json!({"id": id})).unwrap();
     }
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
 
     // The same request without the sandbox succeeds: the refusal was Landlock's.
     let qmp_path = dir.path("qmp2.sock");
@@ -411,7 +411,7 @@ fn sockets_only_go_where_landlock_allows() {
         .unwrap();
     assert!(other.path("s1.sock").exists());
     qmp.execute("netdev_del", json!({"id": "s1"})).unwrap();
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
 }
 
 #[cfg(feature = "sandbox-probe")]
@@ -446,7 +446,7 @@ fn a_call_the_process_may_make_but_a_queue_worker_may_not_is_refused_on_the_work
                 Duration::from_secs(10),
             );
             drop(guest);
-            assert!(daemon.terminate().success());
+            daemon.stop_cleanly();
         }
     }
 }
@@ -516,7 +516,7 @@ fn bridge_netdevs_run_the_helper_in_the_launcher_and_their_taps_carry_frames() {
         }
     }
     drop(guest);
-    assert!(daemon.terminate().success());
+    daemon.stop_cleanly();
     assert!(
         wait_gone(launcher, Duration::from_secs(5)),
         "launcher left running"

@@ -121,6 +121,16 @@ impl Daemon {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().expect("wait daemon")
     }
+
+    /// Stops the daemon with SIGTERM and checks that it exited cleanly, showing its log if not.
+    pub fn stop_cleanly(&mut self) {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "the daemon ended with {status:?}; its log:\n{}",
+            self.log.transcript()
+        );
+    }
 }
 
 impl Drop for Daemon {
