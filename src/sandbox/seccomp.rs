@@ -145,10 +145,10 @@ const ALLOWED: &[libc::c_long] = &[
 ];
 
 /// What the whole process may call but a thread serving a vhost-user connection may not: no
-/// files made, renamed or removed, no BPF, no resource limits, no listening. It still starts
-/// queue workers (threads) and maps the frontend's memory (never executable).
+/// files made, renamed or removed, no BPF but [`BPF_MAP_DELETE_ELEM`], no resource limits, no
+/// listening. It still starts queue workers (threads) and maps the frontend's memory (never
+/// executable).
 const DENIED_TO_CONNECTIONS: &[libc::c_long] = &[
-    libc::SYS_bpf,
     libc::SYS_chmod,
     libc::SYS_fchmod,
     libc::SYS_fchmodat,
@@ -223,7 +223,23 @@ pub fn connection_filter(mode: SandboxMode) -> Result<BpfProgram, SeccompError> 
     role_filter(mode, DENIED_TO_CONNECTIONS)
 }
 
+/// The one `bpf(2)` command connection and queue threads may run: an AF_XDP queue a device lets go
+/// of after its netdev is gone (deleted, or the daemon shutting down while a frontend
+/// disconnects) is dropped on that thread, and takes its socket out of the pinned XSK map
+/// (`map-path=`). Without it the thread was killed by the filter (seen as a rare SIGSYS at
+/// shutdown).
+const BPF_MAP_DELETE_ELEM: u64 = 3;
+
 fn role_filter(mode: SandboxMode, denied: &[libc::c_long]) -> Result<BpfProgram, SeccompError> {
+    let map_delete_only = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        BPF_MAP_DELETE_ELEM,
+    )
+    .map_err(|e| SeccompError::Filter(e.to_string()))?;
+    let map_delete_only =
+        SeccompRule::new(vec![map_delete_only]).map_err(|e| SeccompError::Filter(e.to_string()))?;
     let no_exec = SeccompCondition::new(
         2,
         SeccompCmpArgLen::Dword,
@@ -239,6 +255,8 @@ fn role_filter(mode: SandboxMode, denied: &[libc::c_long]) -> Result<BpfProgram,
         .map(|&nr| {
             let conditions = if NO_EXEC_PROT.contains(&nr) {
                 vec![no_exec.clone()]
+            } else if nr == libc::SYS_bpf {
+                vec![map_delete_only.clone()]
             } else {
                 Vec::new()
             };
@@ -376,6 +394,51 @@ mod tests {
             .chain(NO_EXEC_PROT)
         {
             assert!(ALLOWED.contains(nr), "{nr} is not in the process's list");
+        }
+    }
+
+    /// Runs `call` in a forked child under `program` (no other thread exists there) and returns
+    /// how the child ended: `Ok(exit code)` or `Err(signal)`.
+    fn under_filter(program: &BpfProgram, call: fn() -> libc::c_long) -> Result<i32, i32> {
+        // SAFETY: the child only applies a prepared filter (prctl and seccomp system calls),
+        // makes one system call and leaves with _exit: all async-signal-safe.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let applied = seccompiler::apply_filter(program).is_ok();
+            let _ = call();
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if applied { 0 } else { 99 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above; `status` is a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if libc::WIFSIGNALED(status) {
+            Err(libc::WTERMSIG(status))
+        } else {
+            Ok(libc::WEXITSTATUS(status))
+        }
+    }
+
+    /// Connection and queue threads may take an AF_XDP socket out of an XSK map, and nothing
+    /// else of `bpf(2)`: a map delete (here on no map: it fails, and the thread lives) passes,
+    /// a map creation kills.
+    #[test]
+    fn role_threads_may_delete_from_a_map_and_run_no_other_bpf_command() {
+        fn map_delete() -> libc::c_long {
+            // SAFETY: a null attribute pointer: the kernel refuses it with EFAULT.
+            unsafe { libc::syscall(libc::SYS_bpf, 3, std::ptr::null::<u8>(), 0) }
+        }
+        fn map_create() -> libc::c_long {
+            // SAFETY: as above, were it let through.
+            unsafe { libc::syscall(libc::SYS_bpf, 0, std::ptr::null::<u8>(), 0) }
+        }
+        for program in [
+            connection_filter(SandboxMode::On).unwrap(),
+            queue_worker_filter(SandboxMode::On).unwrap(),
+        ] {
+            assert_eq!(under_filter(&program, map_delete), Ok(0));
+            assert_eq!(under_filter(&program, map_create), Err(libc::SIGSYS));
         }
     }
 }
