@@ -274,6 +274,10 @@ impl TcpFlow {
             };
             self.host
                 .acknowledged(data_acked.wrapping_sub(self.snd_una) as usize)?;
+            // A ring of ours that was full has room again: the host socket is read again (its
+            // readiness was taken when the ring filled, and no new edge comes for bytes that
+            // were already there).
+            self.host_readable |= !self.host.zero_copy();
             self.snd_una = ack;
             if after(ack, self.snd_nxt) {
                 // Sent before a rewind and not sent again yet: not to be sent again.
@@ -396,8 +400,9 @@ pub struct TcpFlows {
     /// Flows owing the guest an acknowledgement.
     acks_due: Vec<u64>,
     isn_key: RandomState,
-    /// Keep data toward the guest in a ring of ours whatever the kernel offers (tests).
-    force_ring: bool,
+    /// Keep data toward the guest in a ring of ours (of this size) whatever the kernel offers
+    /// (tests).
+    force_ring: Option<usize>,
     /// Whether host sockets to near peers may get a bounded receive buffer (found out once).
     near_buffer: Option<bool>,
     /// Times data was sent again toward the guest.
@@ -413,7 +418,7 @@ impl Default for TcpFlows {
             sendable: VecDeque::new(),
             acks_due: Vec::new(),
             isn_key: RandomState::new(),
-            force_ring: false,
+            force_ring: None,
             near_buffer: None,
             retransmits: 0,
         }
@@ -429,10 +434,11 @@ impl TcpFlows {
         self.flows.len() >= MAX_FLOWS
     }
 
-    /// Keeps data toward the guest in rings of ours (as on kernels without `SO_PEEK_OFF`).
+    /// Keeps data toward the guest in rings of `size` bytes (as on kernels without
+    /// `SO_PEEK_OFF`).
     #[cfg(test)]
-    pub fn force_ring(&mut self) {
-        self.force_ring = true;
+    pub fn force_ring(&mut self, size: usize) {
+        self.force_ring = Some(size);
     }
 
     /// The flow of a (guest, remote) pair.
@@ -504,7 +510,11 @@ impl TcpFlows {
         let iss = self.isn(guest, remote);
         let now = Instant::now();
         let flow = TcpFlow {
-            host: HostStream::new(host, rcv_buf, self.force_ring),
+            host: HostStream::new(
+                host,
+                self.force_ring.unwrap_or(rcv_buf),
+                self.force_ring.is_some(),
+            ),
             guest,
             remote,
             child: None,
