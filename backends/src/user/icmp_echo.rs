@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, IpProtocol};
 
 use super::guest_frames::{ipv4_repr, ipv6_repr, GuestFrames, LinkAddrs};
-use super::poller::{Interest, Poller, Token};
+use super::poller::{Poller, Token};
 use crate::sys;
 
 const MAX_FLOWS: usize = 256;
@@ -71,7 +71,7 @@ impl EchoFlows {
                 })?;
                 let id = self.next_id;
                 self.next_id += 1;
-                poller.add(socket.as_raw_fd(), Token::Icmp(id), Interest::READ)?;
+                poller.add_readable(socket.as_raw_fd(), Token::Icmp(id))?;
                 self.flows.insert(
                     id,
                     EchoFlow {

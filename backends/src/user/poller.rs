@@ -48,31 +48,6 @@ impl Token {
     }
 }
 
-/// Readiness a socket is watched for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Interest {
-    pub read: bool,
-    pub write: bool,
-}
-
-impl Interest {
-    pub const READ: Interest = Interest {
-        read: true,
-        write: false,
-    };
-
-    fn events(self) -> u32 {
-        let mut e = 0;
-        if self.read {
-            e |= libc::EPOLLIN | libc::EPOLLRDHUP;
-        }
-        if self.write {
-            e |= libc::EPOLLOUT;
-        }
-        e as u32
-    }
-}
-
 /// A readiness event.
 #[derive(Debug, Clone, Copy)]
 pub struct Ready {
@@ -115,12 +90,7 @@ impl Poller {
             armed: None,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
         };
-        poller.ctl(
-            libc::EPOLL_CTL_ADD,
-            poller.timer.as_raw_fd(),
-            Token::Timer,
-            Interest::READ,
-        )?;
+        poller.add_readable(poller.timer.as_raw_fd(), Token::Timer)?;
         Ok(poller)
     }
 
@@ -129,22 +99,21 @@ impl Poller {
         self.epoll.as_raw_fd()
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        self.ctl_events(op, fd, token, interest.events())
-    }
-
-    fn ctl_events(&self, op: libc::c_int, fd: RawFd, token: Token, events: u32) -> io::Result<()> {
+    fn ctl(&self, fd: RawFd, token: Token, events: libc::c_int) -> io::Result<()> {
         let mut event = libc::epoll_event {
-            events,
+            events: events as u32,
             u64: token.encode(),
         };
         // SAFETY: `event` is a valid epoll_event for the duration of the call.
-        sys::check(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) })?;
+        sys::check(unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+        })?;
         Ok(())
     }
 
-    pub fn add(&self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token, interest)
+    /// Watches a socket (or the timer) for data or its peer's end of stream.
+    pub fn add_readable(&self, fd: RawFd, token: Token) -> io::Result<()> {
+        self.ctl(fd, token, libc::EPOLLIN | libc::EPOLLRDHUP)
     }
 
     /// Watches a stream socket for every change, edge-triggered: readable (new data or the
@@ -152,7 +121,7 @@ impl Poller {
     /// track of what it left.
     pub fn add_edge(&self, fd: RawFd, token: Token) -> io::Result<()> {
         let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
-        self.ctl_events(libc::EPOLL_CTL_ADD, fd, token, events as u32)
+        self.ctl(fd, token, events)
     }
 
     /// Arms the timer to fire once at `deadline` (`None` disarms it). Re-arming for the

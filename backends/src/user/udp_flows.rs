@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::guest_frames::{GuestFrames, LinkAddrs};
-use super::poller::{Interest, Poller, Token};
+use super::poller::{Poller, Token};
 
 /// Most UDP flows at once.
 pub const MAX_FLOWS: usize = 1024;
@@ -113,7 +113,7 @@ impl UdpFlows {
         socket.connect(target)?;
         let id = self.next_id;
         self.next_id += 1;
-        poller.add(socket.as_raw_fd(), Token::Udp(id), Interest::READ)?;
+        poller.add_readable(socket.as_raw_fd(), Token::Udp(id))?;
         let idle = if remote.port() == 53 { IDLE_DNS } else { IDLE };
         self.flows.insert(
             id,

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::super::options::{GuestFwdTarget, HostFwd, UserOptions};
-use super::super::poller::{Interest, Poller, Token};
+use super::super::poller::{Poller, Token};
 use super::Stack;
 use crate::{Error, OptionError};
 
@@ -68,7 +68,7 @@ pub(super) fn open_host_forwards(
         // Non-blocking and watched by the stack's poller.
         let watch = |fd: std::os::fd::RawFd| {
             crate::sys::set_nonblocking(fd, true)
-                .and_then(|()| poller.add(fd, Token::HostFwd(index as u64), Interest::READ))
+                .and_then(|()| poller.add_readable(fd, Token::HostFwd(index as u64)))
                 .map_err(|e| forward_error(rule, e))
         };
         let forward = if rule.udp {
