@@ -170,9 +170,11 @@ impl HostStream {
 
     /// The guest acknowledged the next `n` bytes: they are dropped. After a rewind the guest may
     /// acknowledge more than was sent again (what it had kept of the first sending); sending
-    /// goes on after them.
-    pub fn acknowledged(&mut self, n: usize) -> io::Result<()> {
+    /// goes on after them. Returns true if this made room in a ring that was full: the host
+    /// socket is to be read again, though no new readiness comes for bytes already in it.
+    pub fn acknowledged(&mut self, n: usize) -> io::Result<bool> {
         let beyond = n > self.in_flight;
+        let mut room_made = false;
         match &mut self.unacked {
             Unacked::InSocket { ahead } => {
                 let mut left = n;
@@ -187,10 +189,13 @@ impl HostStream {
                     sys::set_peek_offset(self.fd.as_raw_fd(), 0)?;
                 }
             }
-            Unacked::Ring(ring) => ring.consume(n),
+            Unacked::Ring(ring) => {
+                room_made = ring.len == ring.buf.len() && n > 0;
+                ring.consume(n);
+            }
         }
         self.in_flight = self.in_flight.saturating_sub(n);
-        Ok(())
+        Ok(room_made)
     }
 
     /// Sends everything in flight again from its start (the guest lost some of it).
@@ -449,6 +454,26 @@ mod tests {
             assert_eq!(next(&mut s, 10, small), Vec::<u8>::new());
             assert!(s.eof, "force_ring={force_ring} small={small}");
         }
+    }
+
+    /// A full ring says so when an acknowledgement makes room (the socket still holds bytes no
+    /// new readiness will announce), and only then.
+    #[test]
+    fn an_acknowledgement_that_makes_room_in_a_full_ring_says_so() {
+        let (mut peer, fd) = pair();
+        let mut s = HostStream::new(fd, 64, true);
+        peer.write_all(&[1u8; 100]).unwrap();
+        assert_eq!(next(&mut s, 100, false).len(), 64);
+        let mut buf = [0u8; 100];
+        let full = s.next_to_send(&mut [IoSliceMut::new(&mut buf)], false);
+        assert_eq!(full.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert!(s.acknowledged(10).unwrap(), "room in a full ring");
+        assert!(!s.acknowledged(10).unwrap(), "it was not full any more");
+        assert_eq!(
+            next(&mut s, 100, false).len(),
+            20,
+            "the bytes the host still had"
+        );
     }
 
     #[test]

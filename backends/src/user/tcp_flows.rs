@@ -235,6 +235,17 @@ impl TcpFlow {
             && (self.window_left() > 0 || self.host.eof)
     }
 
+    /// Counts `len` sequence numbers as sent; true if none of them was sent before (not a
+    /// retransmission).
+    fn sent(&mut self, len: u32) -> bool {
+        let new = !after(self.snd_max, self.snd_nxt);
+        self.snd_nxt = self.snd_nxt.wrapping_add(len);
+        if after(self.snd_nxt, self.snd_max) {
+            self.snd_max = self.snd_nxt;
+        }
+        new
+    }
+
     /// Sends everything unacknowledged again.
     fn rewind(&mut self) -> io::Result<()> {
         self.host.rewind()?;
@@ -272,12 +283,13 @@ impl TcpFlow {
                 Some(fin) if after(ack, fin) => fin,
                 _ => ack,
             };
-            self.host
-                .acknowledged(data_acked.wrapping_sub(self.snd_una) as usize)?;
-            // A ring of ours that was full has room again: the host socket is read again (its
-            // readiness was taken when the ring filled, and no new edge comes for bytes that
-            // were already there).
-            self.host_readable |= !self.host.zero_copy();
+            if self
+                .host
+                .acknowledged(data_acked.wrapping_sub(self.snd_una) as usize)?
+            {
+                // The host socket is read again: no new readiness comes for bytes already there.
+                self.host_readable = true;
+            }
             self.snd_una = ack;
             if after(ack, self.snd_nxt) {
                 // Sent before a rewind and not sent again yet: not to be sent again.
@@ -794,7 +806,9 @@ impl TcpFlows {
 
     /// Queues the acknowledgements the flows owe the guest (those a data frame did not carry).
     pub fn push_acks(&mut self, out: &mut GuestFrames, link: &LinkAddrs) {
-        for id in std::mem::take(&mut self.acks_due) {
+        // The list is handed back emptied, its capacity kept: this runs after every batch.
+        let mut due = std::mem::take(&mut self.acks_due);
+        for id in due.drain(..) {
             if let Some(f) = self.flows.get_mut(&id) {
                 if f.ack_due {
                     f.ack_due = false;
@@ -813,6 +827,7 @@ impl TcpFlows {
                 }
             }
         }
+        self.acks_due = due;
     }
 
     /// Writes the next data frame for the guest into `bufs` (a `hdr_len`-byte virtio-net header
@@ -862,16 +877,9 @@ impl TcpFlows {
             };
             match result {
                 Ok((n, len)) if len > 0 => {
-                    let start = f.snd_nxt;
-                    f.snd_nxt = f.snd_nxt.wrapping_add(len as u32);
-                    if !after(f.snd_max, start) {
+                    if f.sent(len as u32) && f.timing.is_none() {
                         // New data, not sent before: timed if nothing is (Karn).
-                        f.snd_max = f.snd_nxt;
-                        if f.timing.is_none() {
-                            f.timing = Some((f.snd_nxt, Instant::now()));
-                        }
-                    } else if after(f.snd_nxt, f.snd_max) {
-                        f.snd_max = f.snd_nxt;
+                        f.timing = Some((f.snd_nxt, Instant::now()));
                     }
                     // The frame acknowledges too (SACK blocks still go in a pure ACK).
                     f.ack_due &= !f.out_of_order.is_empty();
@@ -889,10 +897,7 @@ impl TcpFlows {
                     // Everything before the host's end of stream is sent: our FIN follows it.
                     tcp_frame::push_control(out, link, &f.segment(FIN | ACK));
                     f.fin_seq = Some(f.snd_nxt);
-                    f.snd_nxt = f.snd_nxt.wrapping_add(1);
-                    if after(f.snd_nxt, f.snd_max) {
-                        f.snd_max = f.snd_nxt;
-                    }
+                    f.sent(1);
                     f.fin_sent = true;
                     f.ack_due = false;
                     if f.rtx_at.is_none() {
