@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket,
-    TcpRepr, UdpPacket,
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet,
+    TcpControl, TcpPacket, TcpRepr, UdpPacket,
 };
 
 use super::dhcp::DhcpServer;
@@ -44,6 +44,8 @@ const SCATTERED_PIECES: usize = 64;
 /// Where the parts of a TCP segment are in a frame whose first bytes are `head`.
 #[derive(Debug)]
 struct ScatteredTcp {
+    /// The frame's Ethernet source.
+    mac: EthernetAddress,
     src: IpAddr,
     dst: IpAddr,
     /// The TCP header, within `head`.
@@ -55,44 +57,64 @@ struct ScatteredTcp {
 
 /// Finds the TCP header of an unfragmented IPv4 or IPv6 (no extension headers) TCP segment in
 /// `head`, the frame's first bytes; `None` for anything else or a header `head` does not hold.
+/// smoltcp's accessors read the headers; its checked constructors would refuse `head` for
+/// ending before the packet does.
 fn scattered_tcp(head: &[u8]) -> Option<ScatteredTcp> {
-    let ip = head.get(ETH_HDR..)?;
-    let ethertype = u16::from_be_bytes([head[12], head[13]]);
-    let (src, dst, ip_hdr, ip_payload) = match (ethertype, ip.first()? >> 4) {
-        (0x0800, 4) => {
-            let ihl = usize::from(ip.first()? & 0xf) * 4;
-            let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff != 0;
-            if ihl < 20 || *ip.get(9)? != 6 || fragment {
+    let eth = EthernetFrame::new_checked(head).ok()?;
+    let ip = eth.payload();
+    let (src, dst, ip_hdr, ip_payload) = match eth.ethertype() {
+        EthernetProtocol::Ipv4 if ip.len() >= 20 => {
+            let p = Ipv4Packet::new_unchecked(ip);
+            let ihl = usize::from(p.header_len());
+            if p.version() != 4
+                || ihl < 20
+                || p.next_header() != IpProtocol::Tcp
+                || p.more_frags()
+                || p.frag_offset() != 0
+            {
                 return None;
             }
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-            let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-            (src.into(), dst.into(), ihl, total.checked_sub(ihl)?)
+            let payload = usize::from(p.total_len()).checked_sub(ihl)?;
+            (p.src_addr().into(), p.dst_addr().into(), ihl, payload)
         }
-        (0x86dd, 6) => {
-            if *ip.get(6)? != 6 {
+        EthernetProtocol::Ipv6 if ip.len() >= 40 => {
+            let p = Ipv6Packet::new_unchecked(ip);
+            if p.version() != 6 || p.next_header() != IpProtocol::Tcp {
                 return None;
             }
-            let payload = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
-            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-            let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-            (src.into(), dst.into(), 40, payload)
+            let payload = usize::from(p.payload_len());
+            (p.src_addr().into(), p.dst_addr().into(), 40, payload)
         }
         _ => return None,
     };
     let tcp_at = ETH_HDR + ip_hdr;
-    let tcp_hdr = usize::from(head.get(tcp_at + 12)? >> 4) * 4;
+    let tcp_hdr =
+        usize::from(TcpPacket::new_unchecked(head.get(tcp_at..tcp_at + 20)?).header_len());
     if tcp_hdr < 20 || head.len() < tcp_at + tcp_hdr {
         return None;
     }
     Some(ScatteredTcp {
+        mac: eth.src_addr(),
         src,
         dst,
         tcp: tcp_at..tcp_at + tcp_hdr,
         payload_start: tcp_at + tcp_hdr,
         payload_len: ip_payload.checked_sub(tcp_hdr)?,
     })
+}
+
+/// Parses a TCP segment from the guest, its header (and payload, if `bytes` holds it) in
+/// `bytes`. Checksums are not verified: the guest's are partial when it offloads them, and
+/// guest memory does not corrupt frames.
+fn parse_tcp(bytes: &[u8], src: IpAddr, dst: IpAddr) -> Option<TcpRepr<'_>> {
+    let segment = TcpPacket::new_checked(bytes).ok()?;
+    TcpRepr::parse(
+        &segment,
+        &src.into(),
+        &dst.into(),
+        &ChecksumCapabilities::ignored(),
+    )
+    .ok()
 }
 
 /// Frames and flows the stack refused, by reason (the netdev's `backend` counters).
@@ -205,16 +227,20 @@ impl Stack {
         }
     }
 
+    /// The guest's MAC, learned from its frames: where the stack's frames go.
+    fn learn_guest_mac(&mut self, src: EthernetAddress) {
+        if src.is_unicast() {
+            self.link.guest = src;
+        }
+    }
+
     /// Takes one frame from the guest. Call [`Self::guest_frames_done`] after a batch.
     pub fn guest_frame(&mut self, frame: &[u8]) {
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
             self.counters.malformed += 1;
             return;
         };
-        let src = eth.src_addr();
-        if src.is_unicast() {
-            self.link.guest = src;
-        }
+        self.learn_guest_mac(eth.src_addr());
         match eth.ethertype() {
             EthernetProtocol::Arp => {
                 if let Some(net) = self.options.ipv4 {
@@ -401,16 +427,7 @@ impl Stack {
     }
 
     fn tcp_from_guest(&mut self, src: IpAddr, dst: IpAddr, bytes: &[u8]) {
-        // Checksums are not verified: the guest's are partial when it offloads them, and guest
-        // memory does not corrupt frames.
-        let Ok(repr) = TcpPacket::new_checked(bytes).and_then(|segment| {
-            TcpRepr::parse(
-                &segment,
-                &src.into(),
-                &dst.into(),
-                &ChecksumCapabilities::ignored(),
-            )
-        }) else {
+        let Some(repr) = parse_tcp(bytes, src, dst) else {
             self.counters.malformed += 1;
             return;
         };
@@ -442,14 +459,7 @@ impl Stack {
         if !enabled || frame_len < at.payload_start + at.payload_len {
             return false;
         }
-        let Ok(repr) = TcpPacket::new_checked(&head[at.tcp.clone()]).and_then(|segment| {
-            TcpRepr::parse(
-                &segment,
-                &at.src.into(),
-                &at.dst.into(),
-                &ChecksumCapabilities::ignored(),
-            )
-        }) else {
+        let Some(repr) = parse_tcp(&head[at.tcp.clone()], at.src, at.dst) else {
             return false;
         };
         let mut parts: [&[u8]; SCATTERED_PIECES] = [&[]; SCATTERED_PIECES];
@@ -461,11 +471,7 @@ impl Stack {
             *slot = span;
             count += 1;
         }
-        if let Ok(eth) = EthernetFrame::new_checked(head) {
-            if eth.src_addr().is_unicast() {
-                self.link.guest = eth.src_addr();
-            }
-        }
+        self.learn_guest_mac(at.mac);
         self.tcp_segment(at.src, at.dst, &repr, &parts[..count]);
         true
     }
@@ -475,14 +481,10 @@ impl Stack {
         let guest = SocketAddr::new(src, repr.src_port);
         let remote = SocketAddr::new(dst, repr.dst_port);
         if let Some(id) = self.tcp.find(guest, remote) {
-            match self
+            let fate = self
                 .tcp
-                .on_guest_segment(id, repr, payload, &mut self.out, &self.link)
-            {
-                FlowFate::Alive => {}
-                FlowFate::Finished => self.dead.push((id, false)),
-                FlowFate::Aborted => self.dead.push((id, true)),
-            }
+                .on_guest_segment(id, repr, payload, &mut self.out, &self.link);
+            self.flow_became(id, fate);
             return;
         }
         if repr.control == TcpControl::Syn && repr.ack_number.is_none() {
@@ -559,6 +561,15 @@ impl Stack {
                 self.tcp.refused(id, &mut self.out, &self.link);
                 self.remove_flow(id, false);
             }
+        }
+    }
+
+    /// Notes what became of flow `id`: a flow that ended goes once its last frames are out.
+    fn flow_became(&mut self, id: u64, fate: FlowFate) {
+        match fate {
+            FlowFate::Alive => {}
+            FlowFate::Finished => self.dead.push((id, false)),
+            FlowFate::Aborted => self.dead.push((id, true)),
         }
     }
 
@@ -641,11 +652,7 @@ impl Stack {
                         &mut self.out,
                         &self.link,
                     );
-                    match fate {
-                        FlowFate::Alive => {}
-                        FlowFate::Finished => self.dead.push((id, false)),
-                        FlowFate::Aborted => self.dead.push((id, true)),
-                    }
+                    self.flow_became(id, fate);
                 }
                 Token::Udp(id) => {
                     self.udp
