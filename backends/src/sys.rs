@@ -52,6 +52,24 @@ pub fn writev(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
+/// `sendmsg(2)` of `bufs` on a connected socket, never raising SIGPIPE whatever the process
+/// does with it (a peer that closed is `EPIPE`); retried on `EINTR`.
+pub fn send_vectored(sock: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid msghdr (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = bufs.as_ptr().cast::<libc::iovec>().cast_mut();
+    msg.msg_iovlen = bufs.len();
+    loop {
+        // SAFETY: IoSlice is ABI-compatible with iovec; the kernel only reads the buffers the
+        // caller lent for the call, and `msg` names only those iovecs.
+        let ret = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        match check_size(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Copies the bytes a stream socket holds from its peek offset into `bufs` without consuming
 /// them (`recvmsg` with `MSG_PEEK`, never blocking); with `SO_PEEK_OFF` set, the offset moves
 /// past what was copied. `Ok(0)` is the peer's end of stream.

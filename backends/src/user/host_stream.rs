@@ -240,7 +240,7 @@ impl HostStream {
             .sum::<usize>()
             .saturating_sub(skip);
         let written = if self.staged() == 0 && total > 0 {
-            match sys::writev(self.fd.as_raw_fd(), &iovecs[..count]) {
+            match sys::send_vectored(self.fd.as_raw_fd(), &iovecs[..count]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) => return Err(e),
@@ -268,7 +268,7 @@ impl HostStream {
     pub fn flush(&mut self) -> io::Result<()> {
         while self.staged() > 0 {
             let pending = &self.staged[self.staged_from..];
-            match sys::writev(self.fd.as_raw_fd(), &[IoSlice::new(pending)]) {
+            match sys::send_vectored(self.fd.as_raw_fd(), &[IoSlice::new(pending)]) {
                 Ok(n) => self.staged_from += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -474,6 +474,42 @@ mod tests {
             20,
             "the bytes the host still had"
         );
+    }
+
+    /// A write to a host peer that went away is an error for the flow, not SIGPIPE for the
+    /// process: the daemon ignores SIGPIPE, but the backends crate is a library (its fuzz target
+    /// was killed here).
+    #[test]
+    fn a_peer_that_went_away_is_an_error_even_where_sigpipe_kills() {
+        let (peer, fd) = pair();
+        let mut s = HostStream::new(fd, 64, false);
+        drop(peer);
+        // SAFETY: the child only resets a signal disposition, makes socket system calls through
+        // `write` (which allocates nothing on this path: the data is written, never kept, as the
+        // limit is 0) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: signal(2) with a valid signal and disposition; then _exit ends the child.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                let mut failed = false;
+                for _ in 0..10 {
+                    failed |= s.write(&[b"x"], 0, 0).is_err();
+                    libc::usleep(10_000);
+                }
+                libc::_exit(if failed { 0 } else { 1 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above; `status` is a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            !libc::WIFSIGNALED(status),
+            "killed by signal {}",
+            libc::WTERMSIG(status)
+        );
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the write failed with EPIPE");
     }
 
     #[test]
